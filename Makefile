@@ -1,0 +1,37 @@
+# gc10lib — two commands do all the set-up on a fresh machine:
+#   make run    install if needed, then run the demo pipeline on the embedded synthetic data
+#   make test   install if needed, then ruff + pytest
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.gc10-installed
+CONFIG ?= demo
+# Point GC10_WEIGHTS_DIR at offline ImageNet weights (e.g. ../shared/weights) when it exists.
+export GC10_WEIGHTS_DIR ?= $(shell [ -d ../shared/weights ] && cd ../shared/weights && pwd)
+export MPLBACKEND ?= Agg
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: install run test lint clean-cache
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip uv
+	$(BIN)/uv pip install --python $(BIN)/python -e '.[dev]' || $(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (gc10)"
+	touch $(STAMP)
+
+run: install
+	$(BIN)/gc10 run --config $(CONFIG)
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check gc10lib tests benchmarks
+
+clean-cache:
+	rm -rf .cache/gc10lib

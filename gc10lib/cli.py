@@ -1,0 +1,135 @@
+"""The ``gc10`` command line. Each sub-command is a thin wrapper over a gc10lib function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, RuntimeError)
+
+
+def _relative(path: str, root) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return path
+
+
+def _data_summary(args: argparse.Namespace) -> int:
+    from gc10lib import data
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = data.discover(args.path)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    s = data.summarize(ds)
+    if args.json:
+        print(json.dumps(s, indent=2, default=str))
+        return 0
+    print(f"{s['root']}\n  layout: {s['layout']}\n  images: {s['n_images']} in {s['n_classes']} classes"
+          f" (imbalance {s['imbalance_ratio']:.1f}:1)")
+    for cls, n in s["images_per_class"].items():
+        print(f"    {cls:<20} {n:>6}")
+    print("  image sizes: " + ", ".join(f"{d['width']}x{d['height']} ({d['count']})" for d in s["image_sizes"]))
+    b = s["boxes"]
+    print(f"  boxes: {b['n_boxes']} in {b['images_with_xml']} annotated images, "
+          f"{b['boxes_per_image_mean']:.2f} per image, median relative area {b['relative_area_median']}")
+    if len(ds.quality):
+        print(f"  data-quality findings ({len(ds.quality)}):")
+        q = ds.quality.copy()
+        q["file"] = [_relative(f, ds.root) for f in q["file"]]
+        print(q.to_string(index=False))
+    else:
+        print("  data quality: no findings")
+    return 0
+
+
+def _data_split(args: argparse.Namespace) -> int:
+    from gc10lib import data
+
+    ds = data.discover(args.path)
+    man = data.split_dataset(ds, args.fractions, args.seed)
+    out = data.write_split(man, args.out, ds.root, classes=ds.classes, seed=args.seed,
+                           fractions=args.fractions, overwrite=args.overwrite)
+    counts = man.groupby("subset").size().to_dict()
+    print(f"wrote {out} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}; seed {args.seed})")
+    return 0
+
+
+def _data_synth(args: argparse.Namespace) -> int:
+    from gc10lib.synth import make_synthetic
+
+    out = make_synthetic(args.out, per_class=args.per_class, seed=args.seed)
+    print(f"wrote synthetic GC10-like dataset to {out} ({10 * args.per_class} images)")
+    return 0
+
+
+def _data_download(args: argparse.Namespace) -> int:
+    from gc10lib.download import download_gc10
+
+    out = download_gc10(args.out)
+    print(f"downloaded GC10-DET to {out}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gc10lib.pipeline import main_run
+
+    return main_run(args.config, args.parameters or [], args.name, args.resume, args.runs_root)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gc10", description="GC10-DET defect classification toolkit.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("data", help="inspect, split, synthesise or download datasets")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    s = dsub.add_parser("summary", help="layout, class counts, sizes, boxes and data-quality table")
+    s.add_argument("path")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=_data_summary)
+    s = dsub.add_parser("split", help="write a seeded, stratified, grouped split manifest (CSV)")
+    s.add_argument("path")
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--fractions", type=float, nargs=3, default=(0.7, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"))
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=_data_split)
+    s = dsub.add_parser("synth", help="write a synthetic GC10-like dataset in the Kaggle layout")
+    s.add_argument("out")
+    s.add_argument("--per-class", type=int, default=30)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_data_synth)
+    s = dsub.add_parser("download", help="download GC10-DET from Kaggle (needs an API token)")
+    s.add_argument("out")
+    s.set_defaults(func=_data_download)
+
+    r = sub.add_parser("run", help="run the notebook pipeline headless with papermill")
+    r.add_argument("--config", default="demo", help="YAML config, or a name in configs/ (default: demo)")
+    r.add_argument("-p", "--parameter", dest="parameters", nargs=2, action="append", metavar=("KEY", "VALUE"),
+                   help="override a config value (YAML-parsed), e.g. -p data_dir ../data -p epochs_head 3")
+    r.add_argument("--name", help="run folder name under runs/ (default: <config>-<time>)")
+    r.add_argument("--resume", action="store_true", help="continue the run --name: skip finished steps")
+    r.add_argument("--runs-root", default="runs")
+    r.set_defaults(func=_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EXPECTED_ERRORS as exc:
+        print(f"gc10: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

@@ -1,0 +1,414 @@
+"""Dataset discovery, data-quality checks, seeded grouped splits and class weights.
+
+Data flows one way: :func:`discover` reads a dataset folder into a :class:`Dataset` (one row per
+image file), :func:`split_dataset` turns it into a split manifest that :func:`write_split` /
+:func:`read_split` store as CSV, and the input pipeline (:mod:`gc10lib.inputs`) reads that.
+Nothing in the dataset folder is ever modified.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from gc10lib.classes import GC10_CLASSES, canonical_gc10
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+SUBSETS = ("train", "val", "test")
+TABLE_COLUMNS = [
+    "path", "class", "label", "image_id", "width", "height", "xml", "boxes", "box_classes",
+]
+QUALITY_COLUMNS = ["file", "class", "problem", "detail"]
+
+
+class DatasetError(ValueError):
+    """A dataset folder that cannot be used as given; the message says what was expected."""
+
+
+@dataclass
+class Dataset:
+    """A discovered dataset: one table row per image file, plus its quality report."""
+
+    root: Path
+    layout: str
+    classes: list[str]
+    table: pd.DataFrame
+    quality: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=QUALITY_COLUMNS))
+
+    @property
+    def present_classes(self) -> list[str]:
+        """Classes with at least one image, in label order."""
+        have = set(self.table["class"])
+        return [c for c in self.classes if c in have]
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def _other_files(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def detect_layout(root: Path) -> tuple[str, Path, Path | None]:
+    """Return ``(layout, class_parent, xml_dir)`` for a dataset root.
+
+    Layouts: ``kaggle`` (``images/images/<class>`` + ``label/label``), ``gc10-original``
+    (numbered folders ``1``..``10`` + ``lable``), ``folder`` (``<root>/<class>`` or
+    ``<root>/images/<class>``, optional ``annotations``/``labels`` XML folder).
+    """
+    if not root.exists():
+        raise DatasetError(f"{root}: no such folder. Expected a GC10-DET download or a folder-per-class dataset.")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: is a file, expected a dataset folder.")
+    if (root / "images" / "images").is_dir():
+        xml = root / "label" / "label"
+        return "kaggle", root / "images" / "images", xml if xml.is_dir() else None
+    numbered = [p for p in _class_dirs(root) if p.name.isdigit()]
+    if numbered and all(p.name.isdigit() for p in _class_dirs(root) if p.name not in {"lable", "label"}):
+        xml = next((root / n for n in ("lable", "label") if (root / n).is_dir()), None)
+        return "gc10-original", root, xml
+    parent = root / "images" if (root / "images").is_dir() else root
+    xml = next(
+        (root / n for n in ("annotations", "Annotations", "labels", "label", "xml") if (root / n).is_dir()),
+        None,
+    )
+    dirs = [d for d in _class_dirs(parent) if d != xml]
+    if not dirs:
+        raise DatasetError(
+            f"{root}: unrecognised layout. Expected images/images/<class>/*.jpg (Kaggle), "
+            "numbered class folders 1..10 (original GC10), or <root>/<class>/* or "
+            "<root>/images/<class>/* (folder per class)."
+        )
+    return "folder", parent, xml
+
+
+def parse_voc(path: Path) -> tuple[list[list[int]], list[str], tuple[int, int] | None]:
+    """Read a Pascal-VOC XML file: ``(boxes [xmin,ymin,xmax,ymax], raw tags, (w, h) or None)``."""
+    root = ET.parse(path).getroot()
+    boxes, tags = [], []
+    for obj in root.iter("object"):
+        tag = (obj.findtext("name") or "").strip()
+        bb = obj.find("bndbox")
+        if bb is None:
+            continue
+        box = [int(float(bb.findtext(k, "0"))) for k in ("xmin", "ymin", "xmax", "ymax")]
+        boxes.append(box)
+        tags.append(tag)
+    size = root.find("size")
+    wh = None
+    if size is not None and size.findtext("width"):
+        wh = (int(float(size.findtext("width", "0"))), int(float(size.findtext("height", "0"))))
+    return boxes, tags, wh
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """Width and height from the header, after checking the file is a readable image."""
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        return im.size
+
+
+def discover(root: str | Path, check_images: bool = True) -> Dataset:
+    """Read a dataset folder into a :class:`Dataset`.
+
+    GC10 layouts (``kaggle``, ``gc10-original``) always carry the ten canonical classes in
+    canonical order, so label indices are stable across subsets of GC10; a generic folder layout
+    uses its sorted folder names. Corrupt or non-image files are excluded with a warning and a
+    quality-table row; a wrong path, an unrecognised layout, an empty class folder, an unknown GC10
+    class folder or an empty dataset raise :class:`DatasetError`.
+    """
+    root = Path(root).expanduser()
+    layout, parent, xml_dir = detect_layout(root)
+    is_gc10 = layout in ("kaggle", "gc10-original")
+    dirs = [d for d in _class_dirs(parent) if d != xml_dir and d.name not in {"lable", "label"}]
+    if not dirs:
+        raise DatasetError(f"{parent}: no class folders found; expected one sub-folder per class.")
+
+    folder_class: dict[Path, str] = {}
+    for d in dirs:
+        if is_gc10:
+            cls = canonical_gc10(d.name)
+            if cls is None:
+                raise DatasetError(
+                    f"{d}: unknown class folder {d.name!r} in a GC10 dataset; expected one of "
+                    f"{', '.join(GC10_CLASSES)} (or the numbered folders 1..10)."
+                )
+        else:
+            cls = d.name
+        folder_class[d] = cls
+    classes = list(GC10_CLASSES) if is_gc10 else sorted(set(folder_class.values()))
+
+    quality: list[dict] = []
+    rows: list[dict] = []
+    for d, cls in folder_class.items():
+        files = _image_files(d)
+        for other in _other_files(d):
+            quality.append(dict(file=str(other), **{"class": cls}, problem="not_an_image",
+                                detail=f"unexpected file with suffix {other.suffix!r}; ignored"))
+            warnings.warn(f"{other}: not an image file; ignored", stacklevel=2)
+        if not files:
+            raise DatasetError(
+                f"{d}: empty class folder {d.name!r}; expected image files "
+                f"({', '.join(IMAGE_EXTENSIONS)}). Remove the folder or add its images."
+            )
+        for p in files:
+            width = height = -1
+            if check_images:
+                try:
+                    width, height = _image_size(p)
+                except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+                    quality.append(dict(file=str(p), **{"class": cls}, problem="unreadable",
+                                        detail=f"{type(exc).__name__}: {exc}"))
+                    warnings.warn(f"{p}: unreadable or corrupt image ({exc}); excluded", stacklevel=2)
+                    continue
+            rows.append(dict(path=str(p), **{"class": cls}, label=classes.index(cls),
+                             image_id=p.stem, width=width, height=height, xml=None,
+                             boxes=[], box_classes=[]))
+    if not rows:
+        raise DatasetError(f"{root}: no readable images found (layout {layout!r}).")
+
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    _attach_boxes(table, xml_dir, is_gc10, quality)
+
+    # File names that occur in more than one class folder (12 in the real GC10 data).
+    counts = table.groupby("image_id")["class"].nunique()
+    for image_id in counts[counts > 1].index:
+        dup = table[table.image_id == image_id]
+        for _, r in dup.iterrows():
+            quality.append(dict(file=r.path, **{"class": r["class"]}, problem="duplicate_name",
+                                detail=f"{image_id} also in: "
+                                + ", ".join(sorted(set(dup["class"]) - {r['class']}))))
+    qdf = pd.DataFrame(quality, columns=QUALITY_COLUMNS)
+    return Dataset(root=root, layout=layout, classes=classes, table=table, quality=qdf)
+
+
+def _attach_boxes(table: pd.DataFrame, xml_dir: Path | None, is_gc10: bool, quality: list[dict]) -> None:
+    if xml_dir is None:
+        return
+    xml_files = {p.stem: p for p in xml_dir.rglob("*.xml")}
+    for i, r in table.iterrows():
+        xml = xml_files.get(r.image_id)
+        if xml is None:
+            quality.append(dict(file=r.path, **{"class": r["class"]}, problem="no_xml",
+                                detail=f"no {r.image_id}.xml in {xml_dir}"))
+            continue
+        try:
+            boxes, tags, wh = parse_voc(xml)
+        except ET.ParseError as exc:
+            quality.append(dict(file=str(xml), **{"class": r["class"]}, problem="bad_xml", detail=str(exc)))
+            continue
+        names = []
+        for tag in tags:
+            name = canonical_gc10(tag) if is_gc10 else tag
+            if name is None or (not is_gc10 and name not in set(table["class"])):
+                quality.append(dict(file=str(xml), **{"class": r["class"]}, problem="unknown_tag",
+                                    detail=f"object labelled {tag!r}"))
+            names.append(name if name is not None else tag)
+        if boxes and r["class"] not in names:
+            quality.append(dict(file=r.path, **{"class": r["class"]}, problem="folder_class_not_in_xml",
+                                detail=f"XML labels: {', '.join(sorted(set(map(str, names))))}"))
+        table.at[i, "xml"] = str(xml)
+        table.at[i, "boxes"] = boxes
+        table.at[i, "box_classes"] = names
+        if r.width < 0 and wh:
+            table.at[i, "width"], table.at[i, "height"] = wh
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def summarize(ds: Dataset) -> dict:
+    """JSON-ready summary: layout, per-class counts, image sizes, box statistics, quality."""
+    t = ds.table
+    counts = t["class"].value_counts()
+    per_class = {c: int(counts.get(c, 0)) for c in ds.classes}
+    present = {c: n for c, n in per_class.items() if n}
+    n_boxes = t["boxes"].map(len)
+    areas = []
+    for _, r in t.iterrows():
+        if r.width > 0 and r.height > 0:
+            for b in r.boxes:
+                areas.append(((b[2] - b[0]) * (b[3] - b[1])) / float(r.width * r.height))
+    sizes = t.groupby(["width", "height"]).size().sort_values(ascending=False)
+    return {
+        "root": str(ds.root),
+        "layout": ds.layout,
+        "n_images": len(t),
+        "n_classes": len(present),
+        "classes": ds.classes,
+        "images_per_class": per_class,
+        "imbalance_ratio": (max(present.values()) / min(present.values())) if present else None,
+        "image_sizes": [{"width": int(w), "height": int(h), "count": int(n)} for (w, h), n in sizes.items()],
+        "boxes": {
+            "images_with_xml": int(t["xml"].notna().sum()),
+            "n_boxes": int(n_boxes.sum()),
+            "boxes_per_image_mean": float(n_boxes[t["xml"].notna()].mean()) if t["xml"].notna().any() else 0.0,
+            "relative_area_median": float(np.median(areas)) if areas else None,
+        },
+        "quality": {k: int(v) for k, v in ds.quality["problem"].value_counts().items()},
+        "quality_rows": ds.quality.to_dict(orient="records"),
+    }
+
+
+def box_table(ds: Dataset) -> pd.DataFrame:
+    """One row per box: image class, box class, pixel size and area relative to the image."""
+    rows = []
+    for _, r in ds.table.iterrows():
+        for b, bc in zip(r.boxes, r.box_classes, strict=False):
+            w, h = b[2] - b[0], b[3] - b[1]
+            rel = (w * h) / float(r.width * r.height) if r.width > 0 else np.nan
+            rows.append({"image_id": r.image_id, "class": r["class"], "box_class": bc,
+                         "box_w": w, "box_h": h, "rel_area": rel})
+    return pd.DataFrame(rows, columns=["image_id", "class", "box_class", "box_w", "box_h", "rel_area"])
+
+
+# --------------------------------------------------------------------------- split
+
+
+def split_dataset(
+    ds: Dataset, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 42
+) -> pd.DataFrame:
+    """Seeded, stratified train/val/test split, grouped by image id.
+
+    All files sharing an image id (the same file name in two class folders) go to the same
+    subset. Every class with at least 3 groups gets at least one group in val and in test.
+    Returns the manifest: ``path, class, label, image_id, subset``.
+    """
+    fr = np.asarray(fractions, dtype=float)
+    if fr.shape != (3,) or np.any(fr < 0) or not np.isclose(fr.sum(), 1.0):
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
+    t = ds.table
+    # Stratum of a group: its rarest class, so that rare classes are placed first and kept whole.
+    freq = t["class"].value_counts()
+    groups = t.groupby("image_id")["class"].agg(lambda s: min(s, key=lambda c: (freq[c], c)))
+    rng = np.random.default_rng(seed)
+    assign: dict[str, str] = {}
+    for cls in sorted(groups.unique()):
+        ids = sorted(groups[groups == cls].index)
+        rng.shuffle(ids)
+        n = len(ids)
+        n_val = int(round(fr[1] * n))
+        n_test = int(round(fr[2] * n))
+        if n >= 3:
+            n_val, n_test = max(n_val, 1 if fr[1] > 0 else 0), max(n_test, 1 if fr[2] > 0 else 0)
+        n_val = min(n_val, n)
+        n_test = min(n_test, n - n_val)
+        for j, image_id in enumerate(ids):
+            assign[image_id] = "val" if j < n_val else "test" if j < n_val + n_test else "train"
+    man = t[["path", "class", "label", "image_id"]].copy()
+    man["subset"] = man["image_id"].map(assign)
+    return man.reset_index(drop=True)
+
+
+def write_split(manifest: pd.DataFrame, path: str | Path, data_root: str | Path, *,
+                classes: Sequence[str], seed: int, fractions: Sequence[float],
+                overwrite: bool = False) -> Path:
+    """Write the manifest as CSV (paths relative to ``data_root``) plus a ``.json`` sidecar
+    recording the class order, seed and fractions. Refuses to overwrite unless asked."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: split manifest already exists; choose another --out or delete it.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = manifest[["path", "class", "label", "image_id", "subset"]].copy()
+    root = Path(data_root).resolve()
+    out["path"] = [str(Path(p).resolve().relative_to(root)) for p in out["path"]]
+    out.to_csv(path, index=False)
+    meta = {"data_root": str(root), "classes": list(classes), "seed": seed,
+            "fractions": list(map(float, fractions)),
+            "counts": {s: int((out.subset == s).sum()) for s in SUBSETS}}
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def read_split(path: str | Path, data_root: str | Path | None = None) -> pd.DataFrame:
+    """Read a split manifest, resolving paths against ``data_root`` (default: the sidecar's)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: split manifest not found; create it with `gc10 data split`.")
+    man = pd.read_csv(path, dtype={"image_id": str})
+    missing = {"path", "class", "label", "subset"} - set(man.columns)
+    if missing:
+        raise DatasetError(f"{path}: not a split manifest, missing columns {sorted(missing)}.")
+    if data_root is None:
+        meta = path.with_suffix(".json")
+        if not meta.is_file():
+            raise DatasetError(f"{path}: no data_root given and no sidecar {meta.name} to find it.")
+        data_root = json.loads(meta.read_text())["data_root"]
+    root = Path(data_root)
+    man["path"] = [str(root / p) for p in man["path"]]
+    absent = [p for p in man["path"] if not Path(p).is_file()]
+    if absent:
+        raise DatasetError(f"{path}: {len(absent)} listed images are missing under {root}, e.g. {absent[0]}.")
+    return man
+
+
+def split_classes(path: str | Path) -> list[str] | None:
+    """Class order recorded in a split manifest's sidecar, if any."""
+    meta = Path(path).with_suffix(".json")
+    return json.loads(meta.read_text())["classes"] if meta.is_file() else None
+
+
+# --------------------------------------------------------------------------- class weights
+
+
+def class_weights(labels: Sequence[int], n_classes: int | None = None) -> dict[int, float]:
+    """Balanced class weights keyed by label index: ``n / (k * count)``.
+
+    ``k`` is the number of classes present in ``labels``; absent classes are left out (Keras
+    gives them weight 1, and they have no samples). The rarest class gets the largest weight,
+    under its own label index.
+    """
+    labels = np.asarray(labels, dtype=int)
+    if labels.size == 0:
+        raise ValueError("class_weights: no labels")
+    counts = np.bincount(labels, minlength=n_classes or 0)
+    present = np.flatnonzero(counts)
+    k = len(present)
+    return {int(c): float(labels.size / (k * counts[c])) for c in present}
+
+
+def label_table(root: str | Path) -> pd.DataFrame:
+    """Label-only view: one row per VOC object in ``<root>/label/label`` (or ``<root>``), with the
+    GC10 class of its tag and its area relative to the image. For the 2,280 real GC10 XMLs, which
+    come without their images."""
+    root = Path(root)
+    xml_dir = root / "label" / "label" if (root / "label" / "label").is_dir() else root
+    files = sorted(xml_dir.glob("*.xml"))
+    if not files:
+        raise DatasetError(f"{xml_dir}: no XML files found.")
+    rows = []
+    for f in files:
+        boxes, tags, wh = parse_voc(f)
+        w, h = wh if wh else (0, 0)
+        for b, tag in zip(boxes, tags, strict=True):
+            area = (b[2] - b[0]) * (b[3] - b[1])
+            rows.append({"image_id": f.stem, "tag": tag, "class": canonical_gc10(tag) or f"unknown:{tag}",
+                         "box_w": b[2] - b[0], "box_h": b[3] - b[1],
+                         "rel_area": area / float(w * h) if w and h else np.nan})
+    return pd.DataFrame(rows)

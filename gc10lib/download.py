@@ -1,0 +1,61 @@
+"""Download GC10-DET from Kaggle through the official ``kaggle`` package, failing fast offline."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+KAGGLE_DATASET = "zhangyunsheng/defects-class-and-location"
+MANUAL_STEPS = (
+    "Alternatively download the zip by hand from "
+    f"https://www.kaggle.com/datasets/{KAGGLE_DATASET} and unpack it so that the folder holds "
+    "images/images/<class>/*.jpg and label/label/*.xml; then pass that folder as data_dir."
+)
+
+
+class DownloadError(RuntimeError):
+    """The download cannot start; the message says what to do."""
+
+
+def _has_token() -> bool:
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return True
+    if os.environ.get("KAGGLE_API_TOKEN"):
+        return True
+    config = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
+    return (config / "kaggle.json").is_file() or (config / "access_token").is_file()
+
+
+def _reachable(host: str = "www.kaggle.com", port: int = 443, timeout: float = 5.0) -> str | None:
+    """``None`` if a TCP connection opens, else the reason it did not."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def download_gc10(out: str | Path, dataset: str = KAGGLE_DATASET) -> Path:
+    """Download and unzip the Kaggle GC10-DET dataset into ``out`` (must be empty or absent)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise DownloadError(f"{out}: folder is not empty; choose an empty folder for the download.")
+    if not _has_token():
+        raise DownloadError(
+            "No Kaggle API token found. Create one at https://www.kaggle.com/settings (API > "
+            "Create New Token) and save it as ~/.kaggle/kaggle.json (chmod 600), or set "
+            "KAGGLE_USERNAME and KAGGLE_KEY. " + MANUAL_STEPS
+        )
+    reason = _reachable()
+    if reason is not None:
+        raise DownloadError(f"Kaggle is not reachable from this machine ({reason}). " + MANUAL_STEPS)
+    try:
+        from kaggle.api.kaggle_api_extended import KaggleApi
+    except ImportError as exc:  # pragma: no cover - kaggle is in the [kaggle] and [dev] extras
+        raise DownloadError("The kaggle package is not installed: pip install 'gc10lib[kaggle]'.") from exc
+    api = KaggleApi()
+    api.authenticate()
+    out.mkdir(parents=True, exist_ok=True)
+    api.dataset_download_files(dataset, path=str(out), unzip=True, quiet=False)
+    return out

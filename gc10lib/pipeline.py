@@ -1,0 +1,363 @@
+"""The papermill pipeline behind ``gc10 run``: configs, run folders, resume and summaries.
+
+A run executes the numbered notebooks headless, in order: ``01_eda``, ``02_finetune`` once per
+backbone, ``03_ensemble`` and any later notebooks, each with only the parameters its tagged
+``parameters`` cell declares. Everything lands in ``runs/<name>/``:
+
+* ``NN_<step>.ipynb`` – the executed notebooks;
+* ``steps/<step>/`` – each step's outputs (models, metrics, plots);
+* ``logs/<step>.log`` – streamed cell output;
+* ``split.csv`` – the split manifest every step uses;
+* ``run.json`` – resolved config, git commit, package versions, seed, machine, step timings;
+* ``summary.json`` / ``summary.md`` – every model's and ensemble's metrics in one table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_ROOT.parent
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+CONFIG_DIR = REPO_ROOT / "configs"
+
+#: Keys that only the runner reads (not forwarded to notebooks).
+RUNNER_KEYS = {"name", "description", "backbones", "notebooks", "synthetic_per_class", "fractions", "img_sizes"}
+
+
+class PipelineError(RuntimeError):
+    """A run that cannot start or continue; the message says why."""
+
+
+@dataclass
+class Step:
+    """One notebook execution."""
+
+    id: str
+    notebook: str
+    params: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a YAML config (a bare name like ``demo`` means ``configs/demo.yaml``)."""
+    p = Path(path)
+    if not p.is_file() and (CONFIG_DIR / f"{path}.yaml").is_file():
+        p = CONFIG_DIR / f"{path}.yaml"
+    if not p.is_file():
+        raise FileNotFoundError(f"{path}: config not found (looked in {CONFIG_DIR} too).")
+    cfg = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(cfg, dict):
+        raise PipelineError(f"{p}: a config must be a YAML mapping of parameter names to values.")
+    cfg.setdefault("name", p.stem)
+    return cfg
+
+
+def parse_value(text: str):
+    """Parse a ``-p`` value the way papermill does for YAML-ish input: numbers, bools, lists, None."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return None if value in ("None", "none") else value
+
+
+def notebook_parameters(notebook: str | Path) -> dict[str, str]:
+    """Names and default source of a notebook's tagged ``parameters`` cell."""
+    import papermill as pm
+
+    params = pm.inspect_notebook(str(notebook))
+    return {k: v.get("default") for k, v in params.items()}
+
+
+DEFAULT_NOTEBOOKS = ("01_eda", "02_finetune", "03_ensemble")
+
+
+def notebooks_for(cfg: dict) -> list[str]:
+    """The notebooks a config runs, in order (default: all numbered notebooks that exist)."""
+    return list(cfg.get("notebooks") or DEFAULT_NOTEBOOKS)
+
+
+def valid_keys(cfg: dict) -> set[str]:
+    """Every name a ``-p`` override may use: the config's keys, runner keys and notebook parameters."""
+    keys = set(cfg) | RUNNER_KEYS
+    for nb in notebooks_for(cfg):
+        path = NOTEBOOK_DIR / f"{nb}.ipynb"
+        if path.is_file():
+            keys |= set(notebook_parameters(path))
+    return keys - {"out_dir", "split_csv", "run_dir"}
+
+
+def apply_overrides(cfg: dict, overrides: Sequence[tuple[str, str]]) -> dict:
+    """Apply ``-p KEY VALUE`` pairs, rejecting unknown names before anything runs."""
+    cfg = copy.deepcopy(cfg)
+    allowed = valid_keys(cfg)
+    for key, raw in overrides:
+        if key not in allowed:
+            raise PipelineError(f"unknown parameter {key!r}; valid names: {', '.join(sorted(allowed))}")
+        cfg[key] = parse_value(raw) if isinstance(raw, str) else raw
+    return cfg
+
+
+def plan_steps(cfg: dict, run_dir: Path) -> list[Step]:
+    """The ordered steps of a run with their notebook parameters."""
+    planned: list[tuple[str, str, dict]] = []
+    for nb in notebooks_for(cfg):
+        if not (NOTEBOOK_DIR / f"{nb}.ipynb").is_file():
+            raise PipelineError(f"notebook {nb!r} not found in {NOTEBOOK_DIR}")
+        stem = nb.split("_", 1)[1] if nb[:2].isdigit() else nb
+        if nb.startswith("02_"):
+            for bb in cfg.get("backbones") or []:
+                params = {"backbone": bb}
+                size = (cfg.get("img_sizes") or {}).get(bb)
+                if size is not None:
+                    params["img_size"] = size
+                planned.append((f"{stem}_{bb}", nb, params))
+        else:
+            planned.append((stem, nb, {}))
+    return [Step(f"{i:02d}_{sid}", nb, p) for i, (sid, nb, p) in enumerate(planned, start=1)]
+
+
+def step_parameters(step: Step, cfg: dict, run_dir: Path) -> dict:
+    """Only the parameters the step's notebook declares, from config, run and step."""
+    declared = notebook_parameters(NOTEBOOK_DIR / f"{step.notebook}.ipynb")
+    values = {k: v for k, v in cfg.items() if k not in RUNNER_KEYS}
+    values.update({"out_dir": str(run_dir / "steps" / step.id), "split_csv": str(run_dir / "split.csv"),
+                   "run_dir": str(run_dir), "data_dir": cfg.get("data_dir")})
+    values.update(step.params)
+    return {k: v for k, v in values.items() if k in declared}
+
+
+# --------------------------------------------------------------------------- run folder
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("gc10lib", "tensorflow", "keras", "numpy", "pandas", "scikit-learn", "papermill", "ai-edge-litert"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[pkg] = version(pkg)
+    return out
+
+
+def _machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "hostname": platform.node()}
+
+
+def choose_run_dir(runs_root: Path, name: str | None, default: str, resume: bool) -> Path:
+    """Never overwrite: an explicit existing name is an error (unless resuming); a default name
+    gets a fresh timestamped folder."""
+    if name:
+        d = runs_root / name
+        if resume:
+            if not (d / "run.json").is_file():
+                raise PipelineError(f"{d}: nothing to resume (no run.json).")
+            return d
+        if d.exists():
+            raise PipelineError(f"{d}: run folder already exists; pass --resume to continue it or choose another --name.")
+        return d
+    if resume:
+        raise PipelineError("--resume needs --name of the run to continue.")
+    base = f"{default}-{time.strftime('%Y%m%d-%H%M%S')}"
+    d, k = runs_root / base, 2
+    while d.exists():
+        d, k = runs_root / f"{base}-{k}", k + 1
+    return d
+
+
+class Run:
+    """A run folder and its ``run.json`` manifest."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = run_dir
+        self.manifest_path = run_dir / "run.json"
+        self.manifest: dict = json.loads(self.manifest_path.read_text()) if self.manifest_path.is_file() else {}
+
+    def save(self) -> None:
+        tmp = self.manifest_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.manifest, indent=2, default=str))
+        tmp.replace(self.manifest_path)
+
+
+def _prepare_data(cfg: dict, run_dir: Path) -> None:
+    """Resolve ``data_dir`` (generating synthetic data) and write the run's split manifest."""
+    from gc10lib import data, synth
+
+    seed = int(cfg.get("seed", 42))
+    root = synth.resolve_data_dir(cfg["data_dir"], per_class=int(cfg.get("synthetic_per_class", 30)), seed=0)
+    cfg["data_dir"] = str(root.resolve())
+    ds = data.discover(root)
+    fractions = cfg.get("fractions") or (0.7, 0.15, 0.15)
+    man = data.split_dataset(ds, fractions, seed)
+    data.write_split(man, run_dir / "split.csv", ds.root, classes=ds.classes, seed=seed, fractions=fractions)
+
+
+def execute_run(cfg: dict, *, name: str | None = None, resume: bool = False, runs_root: str | Path = "runs",
+                echo=print) -> Path:
+    """Run (or resume) a pipeline and return its run folder."""
+    import papermill as pm
+
+    runs_root = Path(runs_root)
+    run_dir = choose_run_dir(runs_root, name, str(cfg.get("name", "run")), resume)
+    if resume:
+        run = Run(run_dir)
+        cfg = run.manifest["config"]
+    else:
+        if cfg.get("data_dir") in (None, ""):
+            raise PipelineError("data_dir is not set: pass -p data_dir PATH (or set GC10_DATA for gc10.yaml).")
+        run_dir.mkdir(parents=True)
+        (run_dir / "logs").mkdir()
+        _prepare_data(cfg, run_dir)
+        run = Run(run_dir)
+        run.manifest = {"name": run_dir.name, "config": cfg, "git_commit": _git_commit(), "versions": _versions(),
+                        "machine": _machine(), "seed": cfg.get("seed", 42), "started": time.time(), "steps": {}}
+        run.save()
+    steps = plan_steps(cfg, run_dir)
+    if not steps:
+        raise PipelineError(f"no notebooks found to run in {NOTEBOOK_DIR}")
+    env_keep = {k: os.environ.get(k) for k in ("GC10_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
+    os.environ["GC10_VERBOSE"] = "2"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    t_start = time.time()
+    durations: list[float] = []
+    try:
+        for i, step in enumerate(steps, start=1):
+            rec = run.manifest["steps"].get(step.id, {})
+            if rec.get("status") == "done":
+                echo(f"[{i}/{len(steps)}] {step.id}: done earlier, skipped")
+                continue
+            out_dir = run_dir / "steps" / step.id
+            if out_dir.exists():  # a failed or interrupted attempt: keep it aside, never delete it
+                k = 1
+                while (aside := out_dir.with_name(f"{out_dir.name}.failed-{k}")).exists():
+                    k += 1
+                out_dir.rename(aside)
+            params = step_parameters(step, cfg, run_dir)
+            nb_out = run_dir / f"{step.id}.ipynb"
+            eta = ""
+            if durations:
+                remaining = sum(1 for s in steps[i - 1:] if run.manifest["steps"].get(s.id, {}).get("status") != "done")
+                eta = f", about {sum(durations) / len(durations) * remaining / 60:.1f} min left"
+            echo(f"[{i}/{len(steps)}] {step.id} ({step.notebook}) — elapsed {(time.time() - t_start) / 60:.1f} min{eta}")
+            rec = {"status": "running", "notebook": str(nb_out), "params": params, "start": time.time()}
+            run.manifest["steps"][step.id] = rec
+            run.save()
+            log = run_dir / "logs" / f"{step.id}.log"
+            try:
+                with open(log, "w") as fh:
+                    pm.execute_notebook(str(NOTEBOOK_DIR / f"{step.notebook}.ipynb"), str(nb_out), parameters=params,
+                                        kernel_name="python3", cwd=str(NOTEBOOK_DIR), progress_bar=False,
+                                        stdout_file=fh, stderr_file=fh, log_output=False)
+            except pm.PapermillExecutionError as exc:
+                rec.update(status="failed", end=time.time(), error=f"{exc.ename}: {exc.evalue}", cell=exc.exec_count)
+                run.save()
+                raise PipelineError(
+                    f"step {step.id} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue}).\n"
+                    f"  executed notebook: {nb_out}\n  log: {log}\n  resume with: gc10 run --resume --name {run_dir.name}"
+                ) from None
+            except BaseException:
+                rec.update(status="failed", end=time.time(), error="interrupted")
+                run.save()
+                raise
+            rec.update(status="done", end=time.time(), seconds=round(time.time() - rec["start"], 1))
+            durations.append(rec["seconds"])
+            run.save()
+    finally:
+        for k, v in env_keep.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    run.manifest["ended"] = time.time()
+    run.save()
+    write_summary(run_dir)
+    echo(f"run complete in {(time.time() - t_start) / 60:.1f} min: {run_dir}")
+    return run_dir
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def collect_rows(run_dir: Path) -> list[dict]:
+    """One row per model/ensemble from the steps' ``metrics.json`` files."""
+    rows = []
+    for mf in sorted((run_dir / "steps").glob("*/metrics.json")) + sorted((run_dir / "steps").glob("*/ensembles/*/metrics.json")):
+        m = json.loads(mf.read_text())
+        if "test" not in m:
+            continue
+        rows.append({
+            "model": m.get("name", mf.parent.name), "kind": m.get("kind", "backbone"),
+            "img_size": m.get("img_size"), "weights": m.get("weights_source"),
+            "test_accuracy": m["test"].get("accuracy"), "test_macro_f1": m["test"].get("macro_f1"),
+            "test_balanced_accuracy": m["test"].get("balanced_accuracy"),
+            "val_accuracy": (m.get("val") or {}).get("accuracy"),
+            "size_mb": m.get("model_size_mb"), "train_s": (m.get("timings") or {}).get("total_s"),
+        })
+    return rows
+
+
+def write_summary(run_dir: Path) -> dict:
+    """Write ``summary.json`` and ``summary.md`` for a run folder."""
+    import pandas as pd
+
+    run = Run(run_dir)
+    rows = collect_rows(run_dir)
+    extra = {}
+    for f in sorted((run_dir / "steps").glob("*/summary_extra.json")):
+        extra[f.parent.name] = json.loads(f.read_text())
+    summary = {"run": run_dir.name, "config": run.manifest.get("config"),
+               "steps": {k: {kk: v.get(kk) for kk in ("status", "seconds")} for k, v in run.manifest.get("steps", {}).items()},
+               "models": rows, "extra": extra}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    lines = [f"# Run `{run_dir.name}`", ""]
+    cfg = run.manifest.get("config") or {}
+    lines.append(f"Data: `{cfg.get('data_dir')}` · seed {cfg.get('seed')} · commit `{(run.manifest.get('git_commit') or '')[:10]}`")
+    lines.append("")
+    if rows:
+        df = pd.DataFrame(rows)
+        lines.append(df.to_markdown(index=False, floatfmt=".4f"))
+    else:
+        lines.append("_no model metrics yet_")
+    lines += ["", "| step | status | seconds |", "|---|---|---|"]
+    for k, v in summary["steps"].items():
+        lines.append(f"| {k} | {v['status']} | {v.get('seconds')} |")
+    for k, v in extra.items():
+        if isinstance(v, dict) and v.get("markdown"):
+            lines += ["", f"## {v.get('title', k)}", "", v["markdown"]]
+    (run_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    return summary
+
+
+def main_run(config: str, overrides: Sequence[tuple[str, str]], name: str | None, resume: bool,
+             runs_root: str = "runs") -> int:
+    cfg = {} if resume else apply_overrides(load_config(config), overrides)
+    if resume and overrides:
+        raise PipelineError("--resume continues a run with its recorded config; -p overrides are not allowed.")
+    if not resume and cfg.get("data_dir") and isinstance(cfg["data_dir"], str) and cfg["data_dir"].startswith("$"):
+        cfg["data_dir"] = os.environ.get(cfg["data_dir"][1:])
+    execute_run(cfg, name=name, resume=resume, runs_root=runs_root)
+    return 0
+

@@ -1,0 +1,52 @@
+"""Environment-driven locations: the cache folder and the offline weights folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """The gc10lib cache folder: ``$GC10_CACHE_DIR`` or ``~/.cache/gc10lib``."""
+    return Path(os.environ.get("GC10_CACHE_DIR", Path.home() / ".cache" / "gc10lib")).expanduser()
+
+
+def weights_dir() -> Path | None:
+    """Folder of offline ImageNet weight files, from ``$GC10_WEIGHTS_DIR``, or ``None``."""
+    value = os.environ.get("GC10_WEIGHTS_DIR")
+    return Path(value).expanduser() if value else None
+
+
+def new_output_dir(path: str | Path | None, prefix: str = "run") -> Path:
+    """Create and return an output folder, never reusing one that already holds results.
+
+    ``None`` gives ``runs/<prefix>-<timestamp>``. An existing, non-empty folder is an error, so a
+    previous run's results are never overwritten.
+    """
+    import time
+
+    if path is None or str(path) == "":
+        path = Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = Path(path).expanduser()
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(f"{path}: output folder already holds results; choose a new out_dir.")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_json(obj: object, path: str | Path) -> Path:
+    """Write ``obj`` as indented JSON (numpy scalars and paths converted)."""
+    import json
+
+    import numpy as np
+
+    def default(o):
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        return str(o)
+
+    path = Path(path)
+    path.write_text(json.dumps(obj, indent=2, default=default))
+    return path

@@ -1,0 +1,53 @@
+"""Shared fixtures. Tests that need ../shared skip only when that folder is absent, and say so."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("GC10_SHARED", REPO.parent / "shared"))
+SAMPLE = SHARED / "data" / "gc10-sample"
+LABELS = SHARED / "data" / "gc10-labels"
+NEU = SHARED / "data" / "neu-det"
+XSDD = SHARED / "data" / "x-sdd"
+WEIGHTS = SHARED / "weights"
+
+needs_shared = pytest.mark.skipif(
+    not (SHARED / "data").is_dir(),
+    reason=f"{SHARED} is absent: real-data tests need the ../shared folder (CI always has it)",
+)
+needs_weights = pytest.mark.skipif(
+    not WEIGHTS.is_dir(),
+    reason=f"{WEIGHTS} is absent: real ImageNet weights come from ../shared/weights (CI always has it)",
+)
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Every test session gets its own gc10lib cache unless CI points GC10_CACHE_DIR elsewhere."""
+    if "GC10_CACHE_DIR" not in os.environ:
+        os.environ["GC10_CACHE_DIR"] = str(tmp_path_factory.mktemp("gc10cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A small synthetic dataset in the Kaggle layout (12 images per class)."""
+    from gc10lib.synth import make_synthetic
+
+    return make_synthetic(tmp_path_factory.mktemp("synth") / "kaggle", per_class=12, seed=3)
+
+
+@pytest.fixture()
+def synth_copy(synth_root, tmp_path) -> Path:
+    """A writable copy of the synthetic dataset, for tests that plant bad files."""
+    dst = tmp_path / "data"
+    shutil.copytree(synth_root, dst)
+    return dst

@@ -1,0 +1,95 @@
+"""The gc10 command line on real and synthetic data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import NEU, SAMPLE, needs_shared
+
+from gc10lib.cli import main
+
+GC10 = [sys.executable, "-m", "gc10lib.cli"]
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*GC10, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+@needs_shared
+def test_summary_json_real_sample(capsys):
+    assert main(["data", "summary", str(SAMPLE), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["layout"] == "kaggle" and s["n_images"] == 18 and s["n_classes"] == 7
+    assert s["boxes"]["n_boxes"] > 0
+
+
+@needs_shared
+def test_summary_json_neu(capsys):
+    assert main(["data", "summary", str(NEU), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["n_images"] == 1499 and s["n_classes"] == 6
+
+
+def test_summary_text_and_quality(synth_copy, capsys):
+    (synth_copy / "label" / "label" / "syn_01_00001.xml").unlink()
+    assert main(["data", "summary", str(synth_copy)]) == 0
+    out = capsys.readouterr().out
+    assert "120 in 10 classes" in out and "no_xml" in out and "syn_01_00001.jpg" in out
+
+
+def test_split_and_synth_cli(tmp_path, capsys):
+    assert main(["data", "synth", str(tmp_path / "s"), "--per-class", "5", "--seed", "1"]) == 0
+    assert main(["data", "split", str(tmp_path / "s"), "--out", str(tmp_path / "split.csv"), "--seed", "3"]) == 0
+    m = pd.read_csv(tmp_path / "split.csv")
+    assert len(m) == 50 and set(m.subset) == {"train", "val", "test"}
+    assert main(["data", "split", str(tmp_path / "s"), "--out", str(tmp_path / "split.csv")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["data", "synth", str(tmp_path / "s")]) == 2  # never writes into a non-empty folder
+
+
+def test_bad_path_is_clear_error():
+    r = run_cli("data", "summary", "/definitely/not/here")
+    assert r.returncode == 2
+    assert "no such folder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_download_without_token_fails_fast(tmp_path):
+    env = {"HOME": str(tmp_path), "KAGGLE_CONFIG_DIR": str(tmp_path / ".kaggle"), "KAGGLE_USERNAME": "", "KAGGLE_KEY": "",
+           "KAGGLE_API_TOKEN": ""}
+    r = run_cli("data", "download", str(tmp_path / "out"), env=env, timeout=60)
+    assert r.returncode == 2
+    assert "kaggle.json" in r.stderr and "download the zip by hand" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_download_offline_fails_fast(tmp_path, monkeypatch):
+    """With a token but no route to Kaggle the error says so instead of hanging."""
+    from gc10lib import download
+
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", "0" * 32)
+    monkeypatch.setattr(download, "_reachable", lambda *a, **k: "gaierror: Name or service not known")
+    with pytest.raises(download.DownloadError, match="not reachable"):
+        download.download_gc10(tmp_path / "out")
+    # and the real check returns a reason quickly on a closed port
+    assert download._reachable("127.0.0.1", 9, timeout=2) is not None
+
+
+def test_download_refuses_non_empty(tmp_path):
+    from gc10lib import download
+
+    (tmp_path / "x").write_text("keep me")
+    with pytest.raises(download.DownloadError, match="not empty"):
+        download.download_gc10(tmp_path)
+    assert (tmp_path / "x").read_text() == "keep me"
+
+
+def test_entry_point_installed():
+    exe = Path(sys.executable).with_name("gc10")
+    assert exe.is_file(), "the gc10 console script is installed with the package"
