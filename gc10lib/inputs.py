@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from gc10lib import settings
+
 POLICIES = ("stretch", "pad")
 PREFETCH = 2  # fixed: AUTOTUNE sometimes left predict/fit idle for seconds on 2-core CPUs
 PARALLEL = 2
@@ -102,7 +104,7 @@ class ImageCache:
         if policy not in POLICIES:
             raise ValueError(f"unknown resize policy {policy!r}; expected one of {POLICIES}")
         self.size, self.policy = int(size), policy
-        self.dir = Path(cache_dir or cache_dir()) / "images" / f"{policy}_{self.size}"
+        self.dir = Path(cache_dir or settings.cache_dir()) / "images" / f"{policy}_{self.size}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.hits = self.misses = 0
 
@@ -166,7 +168,8 @@ def make_dataset(
 ):
     """A batched ``tf.data.Dataset`` of ``(image float32 0..255, label int32)`` (or images only).
 
-    Shuffles (seeded) and augments only when ``training``; fixed prefetch and parallelism.
+    Shuffles (seeded) only when ``training``; augments (seeded) only when ``augment`` is set, which
+    callers do for the train split alone. Fixed prefetch and parallelism.
     """
     import tensorflow as tf
 
@@ -189,7 +192,7 @@ def make_dataset(
     else:
         ds = ds.map(decode, num_parallel_calls=PARALLEL, deterministic=True)
     ds = ds.batch(batch_size)
-    if training and augment:
+    if augment:
         aug = augmenter(seed)
         if labels is not None:
             ds = ds.map(lambda x, y: (aug(x, training=True), y), num_parallel_calls=1)

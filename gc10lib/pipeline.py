@@ -83,12 +83,9 @@ def notebook_parameters(notebook: str | Path) -> dict[str, str]:
     return {k: v.get("default") for k, v in params.items()}
 
 
-DEFAULT_NOTEBOOKS = ("01_eda", "02_finetune", "03_ensemble")
-
-
 def notebooks_for(cfg: dict) -> list[str]:
-    """The notebooks a config runs, in order (default: all numbered notebooks that exist)."""
-    return list(cfg.get("notebooks") or DEFAULT_NOTEBOOKS)
+    """The notebooks a config runs, in order (default: every numbered notebook in notebooks/)."""
+    return list(cfg.get("notebooks") or sorted(p.stem for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb")))
 
 
 def valid_keys(cfg: dict) -> set[str]:

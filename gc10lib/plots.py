@@ -79,3 +79,81 @@ def sample_grid(ds: Dataset, per_class: int = 3, seed: int = 0, max_side: int = 
 def size_table(ds: Dataset) -> pd.DataFrame:
     """Image sizes and how many images have each."""
     return ds.table.groupby(["width", "height"]).size().rename("images").reset_index()
+
+
+# --------------------------------------------------------------------------- training and evaluation
+
+
+def training_curves(history: str | pd.DataFrame):
+    """Loss and accuracy per epoch for both phases (``history.csv`` from training)."""
+    h = pd.read_csv(history) if not isinstance(history, pd.DataFrame) else history
+    h = h.reset_index(drop=True).assign(step=lambda d: np.arange(len(d)) + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for col, style in ((metric, "-"), (f"val_{metric}", "--")):
+            if col in h:
+                ax.plot(h["step"], h[col], style, label=col)
+        if "phase" in h and (h["phase"] == "finetune").any():
+            ax.axvline(h.index[h["phase"] == "finetune"][0] + 0.5, color="grey", lw=0.8)
+        ax.set(xlabel="epoch (head, then fine-tune)", title=metric)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def confusion(metrics: dict, normalise: bool = True):
+    """Confusion matrix (counts and, side by side, row-normalised) from a metrics dict."""
+    cm = np.asarray(metrics["confusion_matrix"], dtype=float)
+    classes = metrics["classes"]
+    keep = [i for i in range(len(classes)) if cm[i].sum() > 0 or cm[:, i].sum() > 0]
+    cm = cm[np.ix_(keep, keep)]
+    names = [classes[i] for i in keep]
+    fig, axes = plt.subplots(1, 2 if normalise else 1, figsize=(13 if normalise else 6.5, 5.5), squeeze=False)
+    sns.heatmap(cm, annot=True, fmt=".0f", cmap="Blues", xticklabels=names, yticklabels=names, ax=axes[0, 0], cbar=False)
+    axes[0, 0].set(xlabel="predicted", ylabel="true", title="counts")
+    if normalise:
+        rows = cm.sum(1, keepdims=True)
+        norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+        sns.heatmap(norm, annot=True, fmt=".2f", cmap="Blues", vmin=0, vmax=1, xticklabels=names, yticklabels=names,
+                    ax=axes[0, 1], cbar=False)
+        axes[0, 1].set(xlabel="predicted", ylabel="true", title="row-normalised (recall)")
+    fig.tight_layout()
+    return fig
+
+
+def per_class_f1(models: dict[str, dict]):
+    """Grouped bars of per-class F1 for several models' metrics dicts."""
+    rows = [{"model": name, "class": c, "f1": v["f1"]} for name, m in models.items()
+            for c, v in m["per_class"].items() if v["support"] > 0]
+    df = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * df["class"].nunique() + 2), 3.8))
+    sns.barplot(data=df, x="class", y="f1", hue="model", ax=ax)
+    ax.set(ylim=(0, 1.05), xlabel="", ylabel="F1", title="Per-class F1 (test)")
+    ax.tick_params(axis="x", rotation=40)
+    fig.tight_layout()
+    return fig
+
+
+def reliability(metrics: dict, ax=None):
+    """Reliability diagram from a metrics dict's ``reliability`` bins, with its ECE."""
+    b = metrics["reliability"]
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(4, 4))
+    conf = [c for c in b["confidence"] if c is not None]
+    acc = [a for a, c in zip(b["accuracy"], b["confidence"], strict=True) if c is not None]
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.plot(conf, acc, "o-")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=f"ECE {metrics['ece']:.3f}")
+    fig.tight_layout()
+    return fig
+
+
+def comparison_bars(table: pd.DataFrame, metrics: Sequence[str] = ("test_accuracy", "test_macro_f1")):
+    """Bar plot of a comparison table (one row per model or ensemble)."""
+    df = table.melt(id_vars="model", value_vars=list(metrics), var_name="metric", value_name="value")
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * table.shape[0] + 2), 3.8))
+    sns.barplot(data=df, x="model", y="value", hue="metric", ax=ax)
+    lo = max(0.0, float(df["value"].min()) - 0.1)
+    ax.set(ylim=(lo, 1.0), xlabel="", ylabel="", title="Test split")
+    ax.tick_params(axis="x", rotation=40)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,353 @@
+"""Per-backbone training: frozen-backbone head (with a cached-feature fast path), then fine-tuning.
+
+:func:`train_backbone` is what notebook ``02_finetune`` calls. It writes to ``out_dir``:
+``model.keras``, ``metrics.json`` (val and test metrics, split manifest, timings, seed, weights
+source), ``history.csv`` and ``curves.png``/``confusion.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from gc10lib import data
+from gc10lib.backbones import build_classifier, get_spec, model_classes
+from gc10lib.inputs import ImageCache, augmenter, make_dataset
+from gc10lib.settings import cache_dir, new_output_dir, save_json
+
+
+@dataclass
+class TrainConfig:
+    """Everything that shapes one backbone's training run."""
+
+    backbone: str = "mobilenet"
+    img_size: int | None = None  # None: the backbone's native size
+    weights: str | None = "imagenet"  # "imagenet", None, or a weights file
+    weights_dir: str | None = None  # offline ImageNet weights (default $GC10_WEIGHTS_DIR)
+    policy: str = "stretch"  # resize policy, see gc10lib.inputs
+    epochs_head: int = 10
+    epochs_finetune: int = 5
+    finetune_fraction: float = 0.3  # top share of backbone layers unfrozen in phase 2
+    batch_size: int = 32
+    lr_head: float = 1e-3
+    lr_finetune: float = 1e-5
+    dropout: float = 0.2
+    augment: bool = True
+    aug_views: int = 2  # feature fast path: 1 plain + (aug_views - 1) augmented views per train image
+    head_mode: str = "features"  # "features" (cached-feature fast path) or "fit" (frozen backbone every epoch)
+    monitor: str = "val_loss"  # or "val_macro_f1"
+    patience: int = 4
+    seed: int = 42
+    mixed_precision: bool | str = False  # True -> "mixed_float16"; or a policy name
+    strategy: str | None = None  # None, "mirrored", "multiworker"
+    verbose: int | str = "auto"
+    extra: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def set_seeds(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow (via Keras)."""
+    keras.utils.set_random_seed(int(seed))
+
+
+def resolve_verbose(v: int | str) -> int | str:
+    """``"auto"`` becomes ``$GC10_VERBOSE`` (the pipeline sets 2) or Keras' own ``"auto"``."""
+    if v == "auto":
+        env = os.environ.get("GC10_VERBOSE")
+        return int(env) if env else "auto"
+    return v
+
+
+def make_strategy(name: str | None):
+    """``None`` (default strategy), ``"mirrored"`` (all local GPUs/devices) or ``"multiworker"`` (TF_CONFIG)."""
+    import tensorflow as tf
+
+    if not name:
+        return None
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise RuntimeError("strategy 'multiworker' needs TF_CONFIG describing the cluster and this worker's task.")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"unknown strategy {name!r}; expected None, 'mirrored' or 'multiworker'")
+
+
+@contextlib.contextmanager
+def precision_policy(mixed: bool | str):
+    """Temporarily set a Keras mixed-precision policy."""
+    if not mixed:
+        yield
+        return
+    old = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed is True else str(mixed))
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(old)
+
+
+class MacroF1(keras.callbacks.Callback):
+    """Adds ``val_macro_f1`` to the epoch logs (place before EarlyStopping/ReduceLROnPlateau)."""
+
+    def __init__(self, x_val, y_val):
+        super().__init__()
+        self.x_val, self.y_val = x_val, np.asarray(y_val)
+
+    def on_epoch_end(self, epoch, logs=None):
+        from sklearn.metrics import f1_score
+
+        pred = np.asarray(self.model.predict(self.x_val, verbose=0)).argmax(1)
+        if logs is not None:
+            logs["val_macro_f1"] = float(f1_score(self.y_val, pred, average="macro", zero_division=0))
+
+
+def callbacks(cfg: TrainConfig, x_val, y_val, csv_path: Path) -> list:
+    """Macro-F1 (if monitored), early stopping with best-weight restore, LR plateau, CSV history."""
+    mode = "max" if cfg.monitor == "val_macro_f1" else "min"
+    cbs: list = []
+    if cfg.monitor == "val_macro_f1":
+        cbs.append(MacroF1(x_val, y_val))
+    cbs += [
+        keras.callbacks.EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor=cfg.monitor, mode=mode, factor=0.3, patience=max(1, cfg.patience // 2),
+                                          min_lr=1e-7),
+        keras.callbacks.CSVLogger(str(csv_path)),
+    ]
+    return cbs
+
+
+def _weights_identity(source: str, seed: int) -> str:
+    if source.startswith(("imagenet-file:", "file:")):
+        p = Path(source.split(":", 1)[1])
+        st = p.stat()
+        return f"{source}|{st.st_size}|{st.st_mtime_ns}"
+    return f"{source}|seed={seed}|bn-calibrated" if source == "random" else source
+
+
+def feature_cache_path(backbone: str, weights_id: str, size: int, policy: str, files: list[str], view: int,
+                       seed: int) -> Path:
+    """Disk location of cached pooled features, keyed by backbone, weights, size, data and view."""
+    key = json.dumps([backbone, weights_id, size, policy, files, view, seed if view else 0, keras.__version__])
+    digest = hashlib.sha1(key.encode()).hexdigest()[:24]
+    return cache_dir() / "features" / backbone / f"{size}_{policy}_v{view}_{digest}.npy"
+
+
+def extract_features(model, paths: list[str], *, size: int, policy: str, weights_source: str, backbone: str,
+                     view: int = 0, seed: int = 42, batch_size: int = 32, verbose: int | str = 0) -> tuple[np.ndarray, bool]:
+    """Pooled backbone features for ``paths`` (view 0 plain, view k>0 augmented with its own seed).
+
+    Cached on disk; returns ``(features, was_cached)``.
+    """
+    cache = ImageCache(size, policy)
+    files = cache.ensure(paths)
+    path = feature_cache_path(backbone, _weights_identity(weights_source, seed), size, policy,
+                              [Path(f).name for f in files], view, seed)
+    if path.is_file():
+        return np.load(path), True
+    extractor = keras.Model(model.inputs, model.get_layer("pool").output)
+    ds = make_dataset(paths, None, size, policy=policy, batch_size=batch_size, cache=cache)
+    if view:
+        aug = augmenter(seed + 1000 * view)
+        ds = ds.map(lambda x: aug(x, training=True))
+    feats = np.asarray(extractor.predict(ds, verbose=verbose), dtype=np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, feats)
+    tmp.replace(path)
+    return feats, False
+
+
+def predict_proba(model, paths, *, policy: str = "stretch", batch_size: int = 32) -> np.ndarray:
+    """Class probabilities for image files (resized through the cache to the model's input size)."""
+    size = int(model.inputs[0].shape[1])
+    ds = make_dataset(list(paths), None, size, policy=policy, batch_size=batch_size)
+    return np.asarray(model.predict(ds, verbose=0), dtype=np.float64)
+
+
+def set_finetune_trainable(model, fraction: float) -> int:
+    """Unfreeze the top ``fraction`` of the backbone's layers, BatchNorm excluded; returns how many."""
+    base = model.get_layer("backbone")
+    base.trainable = True
+    layers = base.layers
+    cut = int(round(len(layers) * (1.0 - fraction)))
+    n = 0
+    for i, layer in enumerate(layers):
+        train = i >= cut and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = train
+        n += int(train and bool(layer.weights))
+    return n
+
+
+def calibrate_batchnorm(model, images: np.ndarray) -> int:
+    """Set every BatchNorm's moving statistics to those of ``images`` (one forward pass).
+
+    For ``weights=None`` only: randomly initialised BatchNorm layers hold mean 0 / variance 1,
+    which in inference mode lets activations blow up or vanish through a deep backbone and makes
+    frozen random features useless. With momentum 0, one training-mode pass sets each layer's
+    statistics from its own (already normalised) input. Returns the number of layers calibrated.
+    """
+    base = model.get_layer("backbone")
+    bns = [la for la in base._flatten_layers() if isinstance(la, keras.layers.BatchNormalization)]
+    if not bns:
+        return 0
+    saved = [(la, la.momentum, la.trainable) for la in bns]
+    base_trainable = base.trainable
+    base.trainable = True
+    for la in bns:
+        la.momentum, la.trainable = 0.0, True
+    x = model.get_layer("preprocess")(keras.ops.convert_to_tensor(images, "float32"))
+    base(x, training=True)
+    for la, m, t in saved:
+        la.momentum, la.trainable = m, t
+    base.trainable = base_trainable
+    return len(bns)
+
+
+def model_size_mb(path: Path) -> float:
+    return round(path.stat().st_size / 2**20, 3)
+
+
+# --------------------------------------------------------------------------- main entry
+
+
+def load_manifest(data_dir: str | Path, split_csv: str | Path | None, seed: int,
+                  fractions=(0.7, 0.15, 0.15)) -> tuple[pd.DataFrame, list[str], Path | None]:
+    """Read the split manifest (or make one in memory when none is given) and the class order."""
+    if split_csv:
+        man = data.read_split(split_csv, data_root=data_dir)
+        classes = data.split_classes(split_csv)
+        if classes is None:
+            classes = list(man.sort_values("label")["class"].unique())
+        return man, classes, Path(split_csv)
+    ds = data.discover(data_dir)
+    return data.split_dataset(ds, fractions, seed), ds.classes, None
+
+
+def train_backbone(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path | None, split_csv: str | Path | None = None,
+                   manifest: pd.DataFrame | None = None, classes: list[str] | None = None) -> dict:
+    """Train one backbone end to end and write its outputs; returns the metrics dict."""
+    from gc10lib.evaluation import compute_metrics
+
+    t_all = time.perf_counter()
+    spec = get_spec(cfg.backbone)
+    size = int(cfg.img_size or spec.native_size)
+    verbose = resolve_verbose(cfg.verbose)
+    out = new_output_dir(out_dir, prefix=f"train-{spec.name}")
+    if manifest is None:
+        manifest, classes, split_path = load_manifest(data_dir, split_csv, cfg.seed)
+    else:
+        split_path = Path(split_csv) if split_csv else None
+        classes = classes or list(manifest.sort_values("label")["class"].unique())
+    tr, va, te = (manifest[manifest.subset == s] for s in ("train", "val", "test"))
+    if len(tr) == 0 or len(va) == 0:
+        raise ValueError("the split has no train or no val images; use a larger dataset or other fractions")
+    cw = data.class_weights(tr.label, len(classes))
+    set_seeds(cfg.seed)
+    timings: dict[str, float] = {}
+    strategy = make_strategy(cfg.strategy)
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+    with precision_policy(cfg.mixed_precision), scope:
+        model, source = build_classifier(spec.name, classes, size, cfg.weights, cfg.dropout, cfg.weights_dir, cfg.seed)
+        if source == "random":  # no pretrained BatchNorm statistics: take them from training images
+            pick = tr.sample(min(len(tr), 64), random_state=cfg.seed)
+            calibrate_batchnorm(model, ImageCache(size, cfg.policy).load(list(pick.path)).astype("float32"))
+        model.get_layer("backbone").trainable = False
+        histories = []
+
+        # ---- phase 1: frozen backbone, class-weighted head
+        t0 = time.perf_counter()
+        head = model.get_layer("head")
+        if cfg.head_mode == "features":
+            views = max(1, int(cfg.aug_views)) if cfg.augment else 1
+            xs, ys, cached = [], [], []
+            for v in range(views):
+                f, c = extract_features(model, list(tr.path), size=size, policy=cfg.policy, weights_source=source,
+                                        backbone=spec.name, view=v, seed=cfg.seed, batch_size=cfg.batch_size)
+                xs.append(f)
+                ys.append(tr.label.to_numpy())
+                cached.append(c)
+            xv, c = extract_features(model, list(va.path), size=size, policy=cfg.policy, weights_source=source,
+                                     backbone=spec.name, seed=cfg.seed, batch_size=cfg.batch_size)
+            cached.append(c)
+            timings["features_s"] = round(time.perf_counter() - t0, 2)
+            timings["features_cached"] = all(cached)
+            t1 = time.perf_counter()
+            head.get_layer("feature_norm").adapt(np.concatenate(xs))
+            head.compile(optimizer=keras.optimizers.Adam(cfg.lr_head), loss="sparse_categorical_crossentropy",
+                         metrics=["accuracy"])
+            hist = head.fit(np.concatenate(xs), np.concatenate(ys), validation_data=(xv, va.label.to_numpy()),
+                            epochs=cfg.epochs_head, batch_size=cfg.batch_size, class_weight=cw, shuffle=True,
+                            callbacks=callbacks(cfg, xv, va.label, out / "history_head.csv"), verbose=verbose)
+            timings["head_fit_s"] = round(time.perf_counter() - t1, 2)
+        elif cfg.head_mode == "fit":
+            sample = list(tr.sample(min(len(tr), 256), random_state=cfg.seed).path)
+            f, _ = extract_features(model, sample, size=size, policy=cfg.policy, weights_source=source,
+                                    backbone=spec.name, seed=cfg.seed, batch_size=cfg.batch_size)
+            head.get_layer("feature_norm").adapt(f)
+            train_ds = make_dataset(tr.path, tr.label, size, policy=cfg.policy, batch_size=cfg.batch_size,
+                                    training=True, augment=cfg.augment, seed=cfg.seed)
+            val_ds = make_dataset(va.path, va.label, size, policy=cfg.policy, batch_size=cfg.batch_size)
+            model.compile(optimizer=keras.optimizers.Adam(cfg.lr_head), loss="sparse_categorical_crossentropy",
+                          metrics=["accuracy"])
+            val_x = make_dataset(va.path, None, size, policy=cfg.policy, batch_size=cfg.batch_size)
+            hist = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs_head, class_weight=cw,
+                             callbacks=callbacks(cfg, val_x, va.label, out / "history_head.csv"), verbose=verbose)
+        else:
+            raise ValueError(f"unknown head_mode {cfg.head_mode!r}; expected 'features' or 'fit'")
+        timings["head_s"] = round(time.perf_counter() - t0, 2)
+        histories.append(pd.DataFrame(hist.history).assign(phase="head", epoch=lambda d: np.arange(len(d))))
+
+        # ---- phase 2: fine-tune the top of the backbone, BatchNorm frozen, low learning rate
+        n_unfrozen = 0
+        if cfg.epochs_finetune > 0 and cfg.finetune_fraction > 0:
+            t0 = time.perf_counter()
+            n_unfrozen = set_finetune_trainable(model, cfg.finetune_fraction)
+            train_ds = make_dataset(tr.path, tr.label, size, policy=cfg.policy, batch_size=cfg.batch_size,
+                                    training=True, augment=cfg.augment, seed=cfg.seed)
+            val_ds = make_dataset(va.path, va.label, size, policy=cfg.policy, batch_size=cfg.batch_size)
+            val_x = make_dataset(va.path, None, size, policy=cfg.policy, batch_size=cfg.batch_size)
+            model.compile(optimizer=keras.optimizers.Adam(cfg.lr_finetune), loss="sparse_categorical_crossentropy",
+                          metrics=["accuracy"])
+            hist = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs_finetune, class_weight=cw,
+                             callbacks=callbacks(cfg, val_x, va.label, out / "history_finetune.csv"), verbose=verbose)
+            histories.append(pd.DataFrame(hist.history).assign(phase="finetune", epoch=lambda d: np.arange(len(d))))
+            timings["finetune_s"] = round(time.perf_counter() - t0, 2)
+
+    # ---- evaluation and outputs
+    t0 = time.perf_counter()
+    model_path = out / "model.keras"
+    model.save(model_path)
+    history = pd.concat(histories, ignore_index=True)
+    history.to_csv(out / "history.csv", index=False)
+    metrics: dict = {"name": spec.name, "kind": "backbone", "backbone": spec.name, "img_size": size,
+                     "policy": cfg.policy, "weights": cfg.weights, "weights_source": source, "seed": cfg.seed,
+                     "classes": classes, "class_weights": {classes[k]: v for k, v in cw.items()},
+                     "split_csv": str(split_path) if split_path else None, "config": asdict(cfg),
+                     "n_params": int(model.count_params()), "n_unfrozen_layers": n_unfrozen,
+                     "model_path": str(model_path), "model_size_mb": model_size_mb(model_path)}
+    for name, part in (("val", va), ("test", te)):
+        if len(part):
+            proba = predict_proba(model, part.path, policy=cfg.policy, batch_size=cfg.batch_size)
+            metrics[name] = compute_metrics(part.label.to_numpy(), proba, classes, seed=cfg.seed)
+            np.save(out / f"proba_{name}.npy", proba.astype(np.float32))
+    timings["eval_s"] = round(time.perf_counter() - t0, 2)
+    timings["total_s"] = round(time.perf_counter() - t_all, 2)
+    metrics["timings"] = timings
+    save_json(metrics, out / "metrics.json")
+    save_json({"classes": classes, "img_size": size, "policy": cfg.policy, "backbone": spec.name},
+              out / "model.json")
+    assert model_classes(model) == classes
+    return metrics
