@@ -82,6 +82,46 @@ def _run(args: argparse.Namespace) -> int:
     return main_run(args.config, args.parameters or [], args.name, args.resume, args.runs_root)
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from gc10lib.evaluation import headline
+    from gc10lib.predict import evaluate_model
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = evaluate_model(args.model, args.data, args.split_csv, args.subset, policy=args.policy)
+    for w in caught:
+        if "skipped" in str(w.message):
+            print(f"warning: {w.message}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(m, default=str))
+    else:
+        print(f"{args.model} on {args.data} ({m['subset']}): {headline(m)}")
+        for cls, v in m["per_class"].items():
+            if v["support"]:
+                print(f"  {cls:<24} P {v['precision']:.3f}  R {v['recall']:.3f}  F1 {v['f1']:.3f}  n {v['support']}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from gc10lib.predict import predict_files
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        df = predict_files(args.model, args.paths, top_k=args.top_k, policy=args.policy)
+    for w in caught:
+        if "skipped" in str(w.message):
+            print(f"warning: {w.message}", file=sys.stderr)
+    if args.out:
+        out = Path(args.out)
+        if out.exists():
+            raise FileExistsError(f"{out}: already exists; choose another --out.")
+        df.to_csv(out, index=False)
+        print(f"wrote {len(df)} predictions to {out}")
+    else:
+        print(df.to_csv(index=False), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gc10", description="GC10-DET defect classification toolkit.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -107,6 +147,22 @@ def build_parser() -> argparse.ArgumentParser:
     s = dsub.add_parser("download", help="download GC10-DET from Kaggle (needs an API token)")
     s.add_argument("out")
     s.set_defaults(func=_data_download)
+
+    e = sub.add_parser("evaluate", help="metrics of a .keras/.tflite model on a dataset or split subset")
+    e.add_argument("--model", required=True)
+    e.add_argument("--data", required=True, help="dataset folder (any layout gc10 data reads)")
+    e.add_argument("--split-csv", help="split manifest; with it only --subset is evaluated")
+    e.add_argument("--subset", default="test", choices=["train", "val", "test"])
+    e.add_argument("--policy", default="stretch", choices=["stretch", "pad"])
+    e.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    e.set_defaults(func=_evaluate)
+    pr = sub.add_parser("predict", help="top-k classes for image files or folders")
+    pr.add_argument("--model", required=True)
+    pr.add_argument("paths", nargs="+")
+    pr.add_argument("--out", help="CSV file to write (never overwritten)")
+    pr.add_argument("--top-k", type=int, default=3)
+    pr.add_argument("--policy", default="stretch", choices=["stretch", "pad"])
+    pr.set_defaults(func=_predict)
 
     r = sub.add_parser("run", help="run the notebook pipeline headless with papermill")
     r.add_argument("--config", default="demo", help="YAML config, or a name in configs/ (default: demo)")

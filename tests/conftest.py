@@ -51,3 +51,33 @@ def synth_copy(synth_root, tmp_path) -> Path:
     dst = tmp_path / "data"
     shutil.copytree(synth_root, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def smoke_data(tmp_path_factory):
+    """A tiny synthetic dataset (6 per class) and its split manifest."""
+    from gc10lib import data
+    from gc10lib.synth import make_synthetic
+
+    base = tmp_path_factory.mktemp("smoke")
+    root = make_synthetic(base / "data", per_class=6, seed=11)
+    ds = data.discover(root)
+    man = data.split_dataset(ds, (0.5, 0.25, 0.25), seed=0)
+    split = data.write_split(man, base / "split.csv", root, classes=ds.classes, seed=0, fractions=(0.5, 0.25, 0.25))
+    return root, split
+
+
+@pytest.fixture(scope="session")
+def smoke_models(smoke_data, tmp_path_factory):
+    """All six backbones trained at smoke size (75 px, random init, 1+1 epochs)."""
+    from gc10lib import training
+    from gc10lib.backbones import REGISTRY
+
+    root, split = smoke_data
+    out = tmp_path_factory.mktemp("smoke_models")
+    results = {}
+    for name in REGISTRY:
+        cfg = training.TrainConfig(backbone=name, img_size=75, weights=None, epochs_head=2, epochs_finetune=1,
+                                   finetune_fraction=0.05, batch_size=16, aug_views=2, verbose=0, seed=3)
+        results[name] = training.train_backbone(cfg, root, out / name, split_csv=split)
+    return out, results

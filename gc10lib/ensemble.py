@@ -1,0 +1,358 @@
+"""One Keras model from several fine-tuned backbone models.
+
+The ensemble has a single raw-image input (float 0..255, RGB, ``input_size`` square). Branches
+that need another size share one in-model resize per size; every branch applies its own
+preprocessing inside itself (it is the member model, nested). Members' probabilities are combined
+by one of:
+
+* ``mean`` — plain average (the original project's method);
+* ``weighted`` — weights on the simplex minimising validation log-loss;
+* ``select`` — greedy ensemble selection with replacement by validation macro-F1
+  (Caruana et al., ICML 2004); the selection counts become weights;
+* ``stack`` — multinomial logistic regression on the members' validation log-probabilities,
+  scored out-of-fold so it is never judged on what it was fitted on, and embedded as a trained
+  Dense layer (never shipped untrained).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score, log_loss
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+from gc10lib import data
+from gc10lib.backbones import PACKAGE, ClassNames, ResizeTo, model_classes
+
+METHODS = ("mean", "weighted", "stack", "select")
+EPS = 1e-7
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class WeightedAverage(keras.layers.Layer):
+    """Fixed convex combination of a list of probability tensors (weights live in the config)."""
+
+    def __init__(self, weights: Sequence[float] = (), **kwargs):
+        super().__init__(**kwargs)
+        self.member_weights = [float(w) for w in weights]
+
+    def call(self, inputs):
+        out = inputs[0] * self.member_weights[0]
+        for x, w in zip(inputs[1:], self.member_weights[1:], strict=True):
+            out = out + x * w
+        return out
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "weights": list(self.member_weights)}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SafeLog(keras.layers.Layer):
+    """``log(clip(p, eps, 1))`` — the stacker's input features."""
+
+    def __init__(self, eps: float = EPS, **kwargs):
+        super().__init__(**kwargs)
+        self.eps = float(eps)
+
+    def call(self, x):
+        return keras.ops.log(keras.ops.clip(x, self.eps, 1.0))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "eps": self.eps}
+
+
+# --------------------------------------------------------------------------- fitting on validation
+
+
+def _stack_features(probas: Sequence[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.log(np.clip(p, EPS, 1.0)) for p in probas], axis=1)
+
+
+def combine(probas: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """Weighted sum of member probability arrays."""
+    return sum(w * p for w, p in zip(weights, probas, strict=True))
+
+
+def fit_weights(probas: Sequence[np.ndarray], y: np.ndarray) -> np.ndarray:
+    """Simplex weights minimising log-loss of the combined validation probabilities."""
+    k, n_classes = len(probas), probas[0].shape[1]
+
+    def loss(z):
+        w = np.exp(z - z.max())
+        w /= w.sum()
+        p = np.clip(combine(probas, w), EPS, 1.0)
+        return log_loss(y, p / p.sum(1, keepdims=True), labels=list(range(n_classes)))
+
+    res = minimize(loss, np.zeros(k), method="Nelder-Mead" if k <= 3 else "Powell", options={"maxiter": 2000})
+    w = np.exp(res.x - res.x.max())
+    return w / w.sum()
+
+
+def caruana_select(probas: Sequence[np.ndarray], y: np.ndarray, n_iter: int = 25) -> np.ndarray:
+    """Greedy forward selection with replacement by macro-F1 (ties broken by log-loss)."""
+    k, n_classes = len(probas), probas[0].shape[1]
+    counts = np.zeros(k)
+    current = np.zeros_like(probas[0])
+    for _ in range(n_iter):
+        best, best_key = None, None
+        for j in range(k):
+            cand = (current * counts.sum() + probas[j]) / (counts.sum() + 1)
+            f1 = f1_score(y, cand.argmax(1), average="macro", zero_division=0)
+            ll = log_loss(y, np.clip(cand, EPS, 1) / np.clip(cand, EPS, 1).sum(1, keepdims=True),
+                          labels=list(range(n_classes)))
+            key = (f1, -ll)
+            if best_key is None or key > best_key:
+                best, best_key = j, key
+        current = (current * counts.sum() + probas[best]) / (counts.sum() + 1)
+        counts[best] += 1
+    return counts / counts.sum()
+
+
+def fit_stacker(probas: Sequence[np.ndarray], y: np.ndarray, seed: int = 42, C: float = 1.0) -> dict:
+    """Fit the stacking meta-classifier on validation predictions.
+
+    Returns ``coef`` (n_features x n_classes, for all model classes), ``intercept`` and the
+    out-of-fold probabilities on the validation set (each predicted by a model that did not see it).
+    """
+    n_classes = probas[0].shape[1]
+    x = _stack_features(probas)
+    y = np.asarray(y)
+    present = np.unique(y)
+    min_count = np.bincount(y)[present].min()
+    clf = LogisticRegression(C=C, max_iter=5000)
+    oof = None
+    n_splits = int(min(5, min_count))
+    if n_splits >= 2:
+        cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        oof_local = cross_val_predict(clf, x, y, cv=cv, method="predict_proba")
+        oof = np.full((len(y), n_classes), EPS)
+        oof[:, present] = oof_local
+        oof /= oof.sum(1, keepdims=True)
+    clf.fit(x, y)
+    coef = np.zeros((x.shape[1], n_classes), np.float32)
+    intercept = np.full(n_classes, -30.0, np.float32)  # classes absent from val: never predicted
+    if len(present) == 2:  # sklearn's binary form: one column for the positive class
+        coef[:, present[1]] = clf.coef_[0]
+        intercept[present] = [0.0, clf.intercept_[0]]
+    else:
+        coef[:, present] = clf.coef_.T
+        intercept[present] = clf.intercept_
+    return {"coef": coef, "intercept": intercept, "oof_proba": oof}
+
+
+# --------------------------------------------------------------------------- building
+
+
+def check_classes(models: Sequence) -> list[str]:
+    """All members must carry the same class list, in the same order."""
+    if not models:
+        raise ValueError("an ensemble needs at least one model")
+    lists = [model_classes(m) for m in models]
+    for m, c in zip(models[1:], lists[1:], strict=True):
+        if c != lists[0]:
+            raise ValueError(
+                f"ensemble members disagree on classes: {models[0].name!r} has {lists[0]}, {m.name!r} has {c}"
+            )
+    return lists[0]
+
+
+def branch_outputs(models: Sequence, input_size: int | None = None):
+    """The ensemble's single raw-image input and each member's output on it.
+
+    Members needing another size than the input share one in-model resize per distinct size.
+    """
+    sizes = [int(m.inputs[0].shape[1]) for m in models]
+    size = int(input_size or max(sizes))
+    inp = keras.Input((size, size, 3), name="image")
+    resized: dict[int, object] = {size: inp}
+    outs = []
+    for i, (m, s) in enumerate(zip(models, sizes, strict=True)):
+        if s not in resized:
+            resized[s] = ResizeTo(s, name=f"resize_{s}")(inp)
+        if not m.name.startswith("branch"):
+            m.name = f"branch{i}_{m.name.removeprefix('gc10_')}"
+        m.trainable = False
+        outs.append(m(resized[s], training=False))
+    return inp, outs
+
+
+def build_ensemble(models: Sequence, method: str = "mean", *, weights: Sequence[float] | None = None,
+                   stacker: dict | None = None, input_size: int | None = None, name: str | None = None):
+    """One Keras model combining ``models`` (each with its preprocessing inside) by ``method``.
+
+    ``weighted``/``select`` need ``weights``; ``stack`` needs ``stacker`` from :func:`fit_stacker`.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown ensemble method {method!r}; expected one of {METHODS}")
+    classes = check_classes(models)
+    inp, outs = branch_outputs(models, input_size)
+    if len(outs) == 1:
+        combined = outs[0]
+    elif method == "mean":
+        combined = keras.layers.Average(name="mean")(outs)
+    elif method in ("weighted", "select"):
+        if weights is None or len(weights) != len(models):
+            raise ValueError(f"method {method!r} needs one weight per member")
+        combined = WeightedAverage(weights, name=method)(outs)
+    else:
+        if stacker is None:
+            raise ValueError("method 'stack' needs a fitted stacker (fit_stacker); it is never shipped untrained")
+        feats = SafeLog(name="log_proba")(keras.layers.Concatenate(name="stack_inputs")(outs))
+        dense = keras.layers.Dense(len(classes), activation="softmax", name="stacker", dtype="float32")
+        combined = dense(feats)
+        dense.set_weights([np.asarray(stacker["coef"], np.float32), np.asarray(stacker["intercept"], np.float32)])
+    out = ClassNames(classes, name="class_names", dtype="float32")(combined)
+    return keras.Model(inp, out, name=name or f"ensemble_{method}")
+
+
+def fit_and_build(models: Sequence, method: str, val_probas: Sequence[np.ndarray], y_val: np.ndarray,
+                  seed: int = 42, input_size: int | None = None):
+    """Fit ``method`` on validation predictions and build the ensemble; returns ``(model, info)``.
+
+    ``info`` holds the fitted weights and, for ``stack``, the honest out-of-fold validation probabilities.
+    """
+    info: dict = {"method": method}
+    weights = stacker = None
+    if method == "weighted":
+        weights = fit_weights(val_probas, y_val)
+    elif method == "select":
+        weights = caruana_select(val_probas, y_val)
+    elif method == "stack":
+        stacker = fit_stacker(val_probas, y_val, seed=seed)
+        info["oof_val_proba"] = stacker["oof_proba"]
+    if weights is not None:
+        info["weights"] = [float(w) for w in weights]
+    model = build_ensemble(models, method, weights=weights, stacker=stacker, input_size=input_size)
+    return model, info
+
+
+# --------------------------------------------------------------------------- a run folder's ensembles
+
+
+def find_members(run_dir: str | Path) -> list[dict]:
+    """Per-backbone outputs (``metrics.json`` with ``kind == "backbone"``) under ``run_dir``."""
+    import json
+
+    found = []
+    for mf in sorted(Path(run_dir).glob("**/metrics.json")):
+        m = json.loads(mf.read_text())
+        if m.get("kind") == "backbone" and Path(m.get("model_path", "")).is_file():
+            found.append({**m, "dir": mf.parent})
+    return found
+
+
+def combine_method(method: str, probas: Sequence[np.ndarray], info: dict) -> np.ndarray:
+    """The ensemble's output computed from member probabilities, exactly as the Keras model does."""
+    if len(probas) == 1:
+        return probas[0]
+    if method == "mean":
+        return sum(probas) / len(probas)
+    if method in ("weighted", "select"):
+        return combine(probas, info["weights"])
+    z = _stack_features(probas) @ info["stacker"]["coef"] + info["stacker"]["intercept"]
+    z = np.exp(z - z.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
+def ensemble_run(run_dir: str | Path, methods: Sequence[str], out_dir: str | Path | None, data_dir: str | Path,
+                 split_csv: str | Path, backbones: Sequence[str] | None = None, seed: int = 42,
+                 batch_size: int = 32, check_n: int = 16) -> tuple[pd.DataFrame, dict]:
+    """Build, save and evaluate every ensemble method over a run's backbone models.
+
+    Member probabilities on the test split are computed once, through the ensemble's own shared
+    input and resize (so decoding and resizing match the shipped model); each method's output is
+    then combined exactly as its layer does, and checked against the saved ``.keras`` model on
+    ``check_n`` test images. Writes ``<out>/ensembles/<method>/{ensemble.keras,metrics.json}`` and
+    ``<out>/comparison.{csv,md}``; returns ``(table, {name: test metrics})``.
+    """
+    import time
+
+    from gc10lib.backbones import load_model
+    from gc10lib.evaluation import compute_metrics
+    from gc10lib.settings import new_output_dir, save_json
+    from gc10lib.training import model_size_mb, predict_proba
+
+    out = new_output_dir(out_dir, prefix="ensemble")
+    members = find_members(run_dir)
+    if backbones:
+        members = [m for m in members if m["name"] in set(backbones)]
+    if not members:
+        raise ValueError(f"{run_dir}: no per-backbone outputs (metrics.json with a model) found")
+    man = data.read_split(split_csv, data_root=data_dir)
+    va, te = man[man.subset == "val"], man[man.subset == "test"]
+    y_val, y_test = va.label.to_numpy(), te.label.to_numpy()
+    val_probas = [np.load(m["dir"] / "proba_val.npy").astype(np.float64) for m in members]
+    models = [load_model(m["model_path"]) for m in members]
+    classes = check_classes(models)
+
+    t0 = time.perf_counter()
+    inp, outs = branch_outputs(models)  # the ensemble's own shared input and resizes
+    branches = keras.Model(inp, outs)
+    test_probas = branches.predict(_image_batches(te.path, int(inp.shape[1]), batch_size), verbose=0)
+    test_probas = [np.asarray(p, np.float64) for p in (test_probas if len(models) > 1 else [test_probas])]
+    members_s = time.perf_counter() - t0
+
+    results: dict[str, dict] = {m["name"]: m["test"] for m in members}
+    rows = [{"model": m["name"], "kind": "backbone", "img_size": m["img_size"],
+             "test_accuracy": m["test"]["accuracy"], "test_macro_f1": m["test"]["macro_f1"],
+             "test_balanced_accuracy": m["test"]["balanced_accuracy"], "val_accuracy": m["val"]["accuracy"],
+             "size_mb": m["model_size_mb"]} for m in members]
+    for method in methods:
+        t0 = time.perf_counter()
+        model, info = fit_and_build(models, method, val_probas, y_val, seed=seed)
+        if method == "stack":
+            dense = model.get_layer("stacker")
+            info["stacker"] = {"coef": dense.get_weights()[0], "intercept": dense.get_weights()[1]}
+        d = out / "ensembles" / method
+        d.mkdir(parents=True)
+        path = d / "ensemble.keras"
+        model.save(path)
+        proba = combine_method(method, test_probas, info)
+        n = min(check_n, len(te)) if method == methods[0] else 0
+        if n:  # the saved file reproduces the table's numbers (checked once per run: loading is slow)
+            reloaded = predict_proba(load_model(path), te.path[:n], batch_size=batch_size)
+            gap = float(np.abs(reloaded - proba[:n]).max())
+            if gap > 1e-4:
+                raise RuntimeError(f"{path}: reloaded ensemble differs from its evaluation by {gap:.2e}")
+        val_combined = info.get("oof_val_proba")
+        if val_combined is None:
+            val_combined = combine_method(method, val_probas, info)
+        metrics = {"name": f"ensemble_{method}", "kind": "ensemble", "method": method,
+                   "members": [m["name"] for m in members], "img_size": int(model.inputs[0].shape[1]),
+                   "weights_source": ",".join(sorted({m["weights_source"].split(":")[0] for m in members})),
+                   "model_path": str(path), "model_size_mb": model_size_mb(path), "seed": seed, "classes": classes,
+                   "fitted": {"weights": info.get("weights")},
+                   "val": compute_metrics(y_val, val_combined, classes, seed=seed),
+                   "val_is_out_of_fold": method == "stack" and info.get("oof_val_proba") is not None,
+                   "test": compute_metrics(y_test, proba, classes, seed=seed),
+                   "timings": {"total_s": round(time.perf_counter() - t0 + members_s, 2)}}
+        np.save(d / "proba_test.npy", proba.astype(np.float32))
+        save_json(metrics, d / "metrics.json")
+        results[metrics["name"]] = metrics["test"]
+        rows.append({"model": metrics["name"], "kind": "ensemble", "img_size": metrics["img_size"],
+                     "test_accuracy": metrics["test"]["accuracy"], "test_macro_f1": metrics["test"]["macro_f1"],
+                     "test_balanced_accuracy": metrics["test"]["balanced_accuracy"],
+                     "val_accuracy": metrics["val"]["accuracy"], "size_mb": metrics["model_size_mb"]})
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "comparison.csv", index=False)
+    (out / "comparison.md").write_text(table.to_markdown(index=False, floatfmt=".4f") + "\n")
+    table.attrs["out_dir"] = str(out)
+    return table, results
+
+
+def _image_batches(paths, size: int, batch_size: int):
+    from gc10lib.inputs import make_dataset
+
+    return make_dataset(list(paths), None, size, batch_size=batch_size)

@@ -1,0 +1,133 @@
+"""Backbone registry: in-model preprocessing, weights resolution, build/save/reload in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from conftest import WEIGHTS, needs_weights
+
+from gc10lib import backbones as B
+
+
+@pytest.mark.parametrize("name", list(B.REGISTRY))
+def test_preprocess_layer_equals_keras_preprocess_input(name):
+    spec = B.REGISTRY[name]
+    x = np.random.default_rng(0).uniform(0, 255, (2, 7, 5, 3)).astype("float32")
+    x[0, 0, 0] = [0, 128, 255]
+    got = np.asarray(B.BackbonePreprocess(spec.preprocess)(x))
+    ref = spec.keras_preprocess(x)
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-4)
+
+
+def test_preprocess_modes_are_what_they_claim():
+    x = np.array([[[[0.0, 127.5, 255.0]]]], "float32")
+    np.testing.assert_allclose(B.BackbonePreprocess("tf")(x), [[[[-1.0, 0.0, 1.0]]]], atol=1e-6)
+    caffe = np.asarray(B.BackbonePreprocess("caffe")(x))[0, 0, 0]
+    np.testing.assert_allclose(caffe, [255 - 103.939, 127.5 - 116.779, 0 - 123.68], atol=1e-4)  # BGR, mean-subtracted
+    np.testing.assert_allclose(B.BackbonePreprocess("none")(x), x)  # EfficientNet rescales inside itself
+    assert B.get_spec("EfficientNetB5").preprocess == "none"
+    with pytest.raises(ValueError, match="mode"):
+        B.BackbonePreprocess("bgr")
+
+
+def test_registry_lookup_and_unknown():
+    assert B.get_spec("MobileNetV2").name == "mobilenet_v2"
+    assert B.get_spec("resnet50v2").native_size == 224
+    assert B.get_spec("inception_v3").native_size == 299
+    assert B.get_spec("efficientnet_b5").native_size == 456
+    with pytest.raises(ValueError, match="unknown backbone 'alexnet'"):
+        B.get_spec("alexnet")
+
+
+def test_weights_resolution(tmp_path, monkeypatch):
+    spec = B.get_spec("mobilenet")
+    monkeypatch.delenv("GC10_WEIGHTS_DIR", raising=False)
+    assert B.resolve_weights(spec, None) == (None, "random")
+    assert B.resolve_weights(spec, "imagenet") == ("imagenet", "imagenet-download")
+    (tmp_path / spec.weight_files[0]).write_bytes(b"x")
+    monkeypatch.setenv("GC10_WEIGHTS_DIR", str(tmp_path))
+    w, src = B.resolve_weights(spec, "imagenet")
+    assert w == str(tmp_path / spec.weight_files[0]) and src.startswith("imagenet-file:")
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        B.resolve_weights(spec, str(tmp_path / "nope.h5"))
+
+
+def test_download_failure_names_offline_alternative(monkeypatch):
+    spec = B.get_spec("vgg19")
+
+    def offline(*a, **k):
+        raise Exception("URL fetch failure: no route to host")
+
+    monkeypatch.setattr(keras.applications, "VGG19", offline)
+    with pytest.raises(RuntimeError, match="GC10_WEIGHTS_DIR") as err:
+        B.build_backbone(spec, 64, "imagenet")
+    assert "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5" in str(err.value)
+
+
+def test_classifier_structure_and_class_names():
+    model, src = B.build_classifier("mobilenet", ["a", "b", "c"], img_size=64, weights=None, seed=1)
+    assert src == "random"
+    assert B.model_classes(model) == ["a", "b", "c"]
+    assert model.inputs[0].shape[1:] == (64, 64, 3)
+    names = [layer.name for layer in model.layers]
+    assert names[:3] == ["image", "preprocess", "backbone"] and "head" in names and names[-1] == "class_names"
+    assert not any(type(layer).__name__ == "Lambda" for layer in model._flatten_layers())
+    p = model.predict(np.zeros((2, 64, 64, 3), "float32"), verbose=0)
+    assert p.shape == (2, 3) and np.allclose(p.sum(1), 1, atol=1e-5)
+    with pytest.raises(ValueError, match="img_size >= 75"):
+        B.build_classifier("inception_v3", ["a"], img_size=64)
+
+
+@needs_weights
+def test_shared_imagenet_weights_load(monkeypatch):
+    monkeypatch.setenv("GC10_WEIGHTS_DIR", str(WEIGHTS))
+    for name in ("mobilenet", "mobilenet_v2", "inception_v3"):
+        spec = B.get_spec(name)
+        w, src = B.resolve_weights(spec, "imagenet")
+        assert src.startswith("imagenet-file:"), name
+
+
+def test_all_backbones_save_and_reload_in_fresh_process(tmp_path):
+    """Every registry entry builds, saves as .keras and reloads in safe mode with equal outputs."""
+    x = np.random.default_rng(1).uniform(0, 255, (2, 80, 80, 3)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    expected = {}
+    for name in B.REGISTRY:
+        model, _ = B.build_classifier(name, ["k0", "k1", "k2", "k3"], img_size=80, weights=None, seed=0)
+        model.save(tmp_path / f"{name}.keras")
+        expected[name] = model.predict(x, verbose=0).tolist()
+        del model
+        keras.backend.clear_session()
+    (tmp_path / "expected.json").write_text(json.dumps(expected))
+    code = f"""
+import json, numpy as np, keras
+import gc10lib.backbones as B  # registers the custom layers
+x = np.load({str(tmp_path / 'x.npy')!r})
+exp = json.load(open({str(tmp_path / 'expected.json')!r}))
+for name, ref in exp.items():
+    m = keras.saving.load_model({str(tmp_path)!r} + f"/{{name}}.keras", safe_mode=True)
+    assert B.model_classes(m) == ["k0", "k1", "k2", "k3"], name
+    got = m.predict(x, verbose=0)
+    assert np.abs(got - np.array(ref)).max() < 1e-5, (name, np.abs(got - np.array(ref)).max())
+print("OK", len(exp))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "OK 6" in r.stdout
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        B.load_model(tmp_path / "missing.keras")
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="bad.keras: cannot load"):
+        B.load_model(bad)
+    with pytest.raises(ValueError, match="expected a .keras"):
+        (tmp_path / "m.h5").write_bytes(b"")
+        B.load_model(tmp_path / "m.h5")

@@ -1,0 +1,134 @@
+"""Training: smoke runs of every backbone, outputs, feature cache, real-data floor, strategies."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import NEU, WEIGHTS, needs_shared, needs_weights
+
+from gc10lib import data, training
+from gc10lib.backbones import REGISTRY, load_model, model_classes
+
+
+def test_every_backbone_trains_and_writes_outputs(smoke_models):
+    out, results = smoke_models
+    assert set(results) == set(REGISTRY)
+    for name, m in results.items():
+        d = out / name
+        for f in ("model.keras", "metrics.json", "history.csv", "model.json", "proba_val.npy", "proba_test.npy"):
+            assert (d / f).is_file(), (name, f)
+        saved = json.loads((d / "metrics.json").read_text())
+        assert saved["weights_source"] == "random" and saved["seed"] == 3 and saved["img_size"] == 75
+        assert saved["split_csv"].endswith("split.csv")
+        for part in ("val", "test"):
+            assert 0 <= saved[part]["accuracy"] <= 1
+            assert len(saved[part]["confusion_matrix"]) == 10 and set(saved[part]["per_class"]) == set(m["classes"])
+        assert {"head_s", "finetune_s", "eval_s", "total_s"} <= set(saved["timings"])
+        hist = pd.read_csv(d / "history.csv")
+        assert list(hist.phase.unique()) == ["head", "finetune"]
+        # class weights keyed by class name; all ten balanced classes weigh the same here
+        assert len(set(round(v, 6) for v in saved["class_weights"].values())) == 1
+
+
+def test_saved_model_reproduces_recorded_probabilities(smoke_models, smoke_data):
+    out, results = smoke_models
+    root, split = smoke_data
+    man = data.read_split(split)
+    te = man[man.subset == "test"]
+    model = load_model(out / "mobilenet" / "model.keras")
+    assert model_classes(model) == results["mobilenet"]["classes"]
+    proba = training.predict_proba(model, te.path)
+    np.testing.assert_allclose(proba, np.load(out / "mobilenet" / "proba_test.npy"), atol=1e-5)
+
+
+def test_feature_cache_is_reused(smoke_data, tmp_path):
+    root, split = smoke_data
+    cfg = training.TrainConfig(backbone="mobilenet", img_size=75, weights=None, epochs_head=1, epochs_finetune=0,
+                               batch_size=16, verbose=0, seed=3)
+    first = training.train_backbone(cfg, root, tmp_path / "a", split_csv=split)
+    second = training.train_backbone(cfg, root, tmp_path / "b", split_csv=split)
+    assert first["timings"]["features_cached"] is True  # smoke_models computed the same features already
+    assert second["timings"]["features_cached"] is True
+    other = training.TrainConfig(**{**cfg.__dict__, "seed": 4})
+    third = training.train_backbone(other, root, tmp_path / "c", split_csv=split)
+    assert third["timings"]["features_cached"] is False  # another random init is another key
+
+
+def test_finetune_unfreezes_top_only_and_keeps_batchnorm_frozen():
+    import keras
+
+    from gc10lib.backbones import build_classifier
+
+    model, _ = build_classifier("mobilenet_v2", ["a", "b"], img_size=64, weights=None)
+    n = training.set_finetune_trainable(model, 0.3)
+    base = model.get_layer("backbone")
+    assert n > 0
+    cut = int(round(len(base.layers) * 0.7))
+    assert not any(la.trainable for la in base.layers[:cut] if la.weights)
+    assert not any(la.trainable for la in base.layers if isinstance(la, keras.layers.BatchNormalization))
+
+
+def test_existing_output_folder_is_refused(smoke_data, tmp_path):
+    root, split = smoke_data
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "model.keras").write_text("previous")
+    cfg = training.TrainConfig(backbone="mobilenet", img_size=75, weights=None, epochs_head=1, epochs_finetune=0)
+    with pytest.raises(FileExistsError, match="already holds results"):
+        training.train_backbone(cfg, root, tmp_path / "x", split_csv=split)
+    assert (tmp_path / "x" / "model.keras").read_text() == "previous"
+
+
+@needs_shared
+@needs_weights
+def test_real_neu_mobilenet_frozen_head_reaches_90_percent(tmp_path, monkeypatch):
+    """MobileNet with real ImageNet weights, frozen-feature head only, on a NEU subset."""
+    monkeypatch.setenv("GC10_WEIGHTS_DIR", str(WEIGHTS))
+    ds = data.discover(NEU)
+    sub = ds.table.groupby("class").sample(40, random_state=0)
+    ds.table = sub.reset_index(drop=True)
+    man = data.split_dataset(ds, (0.6, 0.2, 0.2), seed=0)
+    cfg = training.TrainConfig(backbone="mobilenet", img_size=224, weights="imagenet", epochs_head=60,
+                               epochs_finetune=0, augment=False, batch_size=32, verbose=0, patience=8, seed=0)
+    m = training.train_backbone(cfg, NEU, tmp_path / "neu", manifest=man, classes=ds.classes)
+    assert m["weights_source"].startswith("imagenet-file:")
+    assert m["test"]["n"] == 48
+    assert m["test"]["accuracy"] >= 0.90, m["test"]["accuracy"]
+
+
+STRATEGY_SCRIPT = r"""
+import json, os, sys
+import tensorflow as tf
+n_cpu = int(os.environ.get("N_LOGICAL_CPUS", "1"))
+if n_cpu > 1:
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n_cpu)
+from gc10lib import training
+root, split, out, strategy = sys.argv[1:5]
+cfg = training.TrainConfig(backbone="mobilenet", img_size=64, weights=None, epochs_head=1, epochs_finetune=1,
+                           finetune_fraction=0.05, batch_size=8, verbose=0, seed=1, strategy=strategy,
+                           head_mode=os.environ.get("HEAD_MODE", "features"))
+m = training.train_backbone(cfg, root, out, split_csv=split)
+strat = training.make_strategy(strategy)
+print("RESULT", json.dumps({"replicas": strat.num_replicas_in_sync, "acc": m["test"]["accuracy"]}))
+"""
+
+
+def _result(stdout: str) -> dict:
+    line = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line.split(" ", 1)[1])
+
+
+def test_mirrored_strategy_on_two_logical_cpus(smoke_data, tmp_path):
+    root, split = smoke_data
+    env = {**os.environ, "N_LOGICAL_CPUS": "2"}
+    r = subprocess.run([sys.executable, "-c", STRATEGY_SCRIPT, str(root), str(split), str(tmp_path / "o"), "mirrored"],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _result(r.stdout)["replicas"] == 2
+    assert (tmp_path / "o" / "model.keras").is_file()
