@@ -1,0 +1,177 @@
+"""Ensembles: structure, methods, save/reload in a fresh process, class checks, run-folder reports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import NEU, WEIGHTS, needs_shared, needs_weights
+
+from gc10lib import data, ensemble, training
+from gc10lib.backbones import ResizeTo, build_classifier, load_model, model_classes
+
+
+@pytest.fixture(scope="module")
+def members(smoke_models):
+    out, _ = smoke_models
+    return [load_model(out / n / "model.keras") for n in ("mobilenet", "vgg19", "inception_v3")]
+
+
+def test_single_input_shared_resize_and_class_names(members):
+    small, _ = build_classifier("mobilenet_v2", model_classes(members[0]), img_size=64, weights=None)
+    also_small, _ = build_classifier("resnet50_v2", model_classes(members[0]), img_size=64, weights=None)
+    ens = ensemble.build_ensemble([*members, small, also_small], "mean")
+    assert len(ens.inputs) == 1 and tuple(ens.inputs[0].shape[1:]) == (75, 75, 3)
+    resizes = [la for la in ens.layers if isinstance(la, ResizeTo)]
+    assert [la.size for la in resizes] == [64]  # one shared resize for both 64-px branches, none for 75 px
+    assert model_classes(ens) == model_classes(members[0])
+    x = np.random.default_rng(0).uniform(0, 255, (3, 75, 75, 3)).astype("float32")
+    p = ens.predict(x, verbose=0)
+    manual = np.mean([m.predict(x if m.inputs[0].shape[1] == 75 else
+                                np.asarray(keras.ops.image.resize(x, (64, 64), antialias=True)), verbose=0)
+                      for m in (*members, small, also_small)], axis=0)
+    np.testing.assert_allclose(p, manual, atol=1e-5)
+
+
+def test_members_must_agree_on_classes(members):
+    other, _ = build_classifier("mobilenet", list(reversed(model_classes(members[0]))), img_size=75, weights=None)
+    with pytest.raises(ValueError, match="disagree on classes"):
+        ensemble.build_ensemble([members[0], other], "mean")
+
+
+def test_weight_fitting_and_selection_prefer_the_good_member():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 25)
+    good = np.full((100, 4), 0.02)
+    good[np.arange(100), y] = 0.94
+    noise = rng.dirichlet(np.ones(4), 100)
+    w = ensemble.fit_weights([good, noise], y)
+    assert w.sum() == pytest.approx(1) and w[0] > 0.8
+    s = ensemble.caruana_select([noise, good], y)
+    assert s[1] > 0.5
+
+
+def test_stacker_is_trained_and_scored_out_of_fold():
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(3), 20)
+    a = rng.dirichlet(np.ones(3), 60)
+    a[np.arange(60), y] += 2
+    a /= a.sum(1, keepdims=True)
+    st = ensemble.fit_stacker([a, rng.dirichlet(np.ones(3), 60)], y, seed=0)
+    assert np.abs(st["coef"]).sum() > 0  # never shipped untrained
+    assert st["oof_proba"].shape == (60, 3)
+    assert (st["oof_proba"].argmax(1) == y).mean() > 0.8
+
+
+def test_stack_without_stacker_is_refused(members):
+    with pytest.raises(ValueError, match="never shipped untrained"):
+        ensemble.build_ensemble(members[:2], "stack")
+
+
+def test_every_method_saves_and_reloads_in_fresh_process(smoke_models, smoke_data, tmp_path):
+    out, results = smoke_models
+    root, split = smoke_data
+    table, res = ensemble.ensemble_run(out, ensemble.METHODS, tmp_path / "ens", root, split,
+                                       backbones=["mobilenet", "vgg19", "inception_v3"], seed=0)
+    members = ["inception_v3", "mobilenet", "vgg19"]  # found in folder order
+    assert list(table.model) == members + [f"ensemble_{m}" for m in ensemble.METHODS]
+    assert (tmp_path / "ens" / "comparison.csv").is_file() and (tmp_path / "ens" / "comparison.md").is_file()
+    x = np.random.default_rng(2).uniform(0, 255, (4, 75, 75, 3)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    expected = {}
+    for method in ensemble.METHODS:
+        m = json.loads((tmp_path / "ens" / "ensembles" / method / "metrics.json").read_text())
+        assert m["kind"] == "ensemble" and m["members"] == members
+        assert 0 <= m["test"]["accuracy"] <= 1
+        model = load_model(tmp_path / "ens" / "ensembles" / method / "ensemble.keras")
+        expected[method] = model.predict(x, verbose=0).tolist()
+    assert json.loads((tmp_path / "ens" / "ensembles" / "stack" / "metrics.json").read_text())["val_is_out_of_fold"]
+    code = f"""
+import json, numpy as np, keras
+import gc10lib.ensemble  # registers the custom layers
+from gc10lib.backbones import model_classes
+x = np.load({str(tmp_path / 'x.npy')!r})
+exp = json.loads({json.dumps(json.dumps(expected))})
+for method, ref in exp.items():
+    m = keras.saving.load_model({str(tmp_path / 'ens' / 'ensembles')!r} + f"/{{method}}/ensemble.keras", safe_mode=True)
+    assert len(model_classes(m)) == 10
+    gap = np.abs(m.predict(x, verbose=0) - np.array(ref)).max()
+    assert gap < 1e-5, (method, gap)
+print("OK", len(exp))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "OK 4" in r.stdout
+
+
+@needs_shared
+@needs_weights
+def test_real_neu_mean_ensemble_not_worse_than_worse_member(tmp_path, monkeypatch):
+    monkeypatch.setenv("GC10_WEIGHTS_DIR", str(WEIGHTS))
+    ds = data.discover(NEU)
+    ds.table = ds.table.groupby("class").sample(40, random_state=0).reset_index(drop=True)
+    man = data.split_dataset(ds, (0.6, 0.2, 0.2), seed=0)
+    te = man[man.subset == "test"]
+    models, accs = [], []
+    for name in ("mobilenet", "mobilenet_v2"):
+        cfg = training.TrainConfig(backbone=name, img_size=224, weights="imagenet", epochs_head=60, epochs_finetune=0,
+                                   augment=False, batch_size=32, verbose=0, patience=8, seed=0)
+        m = training.train_backbone(cfg, NEU, tmp_path / name, manifest=man, classes=ds.classes)
+        accs.append(m["test"]["accuracy"])
+        models.append(load_model(m["model_path"]))
+    ens = ensemble.build_ensemble(models, "mean")
+    proba = training.predict_proba(ens, te.path)
+    acc = float((proba.argmax(1) == te.label.to_numpy()).mean())
+    assert acc >= min(accs), (acc, accs)
+    assert acc >= 0.9
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "gc10lib.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+@needs_shared
+def test_cli_evaluate_and_predict_on_real_sample(smoke_models, tmp_path):
+    from conftest import SAMPLE
+
+    out, _ = smoke_models
+    model = out / "mobilenet" / "model.keras"  # a GC10-class model (synthetic training)
+    r = _cli("evaluate", "--model", str(model), "--data", str(SAMPLE), "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads(r.stdout)
+    assert m["n"] == 18 and {"accuracy", "macro_f1", "balanced_accuracy", "top2_accuracy", "ece"} <= set(m)
+    assert sum(v["support"] for v in m["per_class"].values()) == 18
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    r = _cli("predict", "--model", str(model), str(SAMPLE / "images" / "images" / "crescent_gap"), str(bad),
+             "--top-k", "3", "--out", str(tmp_path / "p.csv"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "skipped" in r.stderr and "bad.jpg" in r.stderr
+    preds = pd.read_csv(tmp_path / "p.csv")
+    assert len(preds) == 4 and {"class_1", "prob_1", "class_3", "prob_3"} <= set(preds.columns)
+    assert (preds.prob_1 >= preds.prob_2).all()
+    r = _cli("predict", "--model", str(model), str(bad), "--out", str(tmp_path / "p.csv"))
+    assert r.returncode == 2 and "already exists" in r.stderr
+
+
+@needs_shared
+def test_cli_evaluate_unknown_class_folder_is_clear(smoke_models):
+    out, _ = smoke_models
+    r = _cli("evaluate", "--model", str(out / "mobilenet" / "model.keras"), "--data", str(NEU))
+    assert r.returncode == 2
+    assert "not among the model's classes" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_evaluate_with_split_subset(smoke_models, smoke_data):
+    out, _ = smoke_models
+    root, split = smoke_data
+    r = _cli("evaluate", "--model", str(out / "vgg19" / "model.keras"), "--data", str(root), "--split-csv", str(split),
+             "--subset", "val", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads(r.stdout)
+    assert m["subset"] == "val" and m["n"] == (pd.read_csv(split).subset == "val").sum()
