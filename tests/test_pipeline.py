@@ -1,0 +1,142 @@
+"""`gc10 run`: the demo pipeline at smoke size, run folder, parameters, resume, no overwrite."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from gc10lib import pipeline
+
+SMOKE = ["-p", "backbones", "[mobilenet, vgg19]", "-p", "img_size", "48", "-p", "synthetic_per_class", "8",
+         "-p", "epochs_head", "3", "-p", "epochs_finetune", "1"]
+
+
+def gc10_run(*args: str, runs_root: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gc10lib.cli", "run", *args, "--runs-root", str(runs_root)],
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    r = gc10_run("--config", "demo", *SMOKE, "--name", "smoke", runs_root=root)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return root / "smoke", r
+
+
+def test_demo_pipeline_artefacts(demo_run):
+    run, r = demo_run
+    for name in ("01_eda.ipynb", "02_finetune_mobilenet.ipynb", "03_finetune_vgg19.ipynb", "04_ensemble.ipynb",
+                 "run.json", "summary.json", "summary.md", "split.csv", "split.json"):
+        assert (run / name).is_file(), name
+    for step in ("02_finetune_mobilenet", "03_finetune_vgg19"):
+        assert (run / "steps" / step / "model.keras").is_file()
+        assert (run / "steps" / step / "curves.png").is_file()
+    for method in ("mean", "weighted", "stack", "select"):
+        assert (run / "steps" / "04_ensemble" / "ensembles" / method / "ensemble.keras").is_file()
+    assert (run / "logs" / "02_finetune_mobilenet.log").stat().st_size > 0
+    assert "[1/4] 01_eda" in r.stdout and "[4/4] 04_ensemble" in r.stdout and "min left" in r.stdout
+
+
+def test_run_manifest(demo_run):
+    run, _ = demo_run
+    m = json.loads((run / "run.json").read_text())
+    assert m["config"]["backbones"] == ["mobilenet", "vgg19"] and m["config"]["img_size"] == 48
+    assert m["seed"] == 42 and m["versions"]["tensorflow"] and m["versions"]["keras"]
+    assert m["machine"]["cpus"] >= 1 and "git_commit" in m
+    for step in m["steps"].values():
+        assert step["status"] == "done" and step["end"] >= step["start"]
+
+
+def test_summary_has_sane_metrics_for_every_model(demo_run):
+    run, _ = demo_run
+    s = json.loads((run / "summary.json").read_text())
+    names = {row["model"] for row in s["models"]}
+    assert names == {"mobilenet", "vgg19", "ensemble_mean", "ensemble_weighted", "ensemble_stack", "ensemble_select"}
+    for row in s["models"]:
+        assert 0.0 <= row["test_accuracy"] <= 1.0 and 0.0 <= row["test_macro_f1"] <= 1.0
+        assert row["size_mb"] > 0
+    md = (run / "summary.md").read_text()
+    assert "ensemble_weighted" in md and "| 04_ensemble | done |" in md
+
+
+def test_parameter_cells_match_what_the_pipeline_passes(demo_run):
+    run, _ = demo_run
+    m = json.loads((run / "run.json").read_text())
+    for step_id, step in m["steps"].items():
+        nb_name = step_id.split("_", 1)[1].split("_")[0]
+        src = next(pipeline.NOTEBOOK_DIR.glob(f"*_{nb_name}.ipynb"))
+        declared = pipeline.notebook_parameters(src)
+        assert set(step["params"]) <= set(declared), (step_id, set(step["params"]) - set(declared))
+        executed = nbformat.read(run / f"{step_id}.ipynb", as_version=4)
+        injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert len(injected) == 1
+        for key in step["params"]:
+            assert f"{key} = " in injected[0].source, (step_id, key)
+    # every config value a notebook declares reaches it
+    ft = m["steps"]["02_finetune_mobilenet"]["params"]
+    assert ft["img_size"] == 48 and ft["epochs_head"] == 3 and ft["backbone"] == "mobilenet"
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in pipeline.CONFIG_DIR.glob("*.yaml")))
+def test_every_config_key_is_a_known_parameter(config):
+    cfg = yaml.safe_load((pipeline.CONFIG_DIR / config).read_text())
+    unknown = set(cfg) - pipeline.valid_keys(cfg) - {"name"}
+    assert not unknown, f"{config}: keys no notebook or the runner reads: {unknown}"
+
+
+def test_unknown_parameter_is_rejected_before_anything_runs(tmp_path):
+    r = gc10_run("--config", "demo", "-p", "epocs_head", "3", runs_root=tmp_path, timeout=120)
+    assert r.returncode == 2
+    assert "unknown parameter 'epocs_head'" in r.stderr and "epochs_head" in r.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_existing_run_is_never_overwritten(demo_run):
+    run, _ = demo_run
+    before = (run / "summary.json").read_text()
+    r = gc10_run("--config", "demo", *SMOKE, "--name", "smoke", runs_root=run.parent, timeout=120)
+    assert r.returncode == 2 and "already exists" in r.stderr
+    assert (run / "summary.json").read_text() == before
+
+
+def test_default_names_never_collide(tmp_path):
+    a = pipeline.choose_run_dir(tmp_path, None, "demo", resume=False)
+    a.mkdir()
+    b = pipeline.choose_run_dir(tmp_path, None, "demo", resume=False)
+    assert a != b and not b.exists()
+
+
+def test_resume_after_planted_failure(tmp_path):
+    """A step fails (its weights file is missing); after fixing that, --resume skips what finished."""
+    import keras
+
+    weights = tmp_path / "w" / "mobilenet_custom.weights.h5"
+    args = ["--config", "demo", "-p", "notebooks", "[01_eda, 02_finetune]", "-p", "backbones", "[mobilenet]",
+            "-p", "img_size", "48", "-p", "synthetic_per_class", "6", "-p", "epochs_head", "2",
+            "-p", "epochs_finetune", "0", "-p", "weights", str(weights), "--name", "r"]
+    r = gc10_run(*args, runs_root=tmp_path / "runs")
+    assert r.returncode == 2
+    assert "step 02_finetune_mobilenet failed in cell" in r.stderr and "weights file not found" in r.stderr
+    assert "02_finetune_mobilenet.ipynb" in r.stderr and "--resume --name r" in r.stderr
+    run = tmp_path / "runs" / "r"
+    m = json.loads((run / "run.json").read_text())
+    assert m["steps"]["01_eda"]["status"] == "done" and m["steps"]["02_finetune_mobilenet"]["status"] == "failed"
+    eda_time = m["steps"]["01_eda"]["end"]
+
+    weights.parent.mkdir()
+    keras.applications.MobileNet(include_top=False, weights=None, input_shape=(48, 48, 3)).save_weights(weights)
+    r = gc10_run("--resume", "--name", "r", runs_root=tmp_path / "runs")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "01_eda: done earlier, skipped" in r.stdout
+    m = json.loads((run / "run.json").read_text())
+    assert m["steps"]["01_eda"]["end"] == eda_time
+    assert m["steps"]["02_finetune_mobilenet"]["status"] == "done"
+    assert (run / "steps" / "02_finetune_mobilenet" / "model.keras").is_file()
