@@ -217,7 +217,7 @@ def execute_run(cfg: dict, *, name: str | None = None, resume: bool = False, run
     """Run (or resume) a pipeline and return its run folder."""
     import papermill as pm
 
-    runs_root = Path(runs_root)
+    runs_root = Path(runs_root).resolve()  # notebooks run with cwd=notebooks/: pass absolute paths
     run_dir = choose_run_dir(runs_root, name, str(cfg.get("name", "run")), resume)
     if resume:
         run = Run(run_dir)
@@ -307,7 +307,7 @@ def collect_rows(run_dir: Path) -> list[dict]:
             continue
         rows.append({
             "model": m.get("name", mf.parent.name), "kind": m.get("kind", "backbone"),
-            "img_size": m.get("img_size"), "weights": m.get("weights_source"),
+            "img_size": m.get("img_size"), "weights": (m.get("weights_source") or "").split(":")[0],
             "test_accuracy": m["test"].get("accuracy"), "test_macro_f1": m["test"].get("macro_f1"),
             "test_balanced_accuracy": m["test"].get("balanced_accuracy"),
             "val_accuracy": (m.get("val") or {}).get("accuracy"),

@@ -18,17 +18,19 @@ SMOKE = ["-p", "backbones", "[mobilenet, vgg19]", "-p", "img_size", "48", "-p", 
          "-p", "epochs_head", "3", "-p", "epochs_finetune", "1"]
 
 
-def gc10_run(*args: str, runs_root: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+def gc10_run(*args: str, runs_root: Path | str, timeout: int = 900, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gc10lib.cli", "run", *args, "--runs-root", str(runs_root)],
-                          capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    r = gc10_run("--config", "demo", *SMOKE, "--name", "smoke", runs_root=root)
+    base = tmp_path_factory.mktemp("work")
+    # a relative --runs-root, as `make run` uses: notebooks run with cwd=notebooks/, so paths must be absolute
+    r = gc10_run("--config", "demo", *SMOKE, "--name", "smoke", runs_root="runs", cwd=base)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return root / "smoke", r
+    return base / "runs" / "smoke", r
 
 
 def test_demo_pipeline_artefacts(demo_run):
