@@ -113,6 +113,51 @@ class MacroF1(keras.callbacks.Callback):
             logs["val_macro_f1"] = float(f1_score(self.y_val, pred, average="macro", zero_division=0))
 
 
+def fit_distributed(model, dataset, *, epochs: int, lr: float, class_weight: dict[int, float], strategy,
+                    csv_path: Path | None = None, verbose: int | str = 0) -> dict[str, list[float]]:
+    """Synchronous data-parallel training loop for ``MultiWorkerMirroredStrategy``.
+
+    Keras 3's ``fit`` fails under that strategy (keras-team/keras#20585), so each step runs
+    ``strategy.run`` with a class-weighted loss and an all-reduced gradient. ``model`` must have
+    been built inside ``strategy.scope()``. No callbacks: the loop runs ``epochs`` epochs.
+    """
+    import tensorflow as tf
+
+    n_classes = int(model.outputs[0].shape[-1])
+    cw = tf.constant([float(class_weight.get(i, 1.0)) for i in range(n_classes)], tf.float32)
+    with strategy.scope():
+        optimizer = keras.optimizers.Adam(lr)
+        optimizer.build(model.trainable_variables)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+    dist = strategy.experimental_distribute_dataset(dataset)
+
+    def replica_step(x, y):
+        with tf.GradientTape() as tape:
+            p = model(x, training=True)
+            per_example = loss_fn(y, p) * tf.gather(cw, tf.cast(y, tf.int32))
+            loss = tf.nn.compute_average_loss(per_example)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss
+
+    @tf.function
+    def train_step(x, y):
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=(x, y)), axis=None)
+
+    history: dict[str, list[float]] = {"loss": []}
+    for epoch in range(epochs):
+        total, n = 0.0, 0
+        for x, y in dist:
+            total += float(train_step(x, y))
+            n += 1
+        history["loss"].append(total / max(n, 1))
+        if verbose:
+            print(f"epoch {epoch + 1}/{epochs} - loss {history['loss'][-1]:.4f} (replicas {strategy.num_replicas_in_sync})")
+    if csv_path is not None:
+        pd.DataFrame(history).rename_axis("epoch").to_csv(csv_path)
+    return history
+
+
 def callbacks(cfg: TrainConfig, x_val, y_val, csv_path: Path) -> list:
     """Macro-F1 (if monitored), early stopping with best-weight restore, LR plateau, CSV history."""
     mode = "max" if cfg.monitor == "val_macro_f1" else "min"
@@ -215,6 +260,13 @@ def calibrate_batchnorm(model, images: np.ndarray) -> int:
     return len(bns)
 
 
+@dataclass
+class _History:
+    """The part of ``keras.callbacks.History`` that train_backbone reads."""
+
+    history: dict
+
+
 def model_size_mb(path: Path) -> float:
     return round(path.stat().st_size / 2**20, 3)
 
@@ -254,6 +306,8 @@ def train_backbone(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path |
     if len(tr) == 0 or len(va) == 0:
         raise ValueError("the split has no train or no val images; use a larger dataset or other fractions")
     cw = data.class_weights(tr.label, len(classes))
+    if cfg.strategy == "multiworker" and cfg.head_mode != "features":
+        raise ValueError("strategy 'multiworker' trains the head on cached features: use head_mode='features'")
     set_seeds(cfg.seed)
     timings: dict[str, float] = {}
     strategy = make_strategy(cfg.strategy)
@@ -286,11 +340,20 @@ def train_backbone(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path |
             timings["features_cached"] = all(cached)
             t1 = time.perf_counter()
             head.get_layer("feature_norm").adapt(np.concatenate(xs))
-            head.compile(optimizer=keras.optimizers.Adam(cfg.lr_head), loss="sparse_categorical_crossentropy",
-                         metrics=["accuracy"])
-            hist = head.fit(np.concatenate(xs), np.concatenate(ys), validation_data=(xv, va.label.to_numpy()),
-                            epochs=cfg.epochs_head, batch_size=cfg.batch_size, class_weight=cw, shuffle=True,
-                            callbacks=callbacks(cfg, xv, va.label, out / "history_head.csv"), verbose=verbose)
+            if cfg.strategy == "multiworker":
+                import tensorflow as tf
+
+                feats = tf.data.Dataset.from_tensor_slices((np.concatenate(xs), np.concatenate(ys).astype("int32")))
+                hist = _History(fit_distributed(
+                    head, feats.shuffle(len(feats), seed=cfg.seed).batch(cfg.batch_size), epochs=cfg.epochs_head,
+                    lr=cfg.lr_head, class_weight=cw, strategy=strategy, csv_path=out / "history_head.csv",
+                    verbose=verbose))
+            else:
+                head.compile(optimizer=keras.optimizers.Adam(cfg.lr_head), loss="sparse_categorical_crossentropy",
+                             metrics=["accuracy"])
+                hist = head.fit(np.concatenate(xs), np.concatenate(ys), validation_data=(xv, va.label.to_numpy()),
+                                epochs=cfg.epochs_head, batch_size=cfg.batch_size, class_weight=cw, shuffle=True,
+                                callbacks=callbacks(cfg, xv, va.label, out / "history_head.csv"), verbose=verbose)
             timings["head_fit_s"] = round(time.perf_counter() - t1, 2)
         elif cfg.head_mode == "fit":
             sample = list(tr.sample(min(len(tr), 256), random_state=cfg.seed).path)
@@ -319,10 +382,16 @@ def train_backbone(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path |
                                     training=True, augment=cfg.augment, seed=cfg.seed)
             val_ds = make_dataset(va.path, va.label, size, policy=cfg.policy, batch_size=cfg.batch_size)
             val_x = make_dataset(va.path, None, size, policy=cfg.policy, batch_size=cfg.batch_size)
-            model.compile(optimizer=keras.optimizers.Adam(cfg.lr_finetune), loss="sparse_categorical_crossentropy",
-                          metrics=["accuracy"])
-            hist = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs_finetune, class_weight=cw,
-                             callbacks=callbacks(cfg, val_x, va.label, out / "history_finetune.csv"), verbose=verbose)
+            if cfg.strategy == "multiworker":
+                hist = _History(fit_distributed(
+                    model, train_ds, epochs=cfg.epochs_finetune, lr=cfg.lr_finetune, class_weight=cw,
+                    strategy=strategy, csv_path=out / "history_finetune.csv", verbose=verbose))
+            else:
+                model.compile(optimizer=keras.optimizers.Adam(cfg.lr_finetune), loss="sparse_categorical_crossentropy",
+                              metrics=["accuracy"])
+                hist = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs_finetune, class_weight=cw,
+                                 callbacks=callbacks(cfg, val_x, va.label, out / "history_finetune.csv"),
+                                 verbose=verbose)
             histories.append(pd.DataFrame(hist.history).assign(phase="finetune", epoch=lambda d: np.arange(len(d))))
             timings["finetune_s"] = round(time.perf_counter() - t0, 2)
 

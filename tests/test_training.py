@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -132,3 +133,38 @@ def test_mirrored_strategy_on_two_logical_cpus(smoke_data, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert _result(r.stdout)["replicas"] == 2
     assert (tmp_path / "o" / "model.keras").is_file()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_multiworker_strategy_two_processes(smoke_data, tmp_path):
+    """Two worker processes on 127.0.0.1 train together through TF_CONFIG; bounded in time."""
+    root, split = smoke_data
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+    procs = []
+    for i in range(2):
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+        procs.append(subprocess.Popen([sys.executable, "-c", STRATEGY_SCRIPT, str(root), str(split),
+                                       str(tmp_path / f"w{i}"), "multiworker"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=420))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (so, se) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, se[-3000:]
+        assert _result(so)["replicas"] == 2
+    for i in range(2):
+        hist = pd.read_csv(tmp_path / f"w{i}" / "history_finetune.csv")
+        assert len(hist) == 1 and np.isfinite(hist["loss"]).all()
+    # synchronous training: both workers end with the same weights, hence the same predictions
+    np.testing.assert_allclose(np.load(tmp_path / "w0" / "proba_test.npy"), np.load(tmp_path / "w1" / "proba_test.npy"),
+                               atol=1e-5)
