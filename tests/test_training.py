@@ -48,7 +48,7 @@ def test_saved_model_reproduces_recorded_probabilities(smoke_models, smoke_data)
     np.testing.assert_allclose(proba, np.load(out / "mobilenet" / "proba_test.npy"), atol=1e-5)
 
 
-def test_feature_cache_is_reused(smoke_data, tmp_path):
+def test_feature_cache_is_reused(smoke_models, smoke_data, tmp_path):
     root, split = smoke_data
     cfg = training.TrainConfig(backbone="mobilenet", img_size=75, weights=None, epochs_head=1, epochs_finetune=0,
                                batch_size=16, verbose=0, seed=3)
