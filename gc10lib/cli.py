@@ -122,6 +122,21 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from gc10lib.backbones import load_model
+    from gc10lib.export import export_litert, representative_images
+
+    model = load_model(args.model)
+    rep = None
+    if args.format == "int8":
+        if not args.data:
+            raise ValueError("--format int8 needs --data (and preferably --split-csv) for calibration images")
+        rep = representative_images(args.data, args.split_csv, int(model.inputs[0].shape[1]), n=args.calibration)
+    out = export_litert(model, args.out, args.format, representative=rep)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB, {args.format})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gc10", description="GC10-DET defect classification toolkit.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -163,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--top-k", type=int, default=3)
     pr.add_argument("--policy", default="stretch", choices=["stretch", "pad"])
     pr.set_defaults(func=_predict)
+
+    x = sub.add_parser("export", help="export a .keras model to LiteRT (.tflite)")
+    x.add_argument("--model", required=True)
+    x.add_argument("--format", required=True, choices=["float32", "float16", "dynamic", "int8"])
+    x.add_argument("--data", help="dataset for int8 calibration images")
+    x.add_argument("--split-csv", help="split manifest: calibrate on its train subset")
+    x.add_argument("--calibration", type=int, default=200, help="number of calibration images (default 200)")
+    x.add_argument("--out", required=True, help="output .tflite file (never overwritten)")
+    x.set_defaults(func=_export)
 
     r = sub.add_parser("run", help="run the notebook pipeline headless with papermill")
     r.add_argument("--config", default="demo", help="YAML config, or a name in configs/ (default: demo)")

@@ -260,6 +260,20 @@ def calibrate_batchnorm(model, images: np.ndarray) -> int:
     return len(bns)
 
 
+def adapt_feature_norm(head, features: np.ndarray, floor: float = 0.05) -> None:
+    """Standardise the head's input features, flooring each variance at ``floor`` x the median.
+
+    Without the floor, near-constant features (common with few training images) get divided by
+    tiny standard deviations: harmless in float32, but int8 quantisation then turns their noise
+    into large, wrong logits.
+    """
+    norm = head.get_layer("feature_norm")
+    norm.adapt(features)
+    var = np.var(features, axis=0)
+    norm.adapt_variance.assign(np.maximum(var, floor * float(np.median(var)) + 1e-8).astype(np.float32))
+    norm.finalize_state()
+
+
 @dataclass
 class _History:
     """The part of ``keras.callbacks.History`` that train_backbone reads."""
@@ -339,7 +353,7 @@ def train_backbone(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path |
             timings["features_s"] = round(time.perf_counter() - t0, 2)
             timings["features_cached"] = all(cached)
             t1 = time.perf_counter()
-            head.get_layer("feature_norm").adapt(np.concatenate(xs))
+            adapt_feature_norm(head, np.concatenate(xs))
             if cfg.strategy == "multiworker":
                 import tensorflow as tf
 
@@ -359,7 +373,7 @@ def train_backbone(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path |
             sample = list(tr.sample(min(len(tr), 256), random_state=cfg.seed).path)
             f, _ = extract_features(model, sample, size=size, policy=cfg.policy, weights_source=source,
                                     backbone=spec.name, seed=cfg.seed, batch_size=cfg.batch_size)
-            head.get_layer("feature_norm").adapt(f)
+            adapt_feature_norm(head, f)
             train_ds = make_dataset(tr.path, tr.label, size, policy=cfg.policy, batch_size=cfg.batch_size,
                                     training=True, augment=cfg.augment, seed=cfg.seed)
             val_ds = make_dataset(va.path, va.label, size, policy=cfg.policy, batch_size=cfg.batch_size)

@@ -1,0 +1,108 @@
+"""LiteRT export: every variant runs, int8 agrees with float, .tflite through predict/evaluate, bad files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gc10lib import data
+from gc10lib.export import VARIANTS, LiteRTPredictor, export_litert, representative_images
+from gc10lib.predict import KerasPredictor, load_predictor
+
+
+@pytest.fixture(scope="module")
+def exported(smoke_data, tmp_path_factory):
+    """MobileNet with real ImageNet weights (from ../shared/weights), head trained on synthetic data.
+
+    Random-init features are too ill-conditioned for a meaningful int8 comparison."""
+    import os
+
+    from conftest import WEIGHTS
+
+    from gc10lib import training
+
+    if not WEIGHTS.is_dir():
+        pytest.skip(f"{WEIGHTS} is absent: the int8 checks need real ImageNet weights (CI always has them)")
+    os.environ["GC10_WEIGHTS_DIR"] = str(WEIGHTS)
+    root, split = smoke_data
+    d = tmp_path_factory.mktemp("tflite")
+    cfg = training.TrainConfig(backbone="mobilenet", img_size=75, weights="imagenet", epochs_head=15, epochs_finetune=0,
+                               augment=False, verbose=0, seed=0)
+    model = training.train_backbone(cfg, root, d / "model", split_csv=split)["model_path"]
+    rep = representative_images(root, split, 75, n=40)
+    files = {v: export_litert(model, d / f"vgg19_{v}.tflite", v, representative=rep if v == "int8" else None)
+             for v in VARIANTS}
+    return model, files
+
+
+def test_every_variant_exports_and_runs(exported, smoke_data):
+    model, files = exported
+    root, split = smoke_data
+    man = data.read_split(split)
+    te = man[man.subset == "test"]
+    keras_pred = KerasPredictor(model)
+    from gc10lib.inputs import ImageCache
+
+    x = ImageCache(75).load(list(te.path))
+    ref = keras_pred.predict_array(x)
+    sizes = {v: f.stat().st_size for v, f in files.items()}
+    for v, f in files.items():
+        p = LiteRTPredictor(f)
+        assert p.classes == keras_pred.classes and p.input_size == 75
+        out = p.predict_array(x, batch_size=4)
+        assert out.shape == ref.shape and np.allclose(out.sum(1), 1, atol=0.02)
+        if v == "float32":
+            np.testing.assert_allclose(out, ref, atol=1e-3)
+    assert sizes["int8"] * 3 <= sizes["float32"]
+    assert sizes["dynamic"] * 3 <= sizes["float32"]
+    assert sizes["float16"] < 0.6 * sizes["float32"]
+    meta = json.loads((files["int8"].parent / (files["int8"].name + ".json")).read_text())
+    assert meta["variant"] == "int8" and meta["input"].startswith("uint8")
+
+
+def test_tflite_through_cli(exported, smoke_data, tmp_path):
+    _, files = exported
+    root, split = smoke_data
+    r = subprocess.run([sys.executable, "-m", "gc10lib.cli", "evaluate", "--model", str(files["int8"]), "--data",
+                        str(root), "--split-csv", str(split), "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["n"] == (data.read_split(split).subset == "test").sum()
+    r = subprocess.run([sys.executable, "-m", "gc10lib.cli", "predict", "--model", str(files["dynamic"]),
+                        str(root / "images" / "images" / "crease")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(r.stdout.strip().splitlines()) == 1 + 6
+
+
+def test_cli_export(smoke_models, smoke_data, tmp_path):
+    out, _ = smoke_models
+    root, split = smoke_data
+    args = [sys.executable, "-m", "gc10lib.cli", "export", "--model", str(out / "mobilenet" / "model.keras"),
+            "--format", "int8", "--out", str(tmp_path / "m.tflite")]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "needs --data" in r.stderr
+    r = subprocess.run([*args, "--data", str(root), "--split-csv", str(split), "--calibration", "20"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert load_predictor(tmp_path / "m.tflite").variant == "int8"
+    r = subprocess.run([*args, "--data", str(root)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "already exists" in r.stderr
+
+
+def test_corrupt_or_foreign_tflite_is_clear(exported, tmp_path):
+    _, files = exported
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"\x00" * 64)
+    (tmp_path / "bad.tflite.json").write_text(json.dumps({"classes": ["a", "b"], "img_size": 75}))
+    with pytest.raises(ValueError, match="bad.tflite: not a valid LiteRT model"):
+        LiteRTPredictor(bad)
+    foreign = tmp_path / "foreign.tflite"
+    foreign.write_bytes(files["float32"].read_bytes())
+    with pytest.raises(ValueError, match="not a gc10lib export"):
+        LiteRTPredictor(foreign)
+    (tmp_path / "foreign.tflite.json").write_text(json.dumps({"classes": ["a", "b", "c"], "img_size": 75}))
+    with pytest.raises(ValueError, match="do not match a 3-class"):
+        LiteRTPredictor(foreign)
