@@ -82,6 +82,12 @@ def _run(args: argparse.Namespace) -> int:
     return main_run(args.config, args.parameters or [], args.name, args.resume, args.runs_root)
 
 
+def _echo_skipped(caught) -> None:
+    for w in caught:
+        if "skipped" in str(w.message):
+            print(f"warning: {w.message}", file=sys.stderr)
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from gc10lib.evaluation import headline
     from gc10lib.predict import evaluate_model
@@ -89,9 +95,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         m = evaluate_model(args.model, args.data, args.split_csv, args.subset, policy=args.policy)
-    for w in caught:
-        if "skipped" in str(w.message):
-            print(f"warning: {w.message}", file=sys.stderr)
+    _echo_skipped(caught)
     if args.json:
         print(json.dumps(m, default=str))
     else:
@@ -108,9 +112,7 @@ def _predict(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         df = predict_files(args.model, args.paths, top_k=args.top_k, policy=args.policy)
-    for w in caught:
-        if "skipped" in str(w.message):
-            print(f"warning: {w.message}", file=sys.stderr)
+    _echo_skipped(caught)
     if args.out:
         out = Path(args.out)
         if out.exists():

@@ -111,6 +111,10 @@ class ImageCache:
     def cached_path(self, src: str | Path) -> Path:
         return self.dir / f"{_cache_key(Path(src))}.png"
 
+    def ensure_one(self, src: str | Path) -> str:
+        """Cached PNG path for one file (decoding and resizing it if needed)."""
+        return self._ensure_one(str(src))
+
     def _ensure_one(self, src: str) -> str:
         dst = self.cached_path(src)
         if dst.is_file():

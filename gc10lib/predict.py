@@ -60,16 +60,16 @@ def collect_images(paths: Sequence[str | Path]) -> list[Path]:
 def predict_probabilities(predictor, files: Sequence[str | Path], policy: str = "stretch",
                           batch_size: int = 32) -> tuple[np.ndarray, list[Path]]:
     """Probabilities for readable files; unreadable ones are skipped with a warning naming them."""
+    from PIL import Image
+
     cache = ImageCache(predictor.input_size, policy)
     arrays, ok = [], []
     for f in map(Path, files):
         try:
-            cached = cache.ensure([f], workers=1)[0]
+            cached = cache.ensure_one(f)
         except ImageReadError as exc:
             warnings.warn(f"skipped {f}: {exc}", stacklevel=2)
             continue
-        from PIL import Image
-
         arrays.append(np.asarray(Image.open(cached).convert("RGB")))
         ok.append(f)
     if not ok:
