@@ -116,6 +116,7 @@ class BackboneSpec:
     weight_files: tuple[str, ...]  # accepted no-top file names in a weights folder
     min_size: int = 32
     kwargs: dict = field(default_factory=dict)
+    cam_layer: str | None = None  # Grad-CAM feature map inside the backbone; None: the backbone's output
 
     def keras_preprocess(self, x: np.ndarray) -> np.ndarray:
         """Keras' own ``preprocess_input`` for this family (the reference for tests)."""
@@ -137,7 +138,8 @@ REGISTRY: dict[str, BackboneSpec] = {
         BackboneSpec("mobilenet_v2", "MobileNetV2", "mobilenet_v2", 224, "tf",
                      ("mobilenet_v2_1_0_224_imagenet_notop.weights.h5",
                       "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5")),
-        BackboneSpec("vgg19", "VGG19", "vgg19", 224, "caffe", ("vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",)),
+        BackboneSpec("vgg19", "VGG19", "vgg19", 224, "caffe", ("vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",),
+                     cam_layer="block5_conv4"),  # the output is block5_pool, one max-pool past the last conv
     ]
 }
 ALIASES = {"efficientnetb5": "efficientnet_b5", "resnet50v2": "resnet50_v2", "inceptionv3": "inception_v3",
@@ -240,6 +242,8 @@ def load_model(path: str | Path):
         raise FileNotFoundError(f"{p}: model file not found.")
     if p.suffix != ".keras":
         raise ValueError(f"{p}: expected a .keras model file.")
+    import gc10lib.ensemble  # noqa: F401  (registers the ensemble layers before deserialising)
+
     try:
         return keras.saving.load_model(p, safe_mode=True)
     except Exception as exc:  # zip errors, unknown layers, ...

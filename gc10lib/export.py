@@ -17,11 +17,14 @@ Each ``.tflite`` gets a sidecar ``<name>.tflite.json`` with the class names, inp
 from __future__ import annotations
 
 import json
+import os
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
 
@@ -149,3 +152,139 @@ def representative_images(data_dir: str | Path, split_csv: str | Path | None, si
         table = data.discover(data_dir).table
     pick = table.sample(min(n, len(table)), random_state=seed)
     return ImageCache(size, policy).load(list(pick.path))
+
+
+# --------------------------------------------------------------------------- size / speed / accuracy table
+
+
+def seconds_per_image(predict: Callable[[np.ndarray], object], images: np.ndarray, batch: int,
+                      repeats: int = 5) -> float:
+    """Median wall time per image of ``predict`` on batches of ``batch`` images (after one warm-up)."""
+    batch = max(1, min(batch, len(images)))
+    chunks = [images[i:i + batch] for i in range(0, len(images) - batch + 1, batch)][:max(1, repeats)]
+    predict(chunks[0])
+    times = []
+    for chunk in chunks * max(1, repeats // len(chunks)):
+        t = time.perf_counter()
+        predict(chunk)
+        times.append((time.perf_counter() - t) / len(chunk))
+    return float(np.median(times))
+
+
+def speed(predict: Callable[[np.ndarray], object], images: np.ndarray, batch_sizes: Sequence[int] = (1, 8, 32),
+          repeats: int = 5) -> dict:
+    """Latency (ms per image at batch 1) and the best throughput over ``batch_sizes``."""
+    per_image = {b: seconds_per_image(predict, images, b, repeats) for b in sorted(set(batch_sizes) | {1})
+                 if b <= len(images)}
+    best = min(per_image, key=per_image.get)
+    return {"latency_ms_b1": 1e3 * per_image[1], "throughput_img_s": 1.0 / per_image[best], "best_batch": best}
+
+
+def find_models(run_dir: str | Path, policy: str = "stretch") -> pd.DataFrame:
+    """Every trained backbone and ensemble under a run folder, with its validation macro-F1.
+
+    ``policy``: the resize policy for models whose metrics do not record one (ensembles).
+    """
+    rows = []
+    for mf in sorted(Path(run_dir).glob("**/metrics.json")):
+        m = json.loads(mf.read_text())
+        if m.get("kind") in ("backbone", "ensemble") and Path(m.get("model_path", "")).is_file():
+            rows.append({"name": m["name"], "kind": m["kind"], "path": m["model_path"],
+                         "policy": m.get("policy") or policy, "val_macro_f1": (m.get("val") or {}).get("macro_f1")})
+    if not rows:
+        raise FileNotFoundError(f"{run_dir}: no trained models (metrics.json with a model file) found")
+    return pd.DataFrame(rows)
+
+
+def pick_models(run_dir: str | Path, which: Sequence[str] = ("best_backbone", "best_ensemble"),
+                policy: str = "stretch") -> pd.DataFrame:
+    """Models to quantise: names, or ``best_backbone`` / ``best_ensemble`` by *validation* macro-F1."""
+    found = find_models(run_dir, policy)
+    picked = []
+    for w in which:
+        if w in ("best_backbone", "best_ensemble"):
+            kind = w.removeprefix("best_")
+            cand = found[found.kind == kind].sort_values("val_macro_f1", ascending=False, na_position="last")
+            if cand.empty:
+                continue  # a run without ensembles still quantises its best backbone
+            picked.append(cand.iloc[0])
+        else:
+            hit = found[found.name == w]
+            if hit.empty:
+                raise ValueError(f"no model named {w!r} in {run_dir}; found: {', '.join(found.name)}")
+            picked.append(hit.iloc[0])
+    return pd.DataFrame(picked).drop_duplicates("name").reset_index(drop=True)
+
+
+def quantization_table(model_path: str | Path, data_dir: str | Path, split_csv: str | Path, out_dir: str | Path,
+                       variants: Sequence[str] = VARIANTS, *, name: str | None = None, policy: str = "stretch",
+                       subset: str = "test", n_representative: int = 200, max_images: int | None = None,
+                       batch_sizes: Sequence[int] = (1, 8, 32), timing_images: int = 32, repeats: int = 5,
+                       num_threads: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """Export ``model_path`` in each variant into ``out_dir`` and compare with the Keras original.
+
+    One row per file: size, accuracy and macro-F1 on ``subset``, top-1 agreement with Keras,
+    latency at batch 1 and the best throughput over ``batch_sizes`` (LiteRT with ``num_threads``,
+    default all cores; Keras through ``predict_on_batch``).
+    """
+    from gc10lib.evaluation import compute_metrics
+    from gc10lib.inputs import ImageCache
+    from gc10lib.predict import KerasPredictor, labelled_subset
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keras_pred = KerasPredictor(model_path)
+    name = name or Path(model_path).stem
+    table, mapping = labelled_subset(data_dir, split_csv, keras_pred.classes, subset)
+    if max_images and len(table) > max_images:
+        table = table.sample(max_images, random_state=seed)
+    images = ImageCache(keras_pred.input_size, policy).load(list(table.path))
+    y = np.array([mapping[int(label)] for label in table.label])
+    timing = images[:timing_images].astype(np.float32)
+    threads = num_threads or os.cpu_count()
+
+    def row(variant, path, proba, predict):
+        m = compute_metrics(y, proba, keras_pred.classes, n_boot=0)
+        return {"model": name, "variant": variant, "file": str(path), "size_mib": Path(path).stat().st_size / 2**20,
+                "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+                "agreement": float(np.mean(proba.argmax(1) == ref.argmax(1))),
+                **speed(predict, timing, batch_sizes, repeats), "n_images": len(y)}
+
+    ref = keras_pred.predict_array(images)
+    rows = [row("keras", model_path, ref, keras_pred.model.predict_on_batch)]
+    rep = None
+    if "int8" in variants:
+        rep = representative_images(data_dir, split_csv, keras_pred.input_size, n=n_representative, seed=seed,
+                                    policy=policy)
+    for variant in variants:
+        path = export_litert(keras_pred.model, out_dir / f"{name}_{variant}.tflite", variant,
+                             representative=rep if variant == "int8" else None)
+        lite = LiteRTPredictor(path, num_threads=threads)
+        proba = lite.predict_array(images, batch_size=32)
+        rows.append(row(variant, path, proba, lambda b, lite=lite: lite.predict_array(b, batch_size=len(b))))
+    df = pd.DataFrame(rows)
+    keras_row = df.iloc[0]
+    df["size_ratio"] = keras_row.size_mib / df.size_mib
+    df["accuracy_drop"] = keras_row.accuracy - df.accuracy
+    df["speedup_b1"] = keras_row.latency_ms_b1 / df.latency_ms_b1
+    df.attrs.update(threads=threads, subset=subset)
+    return df
+
+
+def write_table(df: pd.DataFrame, out_dir: str | Path, stem: str = "quantization") -> tuple[Path, Path]:
+    """``<stem>.csv`` and ``<stem>.md`` in ``out_dir`` (refusing to overwrite either)."""
+    out_dir = Path(out_dir)
+    csv, md = out_dir / f"{stem}.csv", out_dir / f"{stem}.md"
+    for f in (csv, md):
+        if f.exists():
+            raise FileExistsError(f"{f}: already exists; choose another output folder.")
+    df.to_csv(csv, index=False)
+    md.write_text(markdown_table(df) + "\n")
+    return csv, md
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """The table's readable columns, as markdown."""
+    cols = ["model", "variant", "size_mib", "size_ratio", "accuracy", "macro_f1", "agreement",
+            "latency_ms_b1", "throughput_img_s", "best_batch"]
+    return df[cols].to_markdown(index=False, floatfmt=".4g")

@@ -157,3 +157,55 @@ def comparison_bars(table: pd.DataFrame, metrics: Sequence[str] = ("test_accurac
     ax.tick_params(axis="x", rotation=40)
     fig.tight_layout()
     return fig
+
+
+def size_vs_accuracy(table: pd.DataFrame, ax=None):
+    """Test accuracy against file size (log scale), one marker per exported variant and model."""
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 4))
+    sns.scatterplot(data=table, x="size_mib", y="accuracy", hue="variant", style="model", s=80, ax=ax)
+    for _, r in table.iterrows():
+        ax.annotate(f"{r['latency_ms_b1']:.0f} ms", (r["size_mib"], r["accuracy"]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set(xlabel="file size (MiB, log scale)", ylabel="test accuracy", title="Size vs accuracy (labels: ms/img, batch 1)")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def cam_overlay(ax, image: np.ndarray, cam: np.ndarray, boxes: Sequence[Sequence[float]] = (), title: str = "",
+                max_side: int = 512) -> None:
+    """The image, its CAM (jet, half transparent) and the true-class boxes, in original coordinates."""
+    h, w = cam.shape
+    step = max(1, int(np.ceil(max(h, w) / max_side)))
+    ax.imshow(image[::step, ::step], cmap="gray", extent=(0, w, h, 0))
+    ax.imshow(cam[::step, ::step], cmap="jet", alpha=0.45, vmin=0, vmax=1, extent=(0, w, h, 0))
+    draw_boxes(ax, boxes, color="white")
+    y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    ax.plot([x], [y], marker="+", color="white", markersize=10, mew=2)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def cam_grid(per_image: pd.DataFrame, cams: dict, per_side: int = 1):
+    """One row per class: correct predictions on the left, incorrect on the right (CAM overlays)."""
+    from gc10lib.inputs import load_rgb
+
+    classes = sorted(per_image["class"].unique())
+    cols = 2 * per_side
+    fig, axes = plt.subplots(len(classes), cols, figsize=(3.2 * cols, 1.9 * len(classes)), squeeze=False)
+    for i, cls in enumerate(classes):
+        for side, correct in enumerate((True, False)):
+            rows = per_image[(per_image["class"] == cls) & (per_image.correct == correct) & per_image.path.isin(cams)]
+            for k in range(per_side):
+                ax = axes[i, side * per_side + k]
+                if k >= len(rows):
+                    ax.axis("off")
+                    ax.set_title(f"{cls}: no {'correct' if correct else 'incorrect'} example", fontsize=7)
+                    continue
+                r = rows.iloc[k]
+                hit = "no box" if r.n_boxes == 0 else ("hit" if r.hit else "miss")
+                cam_overlay(ax, load_rgb(r.path), cams[r.path], r.boxes,
+                            f"{cls} -> {r.predicted} ({hit})")
+    fig.tight_layout()
+    return fig

@@ -106,6 +106,23 @@ def map_labels(dataset_classes: Sequence[str], model_classes: Sequence[str], pre
     return {i: list(model_classes).index(c) for i, c in enumerate(dataset_classes) if c in model_classes}
 
 
+def labelled_subset(data_dir: str | Path, split_csv: str | Path | None, model_classes: Sequence[str],
+                    subset: str = "test") -> tuple[pd.DataFrame, dict[int, int]]:
+    """The rows of one split subset (or the whole dataset) and their label mapping to ``model_classes``."""
+    if split_csv:
+        man = data.read_split(split_csv, data_root=data_dir)
+        if subset not in data.SUBSETS:
+            raise ValueError(f"subset must be one of {data.SUBSETS}, got {subset!r}")
+        table = man[man.subset == subset]
+        ds_classes = data.split_classes(split_csv) or sorted(table["class"].unique())
+    else:
+        ds = data.discover(data_dir)
+        table, ds_classes = ds.table, ds.classes
+    if table.empty:
+        raise ValueError(f"{split_csv or data_dir}: no images in subset {subset!r}")
+    return table, map_labels(ds_classes, model_classes, sorted(set(table["class"])))
+
+
 def evaluate_model(model_path: str | Path, data_dir: str | Path, split_csv: str | Path | None = None,
                    subset: str = "test", policy: str = "stretch", n_boot: int = 500) -> dict:
     """Metrics of a saved model on a dataset (all of it, or one subset of a split manifest).
@@ -116,17 +133,7 @@ def evaluate_model(model_path: str | Path, data_dir: str | Path, split_csv: str 
     from gc10lib.evaluation import compute_metrics
 
     pred = load_predictor(model_path)
-    if split_csv:
-        man = data.read_split(split_csv, data_root=data_dir)
-        if subset not in data.SUBSETS:
-            raise ValueError(f"subset must be one of {data.SUBSETS}, got {subset!r}")
-        table = man[man.subset == subset]
-        ds_classes = data.split_classes(split_csv) or sorted(table["class"].unique())
-    else:
-        ds = data.discover(data_dir)
-        table, ds_classes = ds.table, ds.classes
-    present = sorted(set(table["class"]))
-    mapping = map_labels(ds_classes, pred.classes, present)
+    table, mapping = labelled_subset(data_dir, split_csv, pred.classes, subset)
     proba, ok = predict_probabilities(pred, list(table.path), policy)
     kept = table.set_index(table.path.map(str)).loc[[str(p) for p in ok]]
     y = np.array([mapping[int(label)] for label in kept.label])

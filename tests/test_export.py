@@ -16,9 +16,10 @@ from gc10lib.predict import KerasPredictor, load_predictor
 
 @pytest.fixture(scope="module")
 def exported(smoke_data, tmp_path_factory):
-    """MobileNet with real ImageNet weights (from ../shared/weights), head trained on synthetic data.
+    """MobileNetV2 with real ImageNet weights (from ../shared/weights), head trained on synthetic data.
 
-    Random-init features are too ill-conditioned for a meaningful int8 comparison."""
+    Random-init features are too ill-conditioned for a meaningful int8 comparison, and MobileNet
+    (v1) loses most of its agreement under full-integer quantisation (see the README)."""
     import os
 
     from conftest import WEIGHTS
@@ -30,7 +31,7 @@ def exported(smoke_data, tmp_path_factory):
     os.environ["GC10_WEIGHTS_DIR"] = str(WEIGHTS)
     root, split = smoke_data
     d = tmp_path_factory.mktemp("tflite")
-    cfg = training.TrainConfig(backbone="mobilenet", img_size=75, weights="imagenet", epochs_head=15, epochs_finetune=0,
+    cfg = training.TrainConfig(backbone="mobilenet_v2", img_size=75, weights="imagenet", epochs_head=15, epochs_finetune=0,
                                augment=False, verbose=0, seed=0)
     model = training.train_backbone(cfg, root, d / "model", split_csv=split)["model_path"]
     rep = representative_images(root, split, 75, n=40)
@@ -106,3 +107,37 @@ def test_corrupt_or_foreign_tflite_is_clear(exported, tmp_path):
     (tmp_path / "foreign.tflite.json").write_text(json.dumps({"classes": ["a", "b", "c"], "img_size": 75}))
     with pytest.raises(ValueError, match="do not match a 3-class"):
         LiteRTPredictor(foreign)
+
+
+def test_int8_agrees_with_float_on_most_test_images(exported, smoke_data):
+    """Full-integer int8 vs the float32 file on the synthetic test split: top-1 agreement >= 75%."""
+    _, files = exported
+    root, split = smoke_data
+    from gc10lib.inputs import ImageCache
+
+    man = data.read_split(split)
+    x = ImageCache(75).load(list(man[man.subset == "test"].path))
+    ref = LiteRTPredictor(files["float32"]).predict_array(x).argmax(1)
+    q = LiteRTPredictor(files["int8"]).predict_array(x).argmax(1)
+    agreement = float(np.mean(q == ref))
+    print(f"int8 vs float32 top-1 agreement: {agreement:.3f} on {len(x)} images")
+    assert agreement >= 0.75
+
+
+def test_quantization_table_and_plot(exported, smoke_data, tmp_path):
+    from gc10lib import export, plots
+
+    model, _ = exported
+    root, split = smoke_data
+    df = export.quantization_table(model, root, split, tmp_path / "q", ("float32", "dynamic"), name="m",
+                                   batch_sizes=(1, 4), timing_images=8, repeats=2)
+    assert list(df.variant) == ["keras", "float32", "dynamic"]
+    keras_row, f32 = df.iloc[0], df.iloc[1]
+    assert keras_row.agreement == 1.0 and f32.agreement == 1.0 and f32.accuracy == keras_row.accuracy
+    assert (df.latency_ms_b1 > 0).all() and (df.throughput_img_s > 0).all() and set(df.best_batch) <= {1, 4}
+    assert df.iloc[2].size_mib * 3 < f32.size_mib and df.n_images.iloc[0] == (data.read_split(split).subset == "test").sum()
+    csv, md = export.write_table(df, tmp_path / "q")
+    assert "| m " in md.read_text() and len(__import__("pandas").read_csv(csv)) == 3
+    with pytest.raises(FileExistsError):
+        export.write_table(df, tmp_path / "q")
+    assert plots.size_vs_accuracy(df).axes

@@ -15,7 +15,8 @@ import yaml
 from gc10lib import pipeline
 
 SMOKE = ["-p", "backbones", "[mobilenet, vgg19]", "-p", "img_size", "48", "-p", "synthetic_per_class", "8",
-         "-p", "epochs_head", "3", "-p", "epochs_finetune", "1"]
+         "-p", "epochs_head", "3", "-p", "epochs_finetune", "1", "-p", "quantize_variants", "[float32, int8]",
+         "-p", "n_representative", "16", "-p", "explain_per_class", "1"]
 
 
 def gc10_run(*args: str, runs_root: Path | str, timeout: int = 900, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -44,7 +45,13 @@ def test_demo_pipeline_artefacts(demo_run):
     for method in ("mean", "weighted", "stack", "select"):
         assert (run / "steps" / "04_ensemble" / "ensembles" / method / "ensemble.keras").is_file()
     assert (run / "logs" / "02_finetune_mobilenet.log").stat().st_size > 0
-    assert "[1/4] 01_eda" in r.stdout and "[4/4] 04_ensemble" in r.stdout and "min left" in r.stdout
+    for f in ("quantization.csv", "quantization.md", "size_vs_accuracy.png"):
+        assert (run / "steps" / "05_quantize" / f).is_file(), f
+    # the best backbone and the best ensemble (by validation macro-F1), each as float32 and int8
+    assert len(list((run / "steps" / "05_quantize").glob("*_int8.tflite"))) == 2
+    assert (run / "steps" / "06_explain" / "localisation.csv").is_file()
+    assert len(list((run / "steps" / "06_explain").glob("cam_grid_*.png"))) == 2
+    assert "[1/6] 01_eda" in r.stdout and "[6/6] 06_explain" in r.stdout and "min left" in r.stdout
 
 
 def test_run_manifest(demo_run):
@@ -67,6 +74,7 @@ def test_summary_has_sane_metrics_for_every_model(demo_run):
         assert row["size_mb"] > 0
     md = (run / "summary.md").read_text()
     assert "ensemble_weighted" in md and "| 04_ensemble | done |" in md
+    assert "Quantisation (LiteRT" in md and "Localisation against the boxes" in md
 
 
 def test_parameter_cells_match_what_the_pipeline_passes(demo_run):
