@@ -138,11 +138,11 @@ def gradcam(classifier, images: np.ndarray, targets: Sequence[int]) -> tuple[np.
 
 
 def model_cams(model, images: np.ndarray, targets: Sequence[int], sizes: Sequence[tuple[int, int]],
-               policy: str = "stretch") -> tuple[list[np.ndarray], np.ndarray]:
+               policy: str = "stretch") -> list[np.ndarray]:
     """CAMs of a classifier or ensemble on the original images (each ``(height, width)`` in [0, 1]).
 
     ``images`` are at the model's input size, made from originals of ``sizes`` (``(width, height)``)
-    with ``policy``. Returns the CAMs and the model's probabilities.
+    with ``policy``.
     """
     import tensorflow as tf
 
@@ -165,7 +165,7 @@ def model_cams(model, images: np.ndarray, targets: Sequence[int], sizes: Sequenc
         w = weights[i] if weights[i].sum() > 0 else np.ones(len(branches))
         cam = np.tensordot(w / w.sum(), np.stack(per_branch), axes=1)
         out.append(cam / cam.max() if cam.max() > 0 else cam)
-    return out, np.asarray(model.predict(np.asarray(images, np.float32), verbose=0))
+    return out
 
 
 # --------------------------------------------------------------------------- a dataset split
@@ -218,7 +218,7 @@ def explain_split(model_path: str | Path, data_dir: str | Path, split_csv: str |
         pred = proba.argmax(1)
         tgt = y if target == "true" else pred
         sizes = [(int(r.width), int(r.height)) for r in chunk.itertuples()]
-        cams, _ = model_cams(model, images, tgt, sizes, policy)
+        cams = model_cams(model, images, tgt, sizes, policy)
         for r, cam, yi, pi in zip(chunk.to_dict("records"), cams, y, pred, strict=True):
             b = true_class_boxes(r)
             hit = pointing_hit(cam, b, tolerance)

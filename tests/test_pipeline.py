@@ -15,8 +15,9 @@ import yaml
 from gc10lib import pipeline
 
 SMOKE = ["-p", "backbones", "[mobilenet, vgg19]", "-p", "img_size", "48", "-p", "synthetic_per_class", "8",
-         "-p", "epochs_head", "3", "-p", "epochs_finetune", "1", "-p", "quantize_variants", "[float32, int8]",
-         "-p", "n_representative", "16", "-p", "explain_per_class", "1"]
+         "-p", "epochs_head", "3", "-p", "epochs_finetune", "1", "-p", "quantize_variants", "[int8]",
+         "-p", "quantize_models", "[mobilenet]", "-p", "n_representative", "16", "-p", "explain_per_class", "1"]
+# (VGG19 conversions cost minutes; ensemble export is tested in test_export.py)
 
 
 def gc10_run(*args: str, runs_root: Path | str, timeout: int = 900, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -47,8 +48,7 @@ def test_demo_pipeline_artefacts(demo_run):
     assert (run / "logs" / "02_finetune_mobilenet.log").stat().st_size > 0
     for f in ("quantization.csv", "quantization.md", "size_vs_accuracy.png"):
         assert (run / "steps" / "05_quantize" / f).is_file(), f
-    # the best backbone and the best ensemble (by validation macro-F1), each as float32 and int8
-    assert len(list((run / "steps" / "05_quantize").glob("*_int8.tflite"))) == 2
+    assert (run / "steps" / "05_quantize" / "mobilenet_int8.tflite").is_file()
     assert (run / "steps" / "06_explain" / "localisation.csv").is_file()
     assert len(list((run / "steps" / "06_explain").glob("cam_grid_*.png"))) == 2
     assert "[1/6] 01_eda" in r.stdout and "[6/6] 06_explain" in r.stdout and "min left" in r.stdout
