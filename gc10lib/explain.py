@@ -12,6 +12,7 @@ image and averaged with weights equal to the branch's probability for the target
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,18 @@ def _spec_of(classifier):
     return REGISTRY.get(name)
 
 
+@lru_cache(maxsize=8)
+def _feature_model(classifier):
+    """Backbone input -> (CAM feature map, backbone output); built once per classifier, not per batch."""
+    import keras
+
+    spec = _spec_of(classifier)
+    backbone = classifier.get_layer("backbone")
+    layer = spec.cam_layer if spec is not None else None
+    outputs = [backbone.get_layer(layer).output, backbone.output] if layer else [backbone.output]
+    return keras.Model(backbone.inputs, outputs), bool(layer)
+
+
 def gradcam(classifier, images: np.ndarray, targets: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM of a single classifier at its input resolution.
 
@@ -109,14 +122,9 @@ def gradcam(classifier, images: np.ndarray, targets: Sequence[int]) -> tuple[np.
     evidence is positive) and the class probabilities ``(n, n_classes)``. The class score is the
     pre-softmax logit.
     """
-    import keras
     import tensorflow as tf
 
-    spec = _spec_of(classifier)
-    backbone = classifier.get_layer("backbone")
-    layer = spec.cam_layer if spec is not None else None
-    outputs = [backbone.get_layer(layer).output, backbone.output] if layer else [backbone.output]
-    feats = keras.Model(backbone.inputs, outputs)
+    feats, layer = _feature_model(classifier)
     head = classifier.get_layer("head")
     norm, dense = head.get_layer("feature_norm"), head.get_layer("logits")
     pre, pool = classifier.get_layer("preprocess"), classifier.get_layer("pool")
