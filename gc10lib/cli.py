@@ -82,6 +82,20 @@ def _run(args: argparse.Namespace) -> int:
     return main_run(args.config, args.parameters or [], args.name, args.resume, args.runs_root)
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from gc10lib.pipeline import aggregate_runs
+
+    table = aggregate_runs(args.runs)
+    if args.out:
+        out = Path(args.out)
+        if out.exists():
+            raise FileExistsError(f"{out}: already exists; choose another --out.")
+        table.to_csv(out, index=False)
+        print(f"wrote {out}")
+    print(table.to_markdown(index=False, floatfmt=".4f"))
+    return 0
+
+
 def _echo_skipped(caught) -> None:
     for w in caught:
         if "skipped" in str(w.message):
@@ -198,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue the run --name: skip finished steps")
     r.add_argument("--runs-root", default="runs")
     r.set_defaults(func=_run)
+
+    c = sub.add_parser("compare", help="mean and std per model over finished runs (e.g. one per seed)",
+                       epilog="example: for s in 42 43 44; do gc10 run --config xsdd -p seed $s --name xsdd-s$s; done; "
+                              "gc10 compare runs/xsdd-s42 runs/xsdd-s43 runs/xsdd-s44")
+    c.add_argument("runs", nargs="+", help="run folders holding summary.json")
+    c.add_argument("--out", help="also write the table as CSV (never overwritten)")
+    c.set_defaults(func=_compare)
     return p
 
 

@@ -377,20 +377,27 @@ def split_classes(path: str | Path) -> list[str] | None:
 # --------------------------------------------------------------------------- class weights
 
 
-def class_weights(labels: Sequence[int], n_classes: int | None = None) -> dict[int, float]:
-    """Balanced class weights keyed by label index: ``n / (k * count)``.
+CLASS_WEIGHT_MODES = ("balanced", "sqrt", "none")
 
-    ``k`` is the number of classes present in ``labels``; absent classes are left out (Keras
-    gives them weight 1, and they have no samples). The rarest class gets the largest weight,
-    under its own label index.
+
+def class_weights(labels: Sequence[int], n_classes: int | None = None, mode: str = "balanced") -> dict[int, float]:
+    """Class weights keyed by label index.
+
+    ``balanced``: ``n / (k * count)``; ``sqrt``: the square root of that (softer: the rarest class
+    of GC10 gets about 2.4x instead of 5.7x); ``none``: 1 for every class. ``k`` is the number of
+    classes present in ``labels``; absent classes are left out (Keras gives them weight 1, and they
+    have no samples). The rarest class gets the largest weight, under its own label index.
     """
+    if mode not in CLASS_WEIGHT_MODES:
+        raise ValueError(f"unknown class-weight mode {mode!r}; expected one of {CLASS_WEIGHT_MODES}")
     labels = np.asarray(labels, dtype=int)
     if labels.size == 0:
         raise ValueError("class_weights: no labels")
     counts = np.bincount(labels, minlength=n_classes or 0)
     present = np.flatnonzero(counts)
     k = len(present)
-    return {int(c): float(labels.size / (k * counts[c])) for c in present}
+    power = {"balanced": 1.0, "sqrt": 0.5, "none": 0.0}[mode]
+    return {int(c): float((labels.size / (k * counts[c])) ** power) for c in present}
 
 
 def label_table(root: str | Path) -> pd.DataFrame:

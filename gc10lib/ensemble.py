@@ -241,16 +241,28 @@ def fit_and_build(models: Sequence, method: str, val_probas: Sequence[np.ndarray
 # --------------------------------------------------------------------------- a run folder's ensembles
 
 
-def find_members(run_dir: str | Path) -> list[dict]:
-    """Per-backbone outputs (``metrics.json`` with ``kind == "backbone"``) under ``run_dir``."""
+def find_members(run_dir: str | Path, kinds: Sequence[str] = ("backbone",)) -> list[dict]:
+    """Per-backbone outputs (``metrics.json`` whose ``kind`` is in ``kinds``: ``backbone``, ``probe``) under ``run_dir``."""
     import json
 
     found = []
     for mf in sorted(Path(run_dir).glob("**/metrics.json")):
         m = json.loads(mf.read_text())
-        if m.get("kind") == "backbone" and Path(m.get("model_path", "")).is_file():
+        if m.get("kind") in kinds and Path(m.get("model_path", "")).is_file():
             found.append({**m, "dir": mf.parent})
     return found
+
+
+def choose_by_validation(table: pd.DataFrame, kind: str = "ensemble", tol: float = 0.005) -> str:
+    """The row of ``kind`` that validation prefers: the highest val macro-F1, where rows within ``tol``
+    of the top tie; ties go to the lowest val log-loss (a small validation split saturates macro-F1
+    and accuracy long before it saturates log-loss). Test columns are never read."""
+    cand = table[table.kind == kind]
+    if cand.empty:
+        raise ValueError(f"no {kind} rows to choose from")
+    top = cand.val_macro_f1.max()
+    tied = cand[cand.val_macro_f1 >= top - tol]
+    return str(tied.sort_values(["val_log_loss", "val_macro_f1"], ascending=[True, False]).iloc[0]["model"])
 
 
 def combine_method(method: str, probas: Sequence[np.ndarray], info: dict) -> np.ndarray:
@@ -268,14 +280,15 @@ def combine_method(method: str, probas: Sequence[np.ndarray], info: dict) -> np.
 
 def ensemble_run(run_dir: str | Path, methods: Sequence[str], out_dir: str | Path | None, data_dir: str | Path,
                  split_csv: str | Path, backbones: Sequence[str] | None = None, seed: int = 42,
-                 batch_size: int = 32, check_n: int = 16) -> tuple[pd.DataFrame, dict]:
+                 batch_size: int = 32, check_n: int = 16, probes: bool = False) -> tuple[pd.DataFrame, dict]:
     """Build, save and evaluate every ensemble method over a run's backbone models.
 
     Member probabilities on the test split are computed once, through the ensemble's own shared
     input and resize (so decoding and resizing match the shipped model); each method's output is
     then combined exactly as its layer does, and checked against the saved ``.keras`` model on
     ``check_n`` test images. Writes ``<out>/ensembles/<method>/{ensemble.keras,metrics.json}`` and
-    ``<out>/comparison.{csv,md}``; returns ``(table, {name: test metrics})``.
+    ``<out>/comparison.{csv,md}``; returns ``(table, {name: test metrics})``. Every backbone's probe
+    (``probe_<backbone>``) is a row of the table; with ``probes=True`` the probes are members too.
     """
     import time
 
@@ -285,9 +298,11 @@ def ensemble_run(run_dir: str | Path, methods: Sequence[str], out_dir: str | Pat
     from gc10lib.training import model_size_mb, predict_proba
 
     out = new_output_dir(out_dir, prefix="ensemble")
-    members = find_members(run_dir)
+    members = find_members(run_dir, ("backbone", "probe") if probes else ("backbone",))
+    probe_rows = [m for m in find_members(run_dir, ("probe",))]
     if backbones:
-        members = [m for m in members if m["name"] in set(backbones)]
+        members = [m for m in members if m["backbone"] in set(backbones)]
+        probe_rows = [m for m in probe_rows if m["backbone"] in set(backbones)]
     if not members:
         raise ValueError(f"{run_dir}: no per-backbone outputs (metrics.json with a model) found")
     man = data.read_split(split_csv, data_root=data_dir)
@@ -304,11 +319,9 @@ def ensemble_run(run_dir: str | Path, methods: Sequence[str], out_dir: str | Pat
     test_probas = [np.asarray(p, np.float64) for p in (test_probas if len(models) > 1 else [test_probas])]
     members_s = time.perf_counter() - t0
 
-    results: dict[str, dict] = {m["name"]: m["test"] for m in members}
-    rows = [{"model": m["name"], "kind": "backbone", "img_size": m["img_size"],
-             "test_accuracy": m["test"]["accuracy"], "test_macro_f1": m["test"]["macro_f1"],
-             "test_balanced_accuracy": m["test"]["balanced_accuracy"], "val_accuracy": m["val"]["accuracy"],
-             "size_mb": m["model_size_mb"]} for m in members]
+    shown = members + [m for m in probe_rows if m["name"] not in {x["name"] for x in members}]
+    results: dict[str, dict] = {m["name"]: m["test"] for m in shown}
+    rows = [_row(m) for m in shown]
     for method in methods:
         t0 = time.perf_counter()
         model, info = fit_and_build(models, method, val_probas, y_val, seed=seed)
@@ -341,15 +354,23 @@ def ensemble_run(run_dir: str | Path, methods: Sequence[str], out_dir: str | Pat
         np.save(d / "proba_test.npy", proba.astype(np.float32))
         save_json(metrics, d / "metrics.json")
         results[metrics["name"]] = metrics["test"]
-        rows.append({"model": metrics["name"], "kind": "ensemble", "img_size": metrics["img_size"],
-                     "test_accuracy": metrics["test"]["accuracy"], "test_macro_f1": metrics["test"]["macro_f1"],
-                     "test_balanced_accuracy": metrics["test"]["balanced_accuracy"],
-                     "val_accuracy": metrics["val"]["accuracy"], "size_mb": metrics["model_size_mb"]})
+        rows.append(_row(metrics))
     table = pd.DataFrame(rows)
     table.to_csv(out / "comparison.csv", index=False)
     (out / "comparison.md").write_text(table.to_markdown(index=False, floatfmt=".4f") + "\n")
     table.attrs["out_dir"] = str(out)
     return table, results
+
+
+def _row(m: dict) -> dict:
+    """A comparison-table row: accuracy, balanced accuracy and macro-F1 side by side, val and test."""
+    row = {"model": m["name"], "kind": m["kind"], "img_size": m["img_size"]}
+    for part in ("test", "val"):
+        for k in ("accuracy", "balanced_accuracy", "macro_f1"):
+            row[f"{part}_{k}"] = m[part][k]
+    row["val_log_loss"] = m["val"].get("log_loss")
+    row["size_mb"] = m["model_size_mb"]
+    return row
 
 
 def _image_batches(paths, size: int, batch_size: int):

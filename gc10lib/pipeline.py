@@ -24,8 +24,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
@@ -299,20 +303,35 @@ def execute_run(cfg: dict, *, name: str | None = None, resume: bool = False, run
 
 
 def collect_rows(run_dir: Path) -> list[dict]:
-    """One row per model/ensemble from the steps' ``metrics.json`` files."""
+    """One row per model, probe and ensemble from the steps' ``metrics.json`` files.
+
+    A trained backbone whose validation accuracy or macro-F1 is below its own probe's is flagged in
+    ``vs_probe`` (``below: accuracy, macro_f1``); ``ok`` otherwise.
+    """
+    steps = run_dir / "steps"
+    files = (sorted(steps.glob("*/metrics.json")) + sorted(steps.glob("*/probe/metrics.json"))
+             + sorted(steps.glob("*/ensembles/*/metrics.json")))
+    metrics = [json.loads(mf.read_text()) | {"_dir": mf.parent} for mf in files]
+    probes = {m.get("backbone"): m for m in metrics if m.get("kind") == "probe"}
     rows = []
-    for mf in sorted((run_dir / "steps").glob("*/metrics.json")) + sorted((run_dir / "steps").glob("*/ensembles/*/metrics.json")):
-        m = json.loads(mf.read_text())
+    for m in metrics:
         if "test" not in m:
             continue
-        rows.append({
-            "model": m.get("name", mf.parent.name), "kind": m.get("kind", "backbone"),
+        val = m.get("val") or {}
+        row = {
+            "model": m.get("name", m["_dir"].name), "kind": m.get("kind", "backbone"),
             "img_size": m.get("img_size"), "weights": (m.get("weights_source") or "").split(":")[0],
-            "test_accuracy": m["test"].get("accuracy"), "test_macro_f1": m["test"].get("macro_f1"),
-            "test_balanced_accuracy": m["test"].get("balanced_accuracy"),
-            "val_accuracy": (m.get("val") or {}).get("accuracy"),
+            "test_accuracy": m["test"].get("accuracy"), "test_balanced_accuracy": m["test"].get("balanced_accuracy"),
+            "test_macro_f1": m["test"].get("macro_f1"),
+            "val_accuracy": val.get("accuracy"), "val_macro_f1": val.get("macro_f1"),
+            "val_log_loss": val.get("log_loss"), "selected_phase": (m.get("selected") or {}).get("phase"),
             "size_mb": m.get("model_size_mb"), "train_s": (m.get("timings") or {}).get("total_s"),
-        })
+        }
+        probe = probes.get(m.get("backbone")) if m.get("kind", "backbone") == "backbone" else None
+        if probe is not None:
+            below = [k for k in ("accuracy", "macro_f1") if val.get(k, 0) < (probe.get("val") or {}).get(k, 0) - 1e-9]
+            row["vs_probe"] = f"below: {', '.join(below)}" if below else "ok"
+        rows.append(row)
     return rows
 
 
@@ -336,6 +355,9 @@ def write_summary(run_dir: Path) -> dict:
     if rows:
         df = pd.DataFrame(rows)
         lines.append(df.to_markdown(index=False, floatfmt=".4f"))
+        flagged = [r["model"] for r in rows if str(r.get("vs_probe", "ok")).startswith("below")]
+        if flagged:
+            lines += ["", f"**Below their own probe on validation:** {', '.join(flagged)} (see `vs_probe`)."]
     else:
         lines.append("_no model metrics yet_")
     lines += ["", "| step | status | seconds |", "|---|---|---|"]
@@ -346,6 +368,35 @@ def write_summary(run_dir: Path) -> dict:
             lines += ["", f"## {v.get('title', k)}", "", v["markdown"]]
     (run_dir / "summary.md").write_text("\n".join(lines) + "\n")
     return summary
+
+
+def aggregate_runs(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
+    """Mean and standard deviation per model over several runs of one config (e.g. one per seed).
+
+    Reads each run's ``summary.json``; a model missing from some runs is averaged over those that
+    have it (``n_runs`` says how many). The validation-chosen ensemble of each run is also
+    aggregated, as ``ensemble_chosen`` (chosen by :func:`gc10lib.ensemble.choose_by_validation`).
+    """
+    import pandas as pd
+
+    from gc10lib.ensemble import choose_by_validation
+
+    frames = []
+    for rd in run_dirs:
+        f = Path(rd) / "summary.json"
+        if not f.is_file():
+            raise FileNotFoundError(f"{rd}: no summary.json (is it a finished gc10 run folder?)")
+        df = pd.DataFrame(json.loads(f.read_text())["models"])
+        if (df.kind == "ensemble").any() and "val_log_loss" in df:
+            chosen = df[df.model == choose_by_validation(df)].assign(model="ensemble_chosen", kind="chosen")
+            df = pd.concat([df, chosen], ignore_index=True)
+        frames.append(df.assign(run=Path(rd).name))
+    all_rows = pd.concat(frames, ignore_index=True)
+    cols = [c for c in ("test_accuracy", "test_balanced_accuracy", "test_macro_f1", "val_accuracy", "val_macro_f1")
+            if c in all_rows]
+    g = all_rows.groupby(["model", "kind"], sort=False)[cols]
+    out = g.mean().add_suffix("_mean").join(g.std(ddof=0).add_suffix("_std")).join(g.size().rename("n_runs"))
+    return out.reset_index()
 
 
 def main_run(config: str, overrides: Sequence[tuple[str, str]], name: str | None, resume: bool,

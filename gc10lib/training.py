@@ -24,6 +24,8 @@ from gc10lib.backbones import build_classifier, get_spec, model_classes
 from gc10lib.inputs import ImageCache, augmenter, make_dataset
 from gc10lib.settings import cache_dir, new_output_dir, save_json
 
+FINETUNE_OPTIMIZERS = ("sgd", "adam", "lamb")
+
 
 @dataclass
 class TrainConfig:
@@ -39,7 +41,12 @@ class TrainConfig:
     finetune_fraction: float = 0.3  # top share of backbone layers unfrozen in phase 2
     batch_size: int = 32
     lr_head: float = 1e-3
-    lr_finetune: float = 1e-5
+    lr_finetune: float = 3e-5  # peak of the warm-up + cosine schedule
+    finetune_optimizer: str = "adam"  # "adam", "sgd" (momentum 0.9) or "lamb"; see README "Why fine-tuning hurt"
+    warmup_fraction: float = 0.1  # share of fine-tune steps with a linear warm-up from 0
+    clipnorm: float | None = 1.0  # global gradient-norm clip in fine-tuning (None: off)
+    class_weight: str = "sqrt"  # "balanced", "sqrt" or "none" (gc10lib.data.class_weights)
+    probe: bool = True  # fit a logistic-regression probe on the cached features (a floor, and a candidate head)
     dropout: float = 0.2
     augment: bool = True
     aug_views: int = 2  # feature fast path: 1 plain + (aug_views - 1) augmented views per train image
@@ -51,6 +58,14 @@ class TrainConfig:
     strategy: str | None = None  # None, "mirrored", "multiworker"
     verbose: int | str = "auto"
     extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_params(cls, params: dict) -> TrainConfig:
+        """The config from a mapping (a notebook's parameters), taking only the names it knows."""
+        from dataclasses import fields
+
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in params.items() if k in names})
 
 
 # --------------------------------------------------------------------------- helpers
@@ -113,20 +128,98 @@ class MacroF1(keras.callbacks.Callback):
             logs["val_macro_f1"] = float(f1_score(self.y_val, pred, average="macro", zero_division=0))
 
 
+class BestState:
+    """The best validation state over every phase (probe, head epochs, fine-tune epochs), in memory.
+
+    ``offer`` takes a monitored value and snapshots the whole model's weights when it is the best
+    so far; ``restore`` puts that snapshot back. Lower is better for losses, higher for scores.
+    """
+
+    def __init__(self, model, monitor: str):
+        self.model, self.monitor = model, monitor
+        self.sign = 1.0 if monitor in ("val_macro_f1", "val_accuracy") else -1.0
+        self.value: float | None = None
+        self.phase: str | None = None
+        self.epoch: int | None = None
+        self.weights: list | None = None
+        self.best_by_phase: dict[str, float] = {}
+
+    def offer(self, value, phase: str, epoch: int) -> bool:
+        if value is None or not np.isfinite(float(value)):
+            return False
+        value = float(value)
+        prev = self.best_by_phase.get(phase)
+        if prev is None or self.sign * value > self.sign * prev:
+            self.best_by_phase[phase] = value
+        if self.value is not None and self.sign * value <= self.sign * self.value:
+            return False
+        self.value, self.phase, self.epoch = value, phase, int(epoch)
+        self.weights = [np.array(w) for w in self.model.get_weights()]
+        return True
+
+    def restore(self) -> None:
+        if self.weights is not None:
+            self.model.set_weights(self.weights)
+
+    def record(self) -> dict:
+        return {"monitor": self.monitor, "value": self.value, "phase": self.phase, "epoch": self.epoch,
+                "best_by_phase": dict(self.best_by_phase)}
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Offers each epoch's monitored value to a :class:`BestState` (place after :class:`MacroF1`)."""
+
+    def __init__(self, state: BestState, phase: str):
+        super().__init__()
+        self.state, self.phase = state, phase
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.state.offer((logs or {}).get(self.state.monitor), self.phase, epoch)
+
+
+def val_scores(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """``val_loss`` (unweighted cross-entropy, as Keras reports it), ``val_accuracy`` and ``val_macro_f1``."""
+    from sklearn.metrics import f1_score
+
+    from gc10lib.probe import log_loss
+
+    pred = proba.argmax(1)
+    return {"val_loss": log_loss(y, proba), "val_accuracy": float(np.mean(pred == y)),
+            "val_macro_f1": float(f1_score(y, pred, average="macro", zero_division=0))}
+
+
+def finetune_optimizer(cfg: TrainConfig, steps: int):
+    """The phase-2 optimizer: linear warm-up to ``lr_finetune``, then cosine decay to 0 over ``steps``."""
+    warm = int(round(cfg.warmup_fraction * steps)) if cfg.warmup_fraction > 0 else 0
+    lr = keras.optimizers.schedules.CosineDecay(
+        0.0 if warm else cfg.lr_finetune, max(1, steps - warm), alpha=0.0,
+        warmup_target=cfg.lr_finetune if warm else None, warmup_steps=warm)
+    clip = {"global_clipnorm": float(cfg.clipnorm)} if cfg.clipnorm else {}
+    if cfg.finetune_optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=0.9, **clip)
+    if cfg.finetune_optimizer == "adam":
+        return keras.optimizers.Adam(lr, **clip)
+    if cfg.finetune_optimizer == "lamb":  # Adam with a per-layer trust ratio: steps relative to each layer's norm
+        return keras.optimizers.Lamb(lr, **clip)
+    raise ValueError(f"unknown finetune_optimizer {cfg.finetune_optimizer!r}; expected {FINETUNE_OPTIMIZERS}")
+
+
 def fit_distributed(model, dataset, *, epochs: int, lr: float, class_weight: dict[int, float], strategy,
-                    csv_path: Path | None = None, verbose: int | str = 0) -> dict[str, list[float]]:
+                    csv_path: Path | None = None, verbose: int | str = 0,
+                    make_optimizer=None) -> dict[str, list[float]]:
     """Synchronous data-parallel training loop for ``MultiWorkerMirroredStrategy``.
 
     Keras 3's ``fit`` fails under that strategy (keras-team/keras#20585), so each step runs
     ``strategy.run`` with a class-weighted loss and an all-reduced gradient. ``model`` must have
     been built inside ``strategy.scope()``. No callbacks: the loop runs ``epochs`` epochs.
+    ``make_optimizer`` (called inside the scope) replaces the default ``Adam(lr)``.
     """
     import tensorflow as tf
 
     n_classes = int(model.outputs[0].shape[-1])
     cw = tf.constant([float(class_weight.get(i, 1.0)) for i in range(n_classes)], tf.float32)
     with strategy.scope():
-        optimizer = keras.optimizers.Adam(lr)
+        optimizer = make_optimizer() if make_optimizer else keras.optimizers.Adam(lr)
         optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
     dist = strategy.experimental_distribute_dataset(dataset)
@@ -158,18 +251,21 @@ def fit_distributed(model, dataset, *, epochs: int, lr: float, class_weight: dic
     return history
 
 
-def callbacks(cfg: TrainConfig, x_val, y_val, csv_path: Path) -> list:
-    """Macro-F1 (if monitored), early stopping with best-weight restore, LR plateau, CSV history."""
+def callbacks(cfg: TrainConfig, x_val, y_val, csv_path: Path, best: BestState | None = None, phase: str = "head",
+              plateau: bool = True) -> list:
+    """Macro-F1 (if monitored), best-state tracking, early stopping, LR plateau (head only), CSV history."""
     mode = "max" if cfg.monitor == "val_macro_f1" else "min"
     cbs: list = []
     if cfg.monitor == "val_macro_f1":
         cbs.append(MacroF1(x_val, y_val))
-    cbs += [
-        keras.callbacks.EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience, restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor=cfg.monitor, mode=mode, factor=0.3, patience=max(1, cfg.patience // 2),
-                                          min_lr=1e-7),
-        keras.callbacks.CSVLogger(str(csv_path)),
-    ]
+    if best is not None:
+        cbs.append(KeepBest(best, phase))
+    cbs.append(keras.callbacks.EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience,
+                                             restore_best_weights=best is None))
+    if plateau:  # not with a learning-rate schedule
+        cbs.append(keras.callbacks.ReduceLROnPlateau(monitor=cfg.monitor, mode=mode, factor=0.3,
+                                                     patience=max(1, cfg.patience // 2), min_lr=1e-7))
+    cbs.append(keras.callbacks.CSVLogger(str(csv_path)))
     return cbs
 
 
@@ -303,14 +399,21 @@ def load_manifest(data_dir: str | Path, split_csv: str | Path | None, seed: int,
 
 def train_backbone(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path | None, split_csv: str | Path | None = None,
                    manifest: pd.DataFrame | None = None, classes: list[str] | None = None) -> dict:
-    """Train one backbone end to end and write its outputs; returns the metrics dict."""
-    from gc10lib.evaluation import compute_metrics
+    """Train one backbone end to end and write its outputs; returns the metrics dict.
 
+    Phases: a logistic-regression probe and a class-weighted head on cached frozen features, then
+    fine-tuning. Every probe/head/fine-tune epoch is a candidate; the one best on validation (by
+    ``cfg.monitor``) is what gets saved, and ``metrics["selected"]`` says which phase won. The probe
+    is also saved on its own, as ``probe/`` (``probe_<backbone>``).
+    """
     t_all = time.perf_counter()
     spec = get_spec(cfg.backbone)
     size = int(cfg.img_size or spec.native_size)
     verbose = resolve_verbose(cfg.verbose)
-    out = new_output_dir(out_dir, prefix=f"train-{spec.name}")
+    if cfg.monitor not in ("val_loss", "val_macro_f1"):
+        raise ValueError(f"unknown monitor {cfg.monitor!r}; expected 'val_loss' or 'val_macro_f1'")
+    if cfg.finetune_optimizer not in FINETUNE_OPTIMIZERS:
+        raise ValueError(f"unknown finetune_optimizer {cfg.finetune_optimizer!r}; expected {FINETUNE_OPTIMIZERS}")
     if manifest is None:
         manifest, classes, split_path = load_manifest(data_dir, split_csv, cfg.seed)
     else:
@@ -319,13 +422,17 @@ def train_backbone(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path |
     tr, va, te = (manifest[manifest.subset == s] for s in ("train", "val", "test"))
     if len(tr) == 0 or len(va) == 0:
         raise ValueError("the split has no train or no val images; use a larger dataset or other fractions")
-    cw = data.class_weights(tr.label, len(classes))
+    cw = data.class_weights(tr.label, len(classes), cfg.class_weight)
     if cfg.strategy == "multiworker" and cfg.head_mode != "features":
         raise ValueError("strategy 'multiworker' trains the head on cached features: use head_mode='features'")
+    out = new_output_dir(out_dir, prefix=f"train-{spec.name}")
     set_seeds(cfg.seed)
     timings: dict[str, float] = {}
     strategy = make_strategy(cfg.strategy)
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    y_val = va.label.to_numpy()
+    probe_info: dict | None = None
+    handover: dict | None = None
 
     with precision_policy(cfg.mixed_precision), scope:
         model, source = build_classifier(spec.name, classes, size, cfg.weights, cfg.dropout, cfg.weights_dir, cfg.seed)
@@ -333,9 +440,10 @@ def train_backbone(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path |
             pick = tr.sample(min(len(tr), 64), random_state=cfg.seed)
             calibrate_batchnorm(model, ImageCache(size, cfg.policy).load(list(pick.path)).astype("float32"))
         model.get_layer("backbone").trainable = False
+        best = BestState(model, cfg.monitor)
         histories = []
 
-        # ---- phase 1: frozen backbone, class-weighted head
+        # ---- phase 1: frozen backbone; a probe and a class-weighted head on cached features
         t0 = time.perf_counter()
         head = model.get_layer("head")
         if cfg.head_mode == "features":
@@ -354,6 +462,11 @@ def train_backbone(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path |
             timings["features_cached"] = all(cached)
             t1 = time.perf_counter()
             adapt_feature_norm(head, np.concatenate(xs))
+            if cfg.probe:
+                probe_info = _fit_probe_into(model, best, np.concatenate(xs), np.concatenate(ys), xv, y_val,
+                                             len(classes), cw, cfg.seed)
+                timings["probe_s"] = round(time.perf_counter() - t1, 2)
+            t1 = time.perf_counter()
             if cfg.strategy == "multiworker":
                 import tensorflow as tf
 
@@ -362,13 +475,18 @@ def train_backbone(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path |
                     head, feats.shuffle(len(feats), seed=cfg.seed).batch(cfg.batch_size), epochs=cfg.epochs_head,
                     lr=cfg.lr_head, class_weight=cw, strategy=strategy, csv_path=out / "history_head.csv",
                     verbose=verbose))
+                best.offer(val_scores(y_val, np.asarray(head.predict(xv, verbose=0)))[cfg.monitor], "head",
+                           cfg.epochs_head - 1)
             else:
                 head.compile(optimizer=keras.optimizers.Adam(cfg.lr_head), loss="sparse_categorical_crossentropy",
                              metrics=["accuracy"])
-                hist = head.fit(np.concatenate(xs), np.concatenate(ys), validation_data=(xv, va.label.to_numpy()),
+                hist = head.fit(np.concatenate(xs), np.concatenate(ys), validation_data=(xv, y_val),
                                 epochs=cfg.epochs_head, batch_size=cfg.batch_size, class_weight=cw, shuffle=True,
-                                callbacks=callbacks(cfg, xv, va.label, out / "history_head.csv"), verbose=verbose)
+                                callbacks=callbacks(cfg, xv, va.label, out / "history_head.csv", best, "head"),
+                                verbose=verbose)
             timings["head_fit_s"] = round(time.perf_counter() - t1, 2)
+            best.restore()
+            handover = handover_check(model, tr, xs[0], size=size, policy=cfg.policy)
         elif cfg.head_mode == "fit":
             sample = list(tr.sample(min(len(tr), 256), random_state=cfg.seed).path)
             f, _ = extract_features(model, sample, size=size, policy=cfg.policy, weights_source=source,
@@ -381,13 +499,15 @@ def train_backbone(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path |
                           metrics=["accuracy"])
             val_x = make_dataset(va.path, None, size, policy=cfg.policy, batch_size=cfg.batch_size)
             hist = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs_head, class_weight=cw,
-                             callbacks=callbacks(cfg, val_x, va.label, out / "history_head.csv"), verbose=verbose)
+                             callbacks=callbacks(cfg, val_x, va.label, out / "history_head.csv", best, "head"),
+                             verbose=verbose)
+            best.restore()
         else:
             raise ValueError(f"unknown head_mode {cfg.head_mode!r}; expected 'features' or 'fit'")
         timings["head_s"] = round(time.perf_counter() - t0, 2)
         histories.append(pd.DataFrame(hist.history).assign(phase="head", epoch=lambda d: np.arange(len(d))))
 
-        # ---- phase 2: fine-tune the top of the backbone, BatchNorm frozen, low learning rate
+        # ---- phase 2: fine-tune the top of the backbone, BatchNorm frozen, warm-up + cosine schedule
         n_unfrozen = 0
         if cfg.epochs_finetune > 0 and cfg.finetune_fraction > 0:
             t0 = time.perf_counter()
@@ -396,36 +516,43 @@ def train_backbone(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path |
                                     training=True, augment=cfg.augment, seed=cfg.seed)
             val_ds = make_dataset(va.path, va.label, size, policy=cfg.policy, batch_size=cfg.batch_size)
             val_x = make_dataset(va.path, None, size, policy=cfg.policy, batch_size=cfg.batch_size)
+            steps = int(np.ceil(len(tr) / cfg.batch_size)) * cfg.epochs_finetune
             if cfg.strategy == "multiworker":
                 hist = _History(fit_distributed(
                     model, train_ds, epochs=cfg.epochs_finetune, lr=cfg.lr_finetune, class_weight=cw,
-                    strategy=strategy, csv_path=out / "history_finetune.csv", verbose=verbose))
+                    strategy=strategy, csv_path=out / "history_finetune.csv", verbose=verbose,
+                    make_optimizer=lambda: finetune_optimizer(cfg, steps)))
+                best.offer(val_scores(y_val, np.asarray(model.predict(val_x, verbose=0)))[cfg.monitor], "finetune",
+                           cfg.epochs_finetune - 1)
             else:
-                model.compile(optimizer=keras.optimizers.Adam(cfg.lr_finetune), loss="sparse_categorical_crossentropy",
+                model.compile(optimizer=finetune_optimizer(cfg, steps), loss="sparse_categorical_crossentropy",
                               metrics=["accuracy"])
                 hist = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs_finetune, class_weight=cw,
-                                 callbacks=callbacks(cfg, val_x, va.label, out / "history_finetune.csv"),
+                                 callbacks=callbacks(cfg, val_x, va.label, out / "history_finetune.csv", best,
+                                                     "finetune", plateau=False),
                                  verbose=verbose)
             histories.append(pd.DataFrame(hist.history).assign(phase="finetune", epoch=lambda d: np.arange(len(d))))
+            best.restore()
+            model.get_layer("backbone").trainable = False
             timings["finetune_s"] = round(time.perf_counter() - t0, 2)
 
     # ---- evaluation and outputs
     t0 = time.perf_counter()
     model_path = out / "model.keras"
-    model.save(model_path)
+    _save_lean(model, model_path)
     history = pd.concat(histories, ignore_index=True)
     history.to_csv(out / "history.csv", index=False)
     metrics: dict = {"name": spec.name, "kind": "backbone", "backbone": spec.name, "img_size": size,
                      "policy": cfg.policy, "weights": cfg.weights, "weights_source": source, "seed": cfg.seed,
-                     "classes": classes, "class_weights": {classes[k]: v for k, v in cw.items()},
+                     "classes": classes, "class_weight_mode": cfg.class_weight,
+                     "class_weights": {classes[k]: v for k, v in cw.items()},
                      "split_csv": str(split_path) if split_path else None, "config": asdict(cfg),
                      "n_params": int(model.count_params()), "n_unfrozen_layers": n_unfrozen,
+                     "selected": best.record(), "handover": handover,
                      "model_path": str(model_path), "model_size_mb": model_size_mb(model_path)}
-    for name, part in (("val", va), ("test", te)):
-        if len(part):
-            proba = predict_proba(model, part.path, policy=cfg.policy, batch_size=cfg.batch_size)
-            metrics[name] = compute_metrics(part.label.to_numpy(), proba, classes, seed=cfg.seed)
-            np.save(out / f"proba_{name}.npy", proba.astype(np.float32))
+    probas = _evaluate(model, out, va, te, classes, cfg, metrics)
+    if probe_info is not None and probas:
+        metrics["probe"] = _save_probe(model, probe_info, out / "probe", va, te, classes, cfg, metrics)
     timings["eval_s"] = round(time.perf_counter() - t0, 2)
     timings["total_s"] = round(time.perf_counter() - t_all, 2)
     metrics["timings"] = timings
@@ -434,3 +561,84 @@ def train_backbone(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path |
               out / "model.json")
     assert model_classes(model) == classes
     return metrics
+
+
+def _evaluate(model, out: Path, va: pd.DataFrame, te: pd.DataFrame, classes: list[str], cfg: TrainConfig,
+              metrics: dict) -> dict[str, np.ndarray]:
+    """Val and test metrics of ``model`` into ``metrics``; probabilities saved as ``proba_<part>.npy``."""
+    from gc10lib.evaluation import compute_metrics
+
+    probas = {}
+    for name, part in (("val", va), ("test", te)):
+        if len(part):
+            proba = predict_proba(model, part.path, policy=cfg.policy, batch_size=cfg.batch_size)
+            metrics[name] = compute_metrics(part.label.to_numpy(), proba, classes, seed=cfg.seed)
+            np.save(out / f"proba_{name}.npy", proba.astype(np.float32))
+            probas[name] = proba
+    return probas
+
+
+def _fit_probe_into(model, best: BestState, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
+                    y_val: np.ndarray, n_classes: int, cw: dict[int, float], seed: int) -> dict:
+    """Fit the probe, offer it to ``best`` as phase ``probe``, then reset the head to its initial weights."""
+    from gc10lib import probe as probes
+
+    head = model.get_layer("head")
+    initial = [np.array(w) for w in head.get_layer("logits").get_weights()]
+    p = probes.fit_probe(probes.standardise(head, x_train), y_train, probes.standardise(head, x_val), y_val,
+                         n_classes, class_weight=cw, seed=seed)
+    probes.set_head(head, p)
+    proba_val = np.asarray(head.predict(x_val, verbose=0), np.float64)
+    scores = val_scores(y_val, proba_val)
+    best.offer(scores[best.monitor], "probe", 0)
+    weights = [np.array(w) for w in model.get_weights()]
+    head.get_layer("logits").set_weights(initial)
+    return {"C": p.C, "grid_val_log_loss": {str(k): v for k, v in p.grid.items()}, "val_scores": scores,
+            "weights": weights}
+
+
+def _save_probe(model, info: dict, out: Path, va, te, classes, cfg: TrainConfig, parent: dict) -> dict:
+    """Save the probe as an ordinary classifier in ``out`` with its own ``metrics.json``; returns a short record."""
+    current = [np.array(w) for w in model.get_weights()]
+    model.set_weights(info["weights"])
+    try:
+        out.mkdir(parents=True, exist_ok=False)
+        path = out / "model.keras"
+        _save_lean(model, path)
+        m = {k: parent[k] for k in ("backbone", "img_size", "policy", "weights", "weights_source", "seed", "classes",
+                                    "class_weight_mode", "split_csv")}
+        m.update({"name": f"probe_{parent['backbone']}", "kind": "probe", "C": info["C"],
+                  "grid_val_log_loss": info["grid_val_log_loss"], "model_path": str(path),
+                  "model_size_mb": model_size_mb(path), "n_params": parent["n_params"]})
+        _evaluate(model, out, va, te, classes, cfg, m)
+        save_json(m, out / "metrics.json")
+        save_json({"classes": classes, "img_size": parent["img_size"], "policy": cfg.policy,
+                   "backbone": parent["backbone"]}, out / "model.json")
+    finally:
+        model.set_weights(current)
+    keys = ("accuracy", "balanced_accuracy", "macro_f1")
+    return {"C": info["C"], "path": str(out), **{f"{part}_{k}": m[part][k] for part in ("val", "test") if part in m
+                                                  for k in keys}}
+
+
+def handover_check(model, tr: pd.DataFrame, plain_features: np.ndarray, *, size: int, policy: str, n: int = 32) -> dict:
+    """Right after phase 1: the full model on plain train images against the head on their cached features.
+
+    Returns the largest probability difference and the two mean losses over the first ``n`` images;
+    they agree to float rounding when the hand-over between phases is exact.
+    """
+    from gc10lib.probe import log_loss
+
+    k = min(n, len(tr))
+    y = tr.label.to_numpy()[:k]
+    full = predict_proba(model, tr.path[:k], policy=policy, batch_size=k)
+    head = np.asarray(model.get_layer("head").predict(plain_features[:k], verbose=0), np.float64)
+    return {"n": k, "max_prob_gap": float(np.abs(full - head).max()), "loss_full": log_loss(y, full),
+            "loss_head": log_loss(y, head)}
+
+
+def _save_lean(model, path: Path) -> None:
+    """Save weights and config only: a compiled model (or its compiled head) would also store optimizer state."""
+    clean = keras.models.clone_model(model)
+    clean.set_weights(model.get_weights())
+    clean.save(path)

@@ -223,3 +223,15 @@ def test_class_weights_skip_absent_classes():
     w = data.class_weights([0, 0, 2], n_classes=4)
     assert set(w) == {0, 2}
     assert w[2] == pytest.approx(3 / (2 * 1))
+
+
+def test_class_weight_modes():
+    labels = [0] * 90 + [1] * 10
+    bal = data.class_weights(labels, mode="balanced")
+    sq = data.class_weights(labels, mode="sqrt")
+    none = data.class_weights(labels, mode="none")
+    assert bal[1] == pytest.approx(100 / (2 * 10)) and bal[0] == pytest.approx(100 / (2 * 90))
+    assert sq[1] == pytest.approx(bal[1] ** 0.5) and sq[0] == pytest.approx(bal[0] ** 0.5)
+    assert none == {0: 1.0, 1: 1.0}
+    with pytest.raises(ValueError, match="class-weight mode 'inverse'"):
+        data.class_weights(labels, mode="inverse")

@@ -56,6 +56,20 @@ def test_weight_fitting_and_selection_prefer_the_good_member():
     assert s[1] > 0.5
 
 
+def test_choice_by_validation_breaks_ties_by_log_loss_and_never_reads_test():
+    table = pd.DataFrame([
+        {"model": "ensemble_select", "kind": "ensemble", "val_macro_f1": 1.0, "val_log_loss": 0.20, "test_macro_f1": 0.1},
+        {"model": "ensemble_mean", "kind": "ensemble", "val_macro_f1": 0.998, "val_log_loss": 0.05, "test_macro_f1": 0.0},
+        {"model": "ensemble_stack", "kind": "ensemble", "val_macro_f1": 0.90, "val_log_loss": 0.01, "test_macro_f1": 1.0},
+        {"model": "mobilenet", "kind": "backbone", "val_macro_f1": 1.0, "val_log_loss": 0.5, "test_macro_f1": 1.0},
+    ])
+    assert ensemble.choose_by_validation(table) == "ensemble_mean"  # tied on F1 (within 0.005), lower log-loss
+    assert ensemble.choose_by_validation(table, tol=0.0) == "ensemble_select"
+    assert ensemble.choose_by_validation(table, "backbone") == "mobilenet"
+    with pytest.raises(ValueError, match="no probe rows"):
+        ensemble.choose_by_validation(table, "probe")
+
+
 def test_stacker_is_trained_and_scored_out_of_fold():
     rng = np.random.default_rng(1)
     y = np.repeat(np.arange(3), 20)

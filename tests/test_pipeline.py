@@ -68,13 +68,33 @@ def test_summary_has_sane_metrics_for_every_model(demo_run):
     run, _ = demo_run
     s = json.loads((run / "summary.json").read_text())
     names = {row["model"] for row in s["models"]}
-    assert names == {"mobilenet", "vgg19", "ensemble_mean", "ensemble_weighted", "ensemble_stack", "ensemble_select"}
+    assert names == {"mobilenet", "vgg19", "probe_mobilenet", "probe_vgg19", "ensemble_mean", "ensemble_weighted",
+                     "ensemble_stack", "ensemble_select"}
+    rows = {row["model"]: row for row in s["models"]}
+    for bb in ("mobilenet", "vgg19"):
+        probe = rows[f"probe_{bb}"]
+        assert probe["kind"] == "probe"
+        below = [k for k in ("accuracy", "macro_f1") if rows[bb][f"val_{k}"] < probe[f"val_{k}"]]
+        assert rows[bb]["vs_probe"] == (f"below: {', '.join(below)}" if below else "ok")
+        assert rows[bb]["selected_phase"] in ("probe", "head", "finetune")
     for row in s["models"]:
         assert 0.0 <= row["test_accuracy"] <= 1.0 and 0.0 <= row["test_macro_f1"] <= 1.0
         assert row["size_mb"] > 0
     md = (run / "summary.md").read_text()
     assert "ensemble_weighted" in md and "| 04_ensemble | done |" in md
     assert "Quantisation (LiteRT" in md and "Localisation against the boxes" in md
+
+
+def test_compare_aggregates_runs(demo_run, tmp_path):
+    run, _ = demo_run
+    table = pipeline.aggregate_runs([run, run])
+    row = table.set_index("model").loc["mobilenet"]
+    s = {r["model"]: r for r in json.loads((run / "summary.json").read_text())["models"]}
+    assert row["n_runs"] == 2 and row["test_accuracy_mean"] == pytest.approx(s["mobilenet"]["test_accuracy"])
+    assert row["test_accuracy_std"] == 0.0
+    assert "ensemble_chosen" in set(table.model)
+    with pytest.raises(FileNotFoundError, match="no summary.json"):
+        pipeline.aggregate_runs([tmp_path])
 
 
 def test_parameter_cells_match_what_the_pipeline_passes(demo_run):

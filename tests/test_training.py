@@ -33,6 +33,16 @@ def test_every_backbone_trains_and_writes_outputs(smoke_models):
         assert {"head_s", "finetune_s", "eval_s", "total_s"} <= set(saved["timings"])
         hist = pd.read_csv(d / "history.csv")
         assert list(hist.phase.unique()) == ["head", "finetune"]
+        sel = saved["selected"]
+        assert sel["phase"] in ("probe", "head", "finetune") and sel["monitor"] == "val_loss"
+        assert sel["value"] == min(sel["best_by_phase"].values())
+        # the hand-over between phases is exact: full model on plain images == head on cached features
+        assert saved["handover"]["max_prob_gap"] < 1e-4, (name, saved["handover"])
+        assert saved["handover"]["loss_full"] == pytest.approx(saved["handover"]["loss_head"], abs=1e-4)
+        probe = json.loads((d / "probe" / "metrics.json").read_text())
+        assert probe["kind"] == "probe" and probe["name"] == f"probe_{name}" and probe["backbone"] == name
+        assert (d / "probe" / "model.keras").is_file() and (d / "probe" / "proba_test.npy").is_file()
+        assert saved["probe"]["val_accuracy"] == probe["val"]["accuracy"]
         # class weights keyed by class name; all ten balanced classes weigh the same here
         assert len(set(round(v, 6) for v in saved["class_weights"].values())) == 1
 
@@ -46,6 +56,33 @@ def test_saved_model_reproduces_recorded_probabilities(smoke_models, smoke_data)
     assert model_classes(model) == results["mobilenet"]["classes"]
     proba = training.predict_proba(model, te.path)
     np.testing.assert_allclose(proba, np.load(out / "mobilenet" / "proba_test.npy"), atol=1e-5)
+
+
+def test_saved_model_is_the_best_state_across_phases(smoke_data, tmp_path):
+    """A fine-tune that diverges (SGD at lr 50, no clipping) must not be what gets saved."""
+    root, split = smoke_data
+    cfg = training.TrainConfig(backbone="mobilenet", img_size=75, weights=None, epochs_head=3, epochs_finetune=2,
+                               finetune_fraction=0.3, lr_finetune=50.0, clipnorm=None, warmup_fraction=0.0,
+                               batch_size=16, verbose=0, seed=3)
+    m = training.train_backbone(cfg, root, tmp_path / "o", split_csv=split)
+    hist = pd.read_csv(tmp_path / "o" / "history.csv")
+    ft = hist[hist.phase == "finetune"]
+    head_best = min(hist[hist.phase == "head"].val_loss.min(), m["selected"]["best_by_phase"]["probe"])
+    assert ft.val_loss.min() > head_best  # the fine-tune did diverge ...
+    assert m["selected"]["phase"] in ("probe", "head")  # ... so the frozen-backbone state was kept
+    assert m["selected"]["value"] == pytest.approx(head_best, abs=1e-6)
+    # the saved file really holds that state: its validation log-loss is the selected value
+    assert m["val"]["log_loss"] == pytest.approx(head_best, abs=1e-3)
+    reloaded = load_model(tmp_path / "o" / "model.keras")
+    man = data.read_split(split)
+    va = man[man.subset == "val"]
+    np.testing.assert_allclose(training.predict_proba(reloaded, va.path), np.load(tmp_path / "o" / "proba_val.npy"),
+                               atol=1e-5)
+
+
+def test_train_config_from_notebook_parameters():
+    cfg = training.TrainConfig.from_params({"backbone": "vgg19", "class_weight": "none", "out_dir": "x", "seed": 7})
+    assert (cfg.backbone, cfg.class_weight, cfg.seed) == ("vgg19", "none", 7)
 
 
 def test_feature_cache_is_reused(smoke_models, smoke_data, tmp_path):
@@ -100,6 +137,25 @@ def test_real_neu_mobilenet_frozen_head_reaches_90_percent(tmp_path, monkeypatch
     assert m["weights_source"].startswith("imagenet-file:")
     assert m["test"]["n"] == 48
     assert m["test"]["accuracy"] >= 0.90, m["test"]["accuracy"]
+
+
+@needs_shared
+@needs_weights
+def test_real_neu_saved_model_never_below_the_head_phase(tmp_path, monkeypatch):
+    """Real weights, a NEU subset, one fine-tune epoch: the saved model's validation loss is at most
+    the best head-phase (probe or head) validation loss, and the saved model scores what it claims."""
+    monkeypatch.setenv("GC10_WEIGHTS_DIR", str(WEIGHTS))
+    ds = data.discover(NEU)
+    ds.table = ds.table.groupby("class").sample(24, random_state=1).reset_index(drop=True)
+    man = data.split_dataset(ds, (0.5, 0.25, 0.25), seed=1)
+    cfg = training.TrainConfig(backbone="mobilenet", img_size=160, weights="imagenet", epochs_head=15,
+                               epochs_finetune=1, finetune_fraction=0.2, batch_size=16, verbose=0, seed=1)
+    m = training.train_backbone(cfg, NEU, tmp_path / "neu", manifest=man, classes=ds.classes)
+    hist = pd.read_csv(tmp_path / "neu" / "history.csv")
+    head_best = min(hist[hist.phase == "head"].val_loss.min(), m["selected"]["best_by_phase"]["probe"])
+    assert "finetune" in set(hist.phase)
+    assert m["val"]["log_loss"] <= head_best + 1e-3, (m["val"]["log_loss"], head_best, m["selected"])
+    assert m["val"]["accuracy"] >= 0.9 and m["probe"]["val_accuracy"] >= 0.9
 
 
 STRATEGY_SCRIPT = r"""
