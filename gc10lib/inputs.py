@@ -139,22 +139,37 @@ class ImageCache:
             np.zeros((0, self.size, self.size, 3), np.uint8)
 
 
-def augmenter(seed: int):
-    """The train-time augmentation: flips, small shifts, small brightness/contrast changes.
+AUG_OPS = ("flip", "shift", "brightness", "contrast")
+
+
+def aug_ops(augment) -> tuple[str, ...]:
+    """The augmentation ops that ``augment`` asks for: ``True`` all of :data:`AUG_OPS`, ``False``
+    none, or a list of op names (e.g. ``[flip]`` where intensity carries the label, as in EL images)."""
+    if augment is True:
+        return AUG_OPS
+    if not augment:
+        return ()
+    ops = (augment,) if isinstance(augment, str) else tuple(augment)
+    unknown = sorted(set(ops) - set(AUG_OPS))
+    if unknown:
+        raise ValueError(f"unknown augmentation {unknown}; expected True, False or a list of {list(AUG_OPS)}")
+    return tuple(o for o in AUG_OPS if o in ops)
+
+
+def augmenter(seed: int, ops: tuple[str, ...] = AUG_OPS):
+    """The train-time augmentation: flips, small shifts, small brightness/contrast changes (``ops``).
 
     Works on float 0..255 images; seeded so that a run is repeatable.
     """
     import keras
 
-    return keras.Sequential(
-        [
-            keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
-            keras.layers.RandomTranslation(0.05, 0.05, fill_mode="reflect", seed=seed + 1),
-            keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed + 2),
-            keras.layers.RandomContrast(0.1, seed=seed + 3),
-        ],
-        name="augment",
-    )
+    layers = {
+        "flip": lambda: keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
+        "shift": lambda: keras.layers.RandomTranslation(0.05, 0.05, fill_mode="reflect", seed=seed + 1),
+        "brightness": lambda: keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed + 2),
+        "contrast": lambda: keras.layers.RandomContrast(0.1, seed=seed + 3),
+    }
+    return keras.Sequential([layers[o]() for o in aug_ops(list(ops))], name="augment")
 
 
 def make_dataset(
@@ -165,7 +180,7 @@ def make_dataset(
     policy: str = "stretch",
     batch_size: int = 32,
     training: bool = False,
-    augment: bool = False,
+    augment: bool | Sequence[str] = False,
     seed: int = 42,
     cache_dir: str | Path | None = None,
     cache: ImageCache | None = None,
@@ -196,8 +211,8 @@ def make_dataset(
     else:
         ds = ds.map(decode, num_parallel_calls=PARALLEL, deterministic=True)
     ds = ds.batch(batch_size)
-    if augment:
-        aug = augmenter(seed)
+    if aug_ops(augment):
+        aug = augmenter(seed, aug_ops(augment))
         if labels is not None:
             ds = ds.map(lambda x, y: (aug(x, training=True), y), num_parallel_calls=1)
         else:

@@ -21,7 +21,7 @@ import pandas as pd
 
 from gc10lib import data
 from gc10lib.backbones import build_classifier, get_spec, model_classes
-from gc10lib.inputs import ImageCache, augmenter, make_dataset
+from gc10lib.inputs import AUG_OPS, ImageCache, aug_ops, augmenter, make_dataset
 from gc10lib.settings import cache_dir, new_output_dir, save_json
 
 FINETUNE_OPTIMIZERS = ("sgd", "adam", "lamb")
@@ -48,7 +48,7 @@ class TrainConfig:
     class_weight: str = "sqrt"  # "balanced", "sqrt" or "none" (gc10lib.data.class_weights)
     probe: bool = True  # fit a logistic-regression probe on the cached features (a floor, and a candidate head)
     dropout: float = 0.2
-    augment: bool = True
+    augment: bool | list[str] = True  # or a list of ops from gc10lib.inputs.AUG_OPS, e.g. ["flip"]
     aug_views: int = 2  # feature fast path: 1 plain + (aug_views - 1) augmented views per train image
     head_mode: str = "features"  # "features" (cached-feature fast path) or "fit" (frozen backbone every epoch)
     monitor: str = "val_loss"  # or "val_macro_f1"
@@ -278,15 +278,19 @@ def _weights_identity(source: str, seed: int) -> str:
 
 
 def feature_cache_path(backbone: str, weights_id: str, size: int, policy: str, files: list[str], view: int,
-                       seed: int) -> Path:
-    """Disk location of cached pooled features, keyed by backbone, weights, size, data and view."""
-    key = json.dumps([backbone, weights_id, size, policy, files, view, seed if view else 0, keras.__version__])
+                       seed: int, ops: tuple[str, ...] = AUG_OPS) -> Path:
+    """Disk location of cached pooled features, keyed by backbone, weights, size, data, view and augmentation."""
+    parts = [backbone, weights_id, size, policy, files, view, seed if view else 0, keras.__version__]
+    if view and tuple(ops) != AUG_OPS:
+        parts.append(list(ops))
+    key = json.dumps(parts)
     digest = hashlib.sha1(key.encode()).hexdigest()[:24]
     return cache_dir() / "features" / backbone / f"{size}_{policy}_v{view}_{digest}.npy"
 
 
 def extract_features(model, paths: list[str], *, size: int, policy: str, weights_source: str, backbone: str,
-                     view: int = 0, seed: int = 42, batch_size: int = 32, verbose: int | str = 0) -> tuple[np.ndarray, bool]:
+                     view: int = 0, seed: int = 42, batch_size: int = 32, verbose: int | str = 0,
+                     ops: tuple[str, ...] = AUG_OPS) -> tuple[np.ndarray, bool]:
     """Pooled backbone features for ``paths`` (view 0 plain, view k>0 augmented with its own seed).
 
     Cached on disk; returns ``(features, was_cached)``.
@@ -294,13 +298,13 @@ def extract_features(model, paths: list[str], *, size: int, policy: str, weights
     cache = ImageCache(size, policy)
     files = cache.ensure(paths)
     path = feature_cache_path(backbone, _weights_identity(weights_source, seed), size, policy,
-                              [Path(f).name for f in files], view, seed)
+                              [Path(f).name for f in files], view, seed, ops)
     if path.is_file():
         return np.load(path), True
     extractor = keras.Model(model.inputs, model.get_layer("pool").output)
     ds = make_dataset(paths, None, size, policy=policy, batch_size=batch_size, cache=cache)
     if view:
-        aug = augmenter(seed + 1000 * view)
+        aug = augmenter(seed + 1000 * view, ops)
         ds = ds.map(lambda x: aug(x, training=True))
     feats = np.asarray(extractor.predict(ds, verbose=verbose), dtype=np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -447,11 +451,12 @@ def train_backbone(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path |
         t0 = time.perf_counter()
         head = model.get_layer("head")
         if cfg.head_mode == "features":
-            views = max(1, int(cfg.aug_views)) if cfg.augment else 1
+            ops = aug_ops(cfg.augment)
+            views = max(1, int(cfg.aug_views)) if ops else 1
             xs, ys, cached = [], [], []
             for v in range(views):
                 f, c = extract_features(model, list(tr.path), size=size, policy=cfg.policy, weights_source=source,
-                                        backbone=spec.name, view=v, seed=cfg.seed, batch_size=cfg.batch_size)
+                                        backbone=spec.name, view=v, seed=cfg.seed, batch_size=cfg.batch_size, ops=ops)
                 xs.append(f)
                 ys.append(tr.label.to_numpy())
                 cached.append(c)

@@ -75,3 +75,27 @@ def test_corrupt_image_error_names_file(tmp_path):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(good)
     with pytest.raises(ImageReadError, match="broken.jpg"):
         make_dataset([good, bad], [0, 1], 16, cache_dir=tmp_path / "c")
+
+
+def test_augmentation_ops_are_chosen_and_validated():
+    from gc10lib.inputs import AUG_OPS, aug_ops, augmenter
+
+    assert aug_ops(True) == AUG_OPS and aug_ops(False) == () and aug_ops(None) == ()
+    assert aug_ops(["contrast", "flip"]) == ("flip", "contrast")  # canonical order
+    with pytest.raises(ValueError, match="unknown augmentation \\['blur'\\]"):
+        aug_ops(["flip", "blur"])
+    flips = augmenter(0, ("flip",))
+    assert [type(la).__name__ for la in flips.layers] == ["RandomFlip"]
+    # flips only: the pixel values are a permutation of the input's, never rescaled
+    x = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    y = np.asarray(flips(x, training=True))
+    np.testing.assert_allclose(np.sort(y.ravel()), np.sort(x.ravel()))
+
+
+def test_feature_cache_key_depends_on_augmentation_ops():
+    from gc10lib.training import feature_cache_path
+
+    args = ("mobilenet", "w", 224, "stretch", ["a.png"])
+    default = feature_cache_path(*args, 1, 42)
+    assert feature_cache_path(*args, 1, 42, ("flip",)) != default
+    assert feature_cache_path(*args, 0, 42, ("flip",)) == feature_cache_path(*args, 0, 42)  # plain view: no ops
