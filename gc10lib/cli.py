@@ -82,16 +82,21 @@ def _run(args: argparse.Namespace) -> int:
     return main_run(args.config, args.parameters or [], args.name, args.resume, args.runs_root)
 
 
+def _write_new_csv(df, path: str) -> Path:
+    """Write ``df`` to a CSV file that must not exist yet (results are never overwritten)."""
+    out = Path(path)
+    if out.exists():
+        raise FileExistsError(f"{out}: already exists; choose another --out.")
+    df.to_csv(out, index=False)
+    return out
+
+
 def _compare(args: argparse.Namespace) -> int:
     from gc10lib.pipeline import aggregate_runs
 
     table = aggregate_runs(args.runs)
     if args.out:
-        out = Path(args.out)
-        if out.exists():
-            raise FileExistsError(f"{out}: already exists; choose another --out.")
-        table.to_csv(out, index=False)
-        print(f"wrote {out}")
+        print(f"wrote {_write_new_csv(table, args.out)}")
     print(table.to_markdown(index=False, floatfmt=".4f"))
     return 0
 
@@ -128,11 +133,7 @@ def _predict(args: argparse.Namespace) -> int:
         df = predict_files(args.model, args.paths, top_k=args.top_k, policy=args.policy)
     _echo_skipped(caught)
     if args.out:
-        out = Path(args.out)
-        if out.exists():
-            raise FileExistsError(f"{out}: already exists; choose another --out.")
-        df.to_csv(out, index=False)
-        print(f"wrote {len(df)} predictions to {out}")
+        print(f"wrote {len(df)} predictions to {_write_new_csv(df, args.out)}")
     else:
         print(df.to_csv(index=False), end="")
     return 0

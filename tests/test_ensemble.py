@@ -82,6 +82,16 @@ def test_stacker_is_trained_and_scored_out_of_fold():
     assert (st["oof_proba"].argmax(1) == y).mean() > 0.8
 
 
+def test_probes_can_be_ensemble_members(smoke_models, smoke_data, tmp_path):
+    out, _ = smoke_models
+    root, split = smoke_data
+    table, _ = ensemble.ensemble_run(out, ["mean"], tmp_path / "ens", root, split, backbones=["mobilenet"], seed=0,
+                                     probes=True)
+    m = json.loads((tmp_path / "ens" / "ensembles" / "mean" / "metrics.json").read_text())
+    assert m["members"] == ["mobilenet", "probe_mobilenet"]
+    assert list(table.model) == ["mobilenet", "probe_mobilenet", "ensemble_mean"]
+
+
 def test_stack_without_stacker_is_refused(members):
     with pytest.raises(ValueError, match="never shipped untrained"):
         ensemble.build_ensemble(members[:2], "stack")
@@ -93,7 +103,9 @@ def test_every_method_saves_and_reloads_in_fresh_process(smoke_models, smoke_dat
     table, res = ensemble.ensemble_run(out, ensemble.METHODS, tmp_path / "ens", root, split,
                                        backbones=["mobilenet", "vgg19", "mobilenet_v2"], seed=0)
     members = ["mobilenet", "mobilenet_v2", "vgg19"]  # found in folder order; vgg19 brings caffe preprocessing
-    assert list(table.model) == members + [f"ensemble_{m}" for m in ensemble.METHODS]
+    probes = [f"probe_{m}" for m in members]  # every backbone's probe is a row (not a member by default)
+    assert list(table.model) == members + probes + [f"ensemble_{m}" for m in ensemble.METHODS]
+    assert set(table[table.kind == "probe"].model) == set(probes)
     assert (tmp_path / "ens" / "comparison.csv").is_file() and (tmp_path / "ens" / "comparison.md").is_file()
     x = np.random.default_rng(2).uniform(0, 255, (4, 75, 75, 3)).astype("float32")
     np.save(tmp_path / "x.npy", x)

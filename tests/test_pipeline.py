@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 import yaml
 
@@ -95,6 +96,12 @@ def test_compare_aggregates_runs(demo_run, tmp_path):
     assert "ensemble_chosen" in set(table.model)
     with pytest.raises(FileNotFoundError, match="no summary.json"):
         pipeline.aggregate_runs([tmp_path])
+    from gc10lib import cli
+
+    out = tmp_path / "seeds.csv"
+    assert cli.main(["compare", str(run), str(run), "--out", str(out)]) == 0
+    assert len(pd.read_csv(out)) == len(table)
+    assert cli.main(["compare", str(run), "--out", str(out)]) == 2  # never overwritten
 
 
 def test_parameter_cells_match_what_the_pipeline_passes(demo_run):
