@@ -298,11 +298,9 @@ def ensemble_run(run_dir: str | Path, methods: Sequence[str], out_dir: str | Pat
     from gc10lib.training import model_size_mb, predict_proba
 
     out = new_output_dir(out_dir, prefix="ensemble")
-    members = find_members(run_dir, ("backbone", "probe") if probes else ("backbone",))
-    probe_rows = [m for m in find_members(run_dir, ("probe",))]
-    if backbones:
-        members = [m for m in members if m["backbone"] in set(backbones)]
-        probe_rows = [m for m in probe_rows if m["backbone"] in set(backbones)]
+    found = [m for m in find_members(run_dir, ("backbone", "probe"))
+             if not backbones or m["backbone"] in set(backbones)]
+    members = [m for m in found if probes or m["kind"] == "backbone"]
     if not members:
         raise ValueError(f"{run_dir}: no per-backbone outputs (metrics.json with a model) found")
     man = data.read_split(split_csv, data_root=data_dir)
@@ -319,7 +317,7 @@ def ensemble_run(run_dir: str | Path, methods: Sequence[str], out_dir: str | Pat
     test_probas = [np.asarray(p, np.float64) for p in (test_probas if len(models) > 1 else [test_probas])]
     members_s = time.perf_counter() - t0
 
-    shown = members + [m for m in probe_rows if m["name"] not in {x["name"] for x in members}]
+    shown = members + [m for m in found if m not in members]
     results: dict[str, dict] = {m["name"]: m["test"] for m in shown}
     rows = [_row(m) for m in shown]
     for method in methods:

@@ -211,8 +211,9 @@ def make_dataset(
     else:
         ds = ds.map(decode, num_parallel_calls=PARALLEL, deterministic=True)
     ds = ds.batch(batch_size)
-    if aug_ops(augment):
-        aug = augmenter(seed, aug_ops(augment))
+    ops = aug_ops(augment)
+    if ops:
+        aug = augmenter(seed, ops)
         if labels is not None:
             ds = ds.map(lambda x, y: (aug(x, training=True), y), num_parallel_calls=1)
         else:

@@ -557,7 +557,11 @@ def train_backbone(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path |
                      "model_path": str(model_path), "model_size_mb": model_size_mb(model_path)}
     probas = _evaluate(model, out, va, te, classes, cfg, metrics)
     if probe_info is not None and probas:
-        metrics["probe"] = _save_probe(model, probe_info, out / "probe", va, te, classes, cfg, metrics)
+        # the probe's val probabilities come from the cached features; when the probe is also the
+        # saved state, its test probabilities are the model's own
+        known = {"val": probe_info["proba_val"], **({"test": probas["test"]} if best.phase == "probe" and "test" in probas
+                                                     else {})}
+        metrics["probe"] = _save_probe(model, probe_info, out / "probe", va, te, classes, cfg, metrics, known)
     timings["eval_s"] = round(time.perf_counter() - t0, 2)
     timings["total_s"] = round(time.perf_counter() - t_all, 2)
     metrics["timings"] = timings
@@ -569,14 +573,19 @@ def train_backbone(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path |
 
 
 def _evaluate(model, out: Path, va: pd.DataFrame, te: pd.DataFrame, classes: list[str], cfg: TrainConfig,
-              metrics: dict) -> dict[str, np.ndarray]:
-    """Val and test metrics of ``model`` into ``metrics``; probabilities saved as ``proba_<part>.npy``."""
+              metrics: dict, known: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Val and test metrics of ``model`` into ``metrics``; probabilities saved as ``proba_<part>.npy``.
+
+    ``known`` holds probabilities already computed for a part (they are not predicted again).
+    """
     from gc10lib.evaluation import compute_metrics
 
     probas = {}
     for name, part in (("val", va), ("test", te)):
         if len(part):
-            proba = predict_proba(model, part.path, policy=cfg.policy, batch_size=cfg.batch_size)
+            proba = (known or {}).get(name)
+            if proba is None:
+                proba = predict_proba(model, part.path, policy=cfg.policy, batch_size=cfg.batch_size)
             metrics[name] = compute_metrics(part.label.to_numpy(), proba, classes, seed=cfg.seed)
             np.save(out / f"proba_{name}.npy", proba.astype(np.float32))
             probas[name] = proba
@@ -599,10 +608,11 @@ def _fit_probe_into(model, best: BestState, x_train: np.ndarray, y_train: np.nda
     weights = [np.array(w) for w in model.get_weights()]
     head.get_layer("logits").set_weights(initial)
     return {"C": p.C, "grid_val_log_loss": {str(k): v for k, v in p.grid.items()}, "val_scores": scores,
-            "weights": weights}
+            "weights": weights, "proba_val": proba_val}
 
 
-def _save_probe(model, info: dict, out: Path, va, te, classes, cfg: TrainConfig, parent: dict) -> dict:
+def _save_probe(model, info: dict, out: Path, va, te, classes, cfg: TrainConfig, parent: dict,
+                known: dict[str, np.ndarray]) -> dict:
     """Save the probe as an ordinary classifier in ``out`` with its own ``metrics.json``; returns a short record."""
     current = [np.array(w) for w in model.get_weights()]
     model.set_weights(info["weights"])
@@ -615,7 +625,7 @@ def _save_probe(model, info: dict, out: Path, va, te, classes, cfg: TrainConfig,
         m.update({"name": f"probe_{parent['backbone']}", "kind": "probe", "C": info["C"],
                   "grid_val_log_loss": info["grid_val_log_loss"], "model_path": str(path),
                   "model_size_mb": model_size_mb(path), "n_params": parent["n_params"]})
-        _evaluate(model, out, va, te, classes, cfg, m)
+        _evaluate(model, out, va, te, classes, cfg, m, known)
         save_json(m, out / "metrics.json")
         save_json({"classes": classes, "img_size": parent["img_size"], "policy": cfg.policy,
                    "backbone": parent["backbone"]}, out / "model.json")
