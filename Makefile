@@ -1,6 +1,7 @@
 # gc10lib — two commands do all the set-up on a fresh machine:
 #   make run    install if needed, then run the demo pipeline on the embedded synthetic data
-#   make test   install if needed, then ruff + pytest
+#   make test   install if needed, then ruff (lint and format) + the whole pytest suite
+#   make test-fast   the tests that train, export and run no notebooks (under 3 minutes on 2 CPU cores)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ export GC10_WEIGHTS_DIR ?= $(shell [ -d ../shared/weights ] && cd ../shared/weig
 export MPLBACKEND ?= Agg
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install run test lint clean-cache
+.PHONY: install run test test-fast lint clean-cache
 
 install: $(STAMP)
 
@@ -25,13 +26,15 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/gc10 run --config $(CONFIG)
 
-test: install
-	$(BIN)/ruff check .
-	$(BIN)/pytest
+test: install lint
+	$(BIN)/pytest -n 2 --dist loadgroup
+
+test-fast: install lint
+	$(BIN)/pytest -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check gc10lib tests benchmarks
+	$(BIN)/ruff format --check gc10lib tests benchmarks notebooks
 
 clean-cache:
 	rm -rf .cache/gc10lib

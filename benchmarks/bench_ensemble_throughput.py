@@ -26,7 +26,9 @@ def decode(paths, size):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("image_dir", nargs="?", default=str(Path(__file__).resolve().parents[2] / "shared/data/neu-det/images"))
+    ap.add_argument(
+        "image_dir", nargs="?", default=str(Path(__file__).resolve().parents[2] / "shared/data/neu-det/images")
+    )
     ap.add_argument("--members", nargs="+", default=["mobilenet", "mobilenet_v2", "inception_v3"])
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--n", type=int, default=64)
@@ -34,9 +36,18 @@ def main() -> None:
     args = ap.parse_args()
     paths = sorted(p for p in Path(args.image_dir).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[: args.n]
     classes = [f"c{i}" for i in range(6)]
-    models = [backbones.build_classifier(m, classes, img_size=args.size, weights="imagenet"
-                                         if backbones.resolve_weights(backbones.get_spec(m), "imagenet")[1] != "imagenet-download"
-                                         else None, seed=0)[0] for m in args.members]
+    models = [
+        backbones.build_classifier(
+            m,
+            classes,
+            img_size=args.size,
+            weights="imagenet"
+            if backbones.resolve_weights(backbones.get_spec(m), "imagenet")[1] != "imagenet-download"
+            else None,
+            seed=0,
+        )[0]
+        for m in args.members
+    ]
     ens = ensemble.build_ensemble(models, "mean")
     for m in (*models, ens):  # warm-up: graph tracing is not throughput
         m.predict(np.zeros((args.batch, args.size, args.size, 3), "float32"), verbose=0)

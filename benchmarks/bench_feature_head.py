@@ -33,27 +33,46 @@ def main() -> None:
         ds.table = ds.table.groupby("class").sample(args.per_class, random_state=0).reset_index(drop=True)
         man = data.split_dataset(ds, (0.6, 0.2, 0.2), seed=0)
         n_train = int((man.subset == "train").sum())
-        print(f"{args.backbone} at {args.size} px, {n_train} train images, {args.epochs} head epochs, "
-              f"weights {'imagenet' if os.environ.get('GC10_WEIGHTS_DIR') else 'random'}")
+        print(
+            f"{args.backbone} at {args.size} px, {n_train} train images, {args.epochs} head epochs, "
+            f"weights {'imagenet' if os.environ.get('GC10_WEIGHTS_DIR') else 'random'}"
+        )
         # warm the resized-image cache so both paths start from the same decoded images
         from gc10lib.inputs import ImageCache
+
         ImageCache(args.size).ensure(list(man.path))
         times = {}
-        for label, mode in (("fit (frozen backbone every epoch)", "fit"), ("features, cold cache", "features"),
-                            ("features, warm cache", "features")):
-            cfg = training.TrainConfig(backbone=args.backbone, img_size=args.size,
-                                       weights="imagenet" if os.environ.get("GC10_WEIGHTS_DIR") else None,
-                                       epochs_head=args.epochs, epochs_finetune=0, augment=False, head_mode=mode,
-                                       patience=args.epochs + 1, verbose=0, seed=0)
+        for label, mode in (
+            ("fit (frozen backbone every epoch)", "fit"),
+            ("features, cold cache", "features"),
+            ("features, warm cache", "features"),
+        ):
+            cfg = training.TrainConfig(
+                backbone=args.backbone,
+                img_size=args.size,
+                weights="imagenet" if os.environ.get("GC10_WEIGHTS_DIR") else None,
+                epochs_head=args.epochs,
+                epochs_finetune=0,
+                augment=False,
+                head_mode=mode,
+                patience=args.epochs + 1,
+                verbose=0,
+                seed=0,
+            )
             t = time.perf_counter()
-            m = training.train_backbone(cfg, args.data_dir, Path(tmp) / f"out{len(times)}", manifest=man,
-                                        classes=ds.classes)
+            m = training.train_backbone(
+                cfg, args.data_dir, Path(tmp) / f"out{len(times)}", manifest=man, classes=ds.classes
+            )
             times[label] = m["timings"]["head_s"]
-            print(f"  {label:<36} head phase {times[label]:7.2f} s   (whole call {time.perf_counter() - t:6.1f} s, "
-                  f"val acc {m['val']['accuracy']:.3f})")
+            print(
+                f"  {label:<36} head phase {times[label]:7.2f} s   (whole call {time.perf_counter() - t:6.1f} s, "
+                f"val acc {m['val']['accuracy']:.3f})"
+            )
         fit = times["fit (frozen backbone every epoch)"]
-        print(f"speed-up of the fast path: {fit / times['features, cold cache']:.1f}x cold, "
-              f"{fit / times['features, warm cache']:.1f}x with cached features")
+        print(
+            f"speed-up of the fast path: {fit / times['features, cold cache']:.1f}x cold, "
+            f"{fit / times['features, warm cache']:.1f}x with cached features"
+        )
 
 
 if __name__ == "__main__":

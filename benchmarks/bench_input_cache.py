@@ -48,8 +48,10 @@ def main() -> None:
     print(f"cache build (first epoch only): {build:.2f} s")
     print("cached:   " + ", ".join(f"{s:.3f}" for s in cached) + " s/epoch")
     best_un, best_c = min(times), min(cached)
-    print(f"speed-up per later epoch: {best_un / best_c:.1f}x ({best_un / len(paths) * 1e3:.1f} -> "
-          f"{best_c / len(paths) * 1e3:.2f} ms/image)")
+    print(
+        f"speed-up per later epoch: {best_un / best_c:.1f}x ({best_un / len(paths) * 1e3:.1f} -> "
+        f"{best_c / len(paths) * 1e3:.2f} ms/image)"
+    )
 
 
 if __name__ == "__main__":

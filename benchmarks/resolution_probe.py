@@ -34,26 +34,42 @@ def main() -> None:
     ds = data.discover(args.data_dir)
     man = data.split_dataset(ds, (0.7, 0.15, 0.15), args.seed)
     parts = {s: man[man.subset == s] for s in ("train", "val", "test")}
-    print(f"{args.data_dir}: {len(man)} images, {args.backbone}, split {', '.join(f'{k} {len(v)}' for k, v in parts.items())}")
-    print("| size | policy | features s | img/s | C | val acc | val macro-F1 | test acc | test bal-acc | test macro-F1 |")
+    print(
+        f"{args.data_dir}: {len(man)} images, {args.backbone}, split {', '.join(f'{k} {len(v)}' for k, v in parts.items())}"
+    )
+    print(
+        "| size | policy | features s | img/s | C | val acc | val macro-F1 | test acc | test bal-acc | test macro-F1 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         for policy in args.policies:
             model, source = build_classifier(args.backbone, ds.classes, size, "imagenet", seed=args.seed)
             t0 = time.perf_counter()
-            feats = {k: training.extract_features(model, list(v.path), size=size, policy=policy, weights_source=source,
-                                                  backbone=args.backbone, seed=args.seed)[0] for k, v in parts.items()}
+            feats = {
+                k: training.extract_features(
+                    model,
+                    list(v.path),
+                    size=size,
+                    policy=policy,
+                    weights_source=source,
+                    backbone=args.backbone,
+                    seed=args.seed,
+                )[0]
+                for k, v in parts.items()
+            }
             secs = time.perf_counter() - t0
             head = model.get_layer("head")
             training.adapt_feature_norm(head, feats["train"])
-            z = {k: probe.standardise(head, f) for k, f in feats.items()}
+            z = {k: probe.standardize(head, f) for k, f in feats.items()}
             y = {k: v.label.to_numpy() for k, v in parts.items()}
             p = probe.fit_probe(z["train"], y["train"], z["val"], y["val"], len(ds.classes), seed=args.seed)
             pv, pt = p.predict_proba(z["val"]).argmax(1), p.predict_proba(z["test"]).argmax(1)
-            print(f"| {size} | {policy} | {secs:.0f} | {len(man) / secs:.1f} | {p.C} | {np.mean(pv == y['val']):.4f} | "
-                  f"{f1_score(y['val'], pv, average='macro'):.4f} | {np.mean(pt == y['test']):.4f} | "
-                  f"{balanced_accuracy_score(y['test'], pt):.4f} | {f1_score(y['test'], pt, average='macro'):.4f} |",
-                  flush=True)
+            print(
+                f"| {size} | {policy} | {secs:.0f} | {len(man) / secs:.1f} | {p.C} | {np.mean(pv == y['val']):.4f} | "
+                f"{f1_score(y['val'], pv, average='macro'):.4f} | {np.mean(pt == y['test']):.4f} | "
+                f"{balanced_accuracy_score(y['test'], pt):.4f} | {f1_score(y['test'], pt, average='macro'):.4f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -1,14 +1,22 @@
-"""The ``gc10`` command line. Each sub-command is a thin wrapper over a gc10lib function."""
+"""The ``gc10`` command line. Each sub-command is a thin wrapper over a gc10lib function.
+
+gc10lib modules are imported inside the commands, so that ``gc10 --help`` answers at once
+(TensorFlow takes seconds to import). A :class:`~gc10lib.errors.Gc10Error` (bad input) prints one
+line and exits with 2; any other exception is a bug and shows its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
 import warnings
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, RuntimeError)
+from gc10lib.errors import Gc10Error, OutputExistsError, SkippedImageWarning
 
 
 def _relative(path: str, root) -> str:
@@ -24,20 +32,23 @@ def _data_summary(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ds = data.discover(args.path)
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
+    _echo_skipped(caught)
     s = data.summarize(ds)
     if args.json:
         print(json.dumps(s, indent=2, default=str))
         return 0
-    print(f"{s['root']}\n  layout: {s['layout']}\n  images: {s['n_images']} in {s['n_classes']} classes"
-          f" (imbalance {s['imbalance_ratio']:.1f}:1)")
+    print(
+        f"{s['root']}\n  layout: {s['layout']}\n  images: {s['n_images']} in {s['n_classes']} classes"
+        f" (imbalance {s['imbalance_ratio']:.1f}:1)"
+    )
     for cls, n in s["images_per_class"].items():
         print(f"    {cls:<20} {n:>6}")
     print("  image sizes: " + ", ".join(f"{d['width']}x{d['height']} ({d['count']})" for d in s["image_sizes"]))
     b = s["boxes"]
-    print(f"  boxes: {b['n_boxes']} in {b['images_with_xml']} annotated images, "
-          f"{b['boxes_per_image_mean']:.2f} per image, median relative area {b['relative_area_median']}")
+    print(
+        f"  boxes: {b['n_boxes']} in {b['images_with_xml']} annotated images, "
+        f"{b['boxes_per_image_mean']:.2f} per image, median relative area {b['relative_area_median']}"
+    )
     if len(ds.quality):
         print(f"  data-quality findings ({len(ds.quality)}):")
         q = ds.quality.copy()
@@ -53,8 +64,9 @@ def _data_split(args: argparse.Namespace) -> int:
 
     ds = data.discover(args.path)
     man = data.split_dataset(ds, args.fractions, args.seed)
-    out = data.write_split(man, args.out, ds.root, classes=ds.classes, seed=args.seed,
-                           fractions=args.fractions, overwrite=args.overwrite)
+    out = data.write_split(
+        man, args.out, ds.root, classes=ds.classes, seed=args.seed, fractions=args.fractions, overwrite=args.overwrite
+    )
     counts = man.groupby("subset").size().to_dict()
     print(f"wrote {out} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}; seed {args.seed})")
     return 0
@@ -79,14 +91,21 @@ def _data_download(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from gc10lib.pipeline import main_run
 
-    return main_run(args.config, args.parameters or [], args.name, args.resume, args.runs_root)
+    return main_run(
+        args.config,
+        args.parameters or [],
+        args.name,
+        args.resume,
+        args.runs_root,
+        echo=lambda line: print(line, flush=True),
+    )
 
 
 def _write_new_csv(df, path: str) -> Path:
     """Write ``df`` to a CSV file that must not exist yet (results are never overwritten)."""
     out = Path(path)
     if out.exists():
-        raise FileExistsError(f"{out}: already exists; choose another --out.")
+        raise OutputExistsError(f"{out}: already exists; choose another --out.")
     df.to_csv(out, index=False)
     return out
 
@@ -103,7 +122,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _echo_skipped(caught) -> None:
     for w in caught:
-        if "skipped" in str(w.message):
+        if issubclass(w.category, SkippedImageWarning):
             print(f"warning: {w.message}", file=sys.stderr)
 
 
@@ -141,21 +160,112 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from gc10lib.backbones import load_model
+    from gc10lib.errors import InputError
     from gc10lib.export import export_litert, representative_images
+    from gc10lib.layers import model_info
 
     model = load_model(args.model)
+    info = model_info(model)
     rep = None
     if args.format == "int8":
         if not args.data:
-            raise ValueError("--format int8 needs --data (and preferably --split-csv) for calibration images")
-        rep = representative_images(args.data, args.split_csv, int(model.inputs[0].shape[1]), n=args.calibration)
+            raise InputError("--format int8 needs --data (and preferably --split-csv) for calibration images")
+        rep = representative_images(
+            args.data, args.split_csv, info.input_size, n=args.calibration, policy=args.policy or info.policy
+        )
     out = export_litert(model, args.out, args.format, representative=rep)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB, {args.format})")
     return 0
 
 
+def _run_inputs(args: argparse.Namespace) -> tuple[str, str]:
+    """``--data`` and ``--split-csv``, by default those of the run folder (``run.json``, ``split.csv``)."""
+    from gc10lib.errors import InputError
+
+    run = Path(args.run)
+    split = args.split_csv or str(run / "split.csv")
+    data_dir = args.data
+    if data_dir is None and (run / "run.json").is_file():
+        data_dir = json.loads((run / "run.json").read_text()).get("config", {}).get("data_dir")
+    if not data_dir:
+        raise InputError(f"{run}: not a gc10 run folder with run.json; pass --data and --split-csv")
+    return data_dir, split
+
+
+def _train(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from gc10lib import synth, training
+    from gc10lib.errors import InputError
+    from gc10lib.pipeline import load_config, parse_value
+
+    known = {f.name for f in fields(training.TrainConfig)}
+    values = {k: v for k, v in (load_config(args.config) if args.config else {}).items() if k in known}
+    for key, raw in args.parameters or []:
+        if key not in known:
+            raise InputError(f"unknown training parameter {key!r}; valid names: {', '.join(sorted(known))}")
+        values[key] = parse_value(raw)
+    values.update(backbone=args.backbone, verbose=2)
+    cfg = training.TrainConfig(**values)
+    m = training.train_backbone(cfg, synth.resolve_data_dir(args.data), args.out, split_csv=args.split_csv)
+    sel = m["selected"]
+    print(f"wrote {Path(m['model_path']).parent} (saved phase {sel['phase']!r}, {sel['monitor']} {sel['value']:.4f})")
+    return 0
+
+
+def _ensemble(args: argparse.Namespace) -> int:
+    from gc10lib.ensemble import ensemble_run
+
+    data_dir, split = _run_inputs(args)
+    table, _ = ensemble_run(args.run, args.methods, args.out, data_dir, split, seed=args.seed, probes=args.probes)
+    print(table.to_markdown(index=False, floatfmt=".4f"))
+    print(f"chosen on validation: {table.attrs['best_ensemble']}; wrote {table.attrs['out_dir']}")
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from gc10lib.quantize import markdown_table, quantize_run
+
+    data_dir, split = _run_inputs(args)
+    table = quantize_run(
+        args.run, data_dir, split, args.out, args.models, args.variants, max_images=args.max_images, seed=args.seed
+    )
+    print(markdown_table(table))
+    print(f"wrote {table.attrs['out_dir']}")
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from gc10lib.explain import explain_run
+
+    data_dir, split = _run_inputs(args)
+    table, _ = explain_run(args.run, data_dir, split, args.out, args.models, per_class=args.per_class, seed=args.seed)
+    print(table.to_markdown(index=False, floatfmt=".3f"))
+    print(f"wrote {table.attrs['out_dir']}")
+    return 0
+
+
+def _add_parameter_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument(
+        "-p", "--parameter", dest="parameters", nargs=2, action="append", metavar=("KEY", "VALUE"), help=help_text
+    )
+
+
+def _step_parser(sub, name: str, help_text: str, func) -> argparse.ArgumentParser:
+    s = sub.add_parser(name, help=help_text)
+    s.add_argument("run", help="run folder holding the trained models (searched for metrics.json)")
+    s.add_argument("--data", help="dataset folder (default: the run's data_dir)")
+    s.add_argument("--split-csv", help="split manifest (default: <run>/split.csv)")
+    s.add_argument("--out", help="output folder (default: a fresh runs/<step>-<time>; never overwritten)")
+    s.add_argument("--seed", type=int, default=42)
+    s.set_defaults(func=func)
+    return s
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gc10", description="GC10-DET defect classification toolkit.")
+    with contextlib.suppress(PackageNotFoundError):  # a source tree that was never installed has no version
+        p.add_argument("--version", action="version", version=f"gc10lib {version('gc10lib')}")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("data", help="inspect, split, synthesise or download datasets")
@@ -185,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True, help="dataset folder (any layout gc10 data reads)")
     e.add_argument("--split-csv", help="split manifest; with it only --subset is evaluated")
     e.add_argument("--subset", default="test", choices=["train", "val", "test"])
-    e.add_argument("--policy", default="stretch", choices=["stretch", "pad"])
+    e.add_argument("--policy", choices=["stretch", "pad"], help="override the resize policy the model records")
     e.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     e.set_defaults(func=_evaluate)
     pr = sub.add_parser("predict", help="top-k classes for image files or folders")
@@ -193,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("paths", nargs="+")
     pr.add_argument("--out", help="CSV file to write (never overwritten)")
     pr.add_argument("--top-k", type=int, default=3)
-    pr.add_argument("--policy", default="stretch", choices=["stretch", "pad"])
+    pr.add_argument("--policy", choices=["stretch", "pad"], help="override the resize policy the model records")
     pr.set_defaults(func=_predict)
 
     x = sub.add_parser("export", help="export a .keras model to LiteRT (.tflite)")
@@ -203,20 +313,49 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--split-csv", help="split manifest: calibrate on its train subset")
     x.add_argument("--calibration", type=int, default=200, help="number of calibration images (default 200)")
     x.add_argument("--out", required=True, help="output .tflite file (never overwritten)")
+    x.add_argument("--policy", choices=["stretch", "pad"], help="override the model's resize policy for calibration")
     x.set_defaults(func=_export)
+
+    t = sub.add_parser("train", help="train one backbone (what notebook 02 does)")
+    t.add_argument("--backbone", required=True, help="a registry name, e.g. mobilenet, inception_v3")
+    t.add_argument("--data", required=True, help="dataset folder, or 'synthetic'")
+    t.add_argument("--split-csv", help="split manifest (default: a seeded 70/15/15 split in memory)")
+    t.add_argument("--out", help="output folder (default: a fresh runs/train-<backbone>-<time>)")
+    t.add_argument("--config", help="take training values from this YAML config (a path or a name in configs/)")
+    _add_parameter_option(t, "a TrainConfig field (YAML-parsed), e.g. -p epochs_head 3 -p augment '[flip]'")
+    t.set_defaults(func=_train)
+    s = _step_parser(sub, "ensemble", "build, save and compare every ensemble method over a run's backbones", _ensemble)
+    s.add_argument("--methods", nargs="+", default=["mean", "weighted", "stack", "select"])
+    s.add_argument("--probes", action="store_true", help="also use each backbone's probe as a member")
+    s = _step_parser(
+        sub, "quantize", "LiteRT variants of a run's models against Keras: size, accuracy, speed", _quantize
+    )
+    s.add_argument(
+        "--models",
+        nargs="+",
+        default=["best_backbone", "best_ensemble"],
+        help="model names, or best_backbone / best_ensemble (chosen on validation)",
+    )
+    s.add_argument("--variants", nargs="+", default=["float32", "float16", "dynamic", "int8"])
+    s.add_argument("--max-images", type=int, help="cap on test images")
+    s = _step_parser(sub, "explain", "Grad-CAM localization of a run's models against the boxes", _explain)
+    s.add_argument("--models", nargs="+", default=["best_backbone", "best_ensemble"])
+    s.add_argument("--per-class", type=int, default=5, help="test images per class")
 
     r = sub.add_parser("run", help="run the notebook pipeline headless with papermill")
     r.add_argument("--config", default="demo", help="YAML config, or a name in configs/ (default: demo)")
-    r.add_argument("-p", "--parameter", dest="parameters", nargs=2, action="append", metavar=("KEY", "VALUE"),
-                   help="override a config value (YAML-parsed), e.g. -p data_dir ../data -p epochs_head 3")
+    _add_parameter_option(r, "override a config value (YAML-parsed), e.g. -p data_dir ../data -p epochs_head 3")
     r.add_argument("--name", help="run folder name under runs/ (default: <config>-<time>)")
     r.add_argument("--resume", action="store_true", help="continue the run --name: skip finished steps")
     r.add_argument("--runs-root", default="runs")
     r.set_defaults(func=_run)
 
-    c = sub.add_parser("compare", help="mean and std per model over finished runs (e.g. one per seed)",
-                       epilog="example: for s in 42 43 44; do gc10 run --config xsdd -p seed $s --name xsdd-s$s; done; "
-                              "gc10 compare runs/xsdd-s42 runs/xsdd-s43 runs/xsdd-s44")
+    c = sub.add_parser(
+        "compare",
+        help="mean and std per model over finished runs (e.g. one per seed)",
+        epilog="example: for s in 42 43 44; do gc10 run --config xsdd -p seed $s --name xsdd-s$s; done; "
+        "gc10 compare runs/xsdd-s42 runs/xsdd-s43 runs/xsdd-s44",
+    )
     c.add_argument("runs", nargs="+", help="run folders holding summary.json")
     c.add_argument("--out", help="also write the table as CSV (never overwritten)")
     c.set_defaults(func=_compare)
@@ -225,9 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return int(args.func(args) or 0)
-    except EXPECTED_ERRORS as exc:
+    except Gc10Error as exc:
         print(f"gc10: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -236,4 +376,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-

@@ -20,16 +20,15 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from gc10lib.classes import GC10_CLASSES, canonical_gc10
+from gc10lib.errors import InputError, NotFoundError, OutputExistsError, SkippedImageWarning
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 SUBSETS = ("train", "val", "test")
-TABLE_COLUMNS = [
-    "path", "class", "label", "image_id", "width", "height", "xml", "boxes", "box_classes",
-]
+TABLE_COLUMNS = ["path", "class", "label", "image_id", "width", "height", "xml", "boxes", "box_classes"]
 QUALITY_COLUMNS = ["file", "class", "problem", "detail"]
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset folder that cannot be used as given; the message says what was expected."""
 
 
@@ -57,9 +56,7 @@ class Dataset:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _other_files(folder: Path) -> list[Path]:
@@ -94,8 +91,7 @@ def detect_layout(root: Path) -> tuple[str, Path, Path | None]:
         return "gc10-original", root, xml
     parent = root / "images" if (root / "images").is_dir() else root
     xml = next(
-        (root / n for n in ("annotations", "Annotations", "labels", "label", "xml") if (root / n).is_dir()),
-        None,
+        (root / n for n in ("annotations", "Annotations", "labels", "label", "xml") if (root / n).is_dir()), None
     )
     dirs = [d for d in _class_dirs(parent) if d != xml]
     if not dirs:
@@ -169,9 +165,15 @@ def discover(root: str | Path, check_images: bool = True) -> Dataset:
     for d, cls in folder_class.items():
         files = _image_files(d)
         for other in _other_files(d):
-            quality.append(dict(file=str(other), **{"class": cls}, problem="not_an_image",
-                                detail=f"unexpected file with suffix {other.suffix!r}; ignored"))
-            warnings.warn(f"{other}: not an image file; ignored", stacklevel=2)
+            quality.append(
+                dict(
+                    file=str(other),
+                    **{"class": cls},
+                    problem="not_an_image",
+                    detail=f"unexpected file with suffix {other.suffix!r}; ignored",
+                )
+            )
+            warnings.warn(f"{other}: not an image file; ignored", SkippedImageWarning, stacklevel=2)
         if not files:
             raise DatasetError(
                 f"{d}: empty class folder {d.name!r}; expected image files "
@@ -183,13 +185,26 @@ def discover(root: str | Path, check_images: bool = True) -> Dataset:
                 try:
                     width, height = _image_size(p)
                 except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-                    quality.append(dict(file=str(p), **{"class": cls}, problem="unreadable",
-                                        detail=f"{type(exc).__name__}: {exc}"))
-                    warnings.warn(f"{p}: unreadable or corrupt image ({exc}); excluded", stacklevel=2)
+                    quality.append(
+                        dict(file=str(p), **{"class": cls}, problem="unreadable", detail=f"{type(exc).__name__}: {exc}")
+                    )
+                    warnings.warn(
+                        f"{p}: unreadable or corrupt image ({exc}); excluded", SkippedImageWarning, stacklevel=2
+                    )
                     continue
-            rows.append(dict(path=str(p), **{"class": cls}, label=classes.index(cls),
-                             image_id=p.stem, width=width, height=height, xml=None,
-                             boxes=[], box_classes=[]))
+            rows.append(
+                dict(
+                    path=str(p),
+                    **{"class": cls},
+                    label=classes.index(cls),
+                    image_id=p.stem,
+                    width=width,
+                    height=height,
+                    xml=None,
+                    boxes=[],
+                    box_classes=[],
+                )
+            )
     if not rows:
         raise DatasetError(f"{root}: no readable images found (layout {layout!r}).")
 
@@ -201,9 +216,14 @@ def discover(root: str | Path, check_images: bool = True) -> Dataset:
     for image_id in counts[counts > 1].index:
         dup = table[table.image_id == image_id]
         for _, r in dup.iterrows():
-            quality.append(dict(file=r.path, **{"class": r["class"]}, problem="duplicate_name",
-                                detail=f"{image_id} also in: "
-                                + ", ".join(sorted(set(dup["class"]) - {r['class']}))))
+            quality.append(
+                dict(
+                    file=r.path,
+                    **{"class": r["class"]},
+                    problem="duplicate_name",
+                    detail=f"{image_id} also in: " + ", ".join(sorted(set(dup["class"]) - {r["class"]})),
+                )
+            )
     qdf = pd.DataFrame(quality, columns=QUALITY_COLUMNS)
     return Dataset(root=root, layout=layout, classes=classes, table=table, quality=qdf)
 
@@ -215,8 +235,9 @@ def _attach_boxes(table: pd.DataFrame, xml_dir: Path | None, is_gc10: bool, qual
     for i, r in table.iterrows():
         xml = xml_files.get(r.image_id)
         if xml is None:
-            quality.append(dict(file=r.path, **{"class": r["class"]}, problem="no_xml",
-                                detail=f"no {r.image_id}.xml in {xml_dir}"))
+            quality.append(
+                dict(file=r.path, **{"class": r["class"]}, problem="no_xml", detail=f"no {r.image_id}.xml in {xml_dir}")
+            )
             continue
         try:
             boxes, tags, wh = parse_voc(xml)
@@ -227,12 +248,21 @@ def _attach_boxes(table: pd.DataFrame, xml_dir: Path | None, is_gc10: bool, qual
         for tag in tags:
             name = canonical_gc10(tag) if is_gc10 else tag
             if name is None or (not is_gc10 and name not in set(table["class"])):
-                quality.append(dict(file=str(xml), **{"class": r["class"]}, problem="unknown_tag",
-                                    detail=f"object labelled {tag!r}"))
+                quality.append(
+                    dict(
+                        file=str(xml), **{"class": r["class"]}, problem="unknown_tag", detail=f"object labelled {tag!r}"
+                    )
+                )
             names.append(name if name is not None else tag)
         if boxes and r["class"] not in names:
-            quality.append(dict(file=r.path, **{"class": r["class"]}, problem="folder_class_not_in_xml",
-                                detail=f"XML labels: {', '.join(sorted(set(map(str, names))))}"))
+            quality.append(
+                dict(
+                    file=r.path,
+                    **{"class": r["class"]},
+                    problem="folder_class_not_in_xml",
+                    detail=f"XML labels: {', '.join(sorted(set(map(str, names))))}",
+                )
+            )
         table.at[i, "xml"] = str(xml)
         table.at[i, "boxes"] = boxes
         table.at[i, "box_classes"] = names
@@ -283,17 +313,16 @@ def box_table(ds: Dataset) -> pd.DataFrame:
         for b, bc in zip(r.boxes, r.box_classes, strict=False):
             w, h = b[2] - b[0], b[3] - b[1]
             rel = (w * h) / float(r.width * r.height) if r.width > 0 else np.nan
-            rows.append({"image_id": r.image_id, "class": r["class"], "box_class": bc,
-                         "box_w": w, "box_h": h, "rel_area": rel})
+            rows.append(
+                {"image_id": r.image_id, "class": r["class"], "box_class": bc, "box_w": w, "box_h": h, "rel_area": rel}
+            )
     return pd.DataFrame(rows, columns=["image_id", "class", "box_class", "box_w", "box_h", "rel_area"])
 
 
 # --------------------------------------------------------------------------- split
 
 
-def split_dataset(
-    ds: Dataset, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 42
-) -> pd.DataFrame:
+def split_dataset(ds: Dataset, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 42) -> pd.DataFrame:
     """Seeded, stratified train/val/test split, grouped by image id.
 
     All files sharing an image id (the same file name in two class folders) go to the same
@@ -302,7 +331,7 @@ def split_dataset(
     """
     fr = np.asarray(fractions, dtype=float)
     if fr.shape != (3,) or np.any(fr < 0) or not np.isclose(fr.sum(), 1.0):
-        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
+        raise InputError(f"fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
     t = ds.table
     # Stratum of a group: its rarest class, so that rare classes are placed first and kept whole.
     freq = t["class"].value_counts()
@@ -326,22 +355,33 @@ def split_dataset(
     return man.reset_index(drop=True)
 
 
-def write_split(manifest: pd.DataFrame, path: str | Path, data_root: str | Path, *,
-                classes: Sequence[str], seed: int, fractions: Sequence[float],
-                overwrite: bool = False) -> Path:
+def write_split(
+    manifest: pd.DataFrame,
+    path: str | Path,
+    data_root: str | Path,
+    *,
+    classes: Sequence[str],
+    seed: int,
+    fractions: Sequence[float],
+    overwrite: bool = False,
+) -> Path:
     """Write the manifest as CSV (paths relative to ``data_root``) plus a ``.json`` sidecar
     recording the class order, seed and fractions. Refuses to overwrite unless asked."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: split manifest already exists; choose another --out or delete it.")
+        raise OutputExistsError(f"{path}: split manifest already exists; choose another --out or delete it.")
     path.parent.mkdir(parents=True, exist_ok=True)
     out = manifest[["path", "class", "label", "image_id", "subset"]].copy()
     root = Path(data_root).resolve()
     out["path"] = [str(Path(p).resolve().relative_to(root)) for p in out["path"]]
     out.to_csv(path, index=False)
-    meta = {"data_root": str(root), "classes": list(classes), "seed": seed,
-            "fractions": list(map(float, fractions)),
-            "counts": {s: int((out.subset == s).sum()) for s in SUBSETS}}
+    meta = {
+        "data_root": str(root),
+        "classes": list(classes),
+        "seed": seed,
+        "fractions": list(map(float, fractions)),
+        "counts": {s: int((out.subset == s).sum()) for s in SUBSETS},
+    }
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
     return path
 
@@ -350,7 +390,7 @@ def read_split(path: str | Path, data_root: str | Path | None = None) -> pd.Data
     """Read a split manifest, resolving paths against ``data_root`` (default: the sidecar's)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: split manifest not found; create it with `gc10 data split`.")
+        raise NotFoundError(f"{path}: split manifest not found; create it with `gc10 data split`.")
     man = pd.read_csv(path, dtype={"image_id": str})
     missing = {"path", "class", "label", "subset"} - set(man.columns)
     if missing:
@@ -389,10 +429,10 @@ def class_weights(labels: Sequence[int], n_classes: int | None = None, mode: str
     have no samples). The rarest class gets the largest weight, under its own label index.
     """
     if mode not in CLASS_WEIGHT_MODES:
-        raise ValueError(f"unknown class-weight mode {mode!r}; expected one of {CLASS_WEIGHT_MODES}")
+        raise InputError(f"unknown class-weight mode {mode!r}; expected one of {CLASS_WEIGHT_MODES}")
     labels = np.asarray(labels, dtype=int)
     if labels.size == 0:
-        raise ValueError("class_weights: no labels")
+        raise InputError("class_weights: no labels")
     counts = np.bincount(labels, minlength=n_classes or 0)
     present = np.flatnonzero(counts)
     k = len(present)
@@ -415,7 +455,14 @@ def label_table(root: str | Path) -> pd.DataFrame:
         w, h = wh if wh else (0, 0)
         for b, tag in zip(boxes, tags, strict=True):
             area = (b[2] - b[0]) * (b[3] - b[1])
-            rows.append({"image_id": f.stem, "tag": tag, "class": canonical_gc10(tag) or f"unknown:{tag}",
-                         "box_w": b[2] - b[0], "box_h": b[3] - b[1],
-                         "rel_area": area / float(w * h) if w and h else np.nan})
+            rows.append(
+                {
+                    "image_id": f.stem,
+                    "tag": tag,
+                    "class": canonical_gc10(tag) or f"unknown:{tag}",
+                    "box_w": b[2] - b[0],
+                    "box_h": b[3] - b[1],
+                    "rel_area": area / float(w * h) if w and h else np.nan,
+                }
+            )
     return pd.DataFrame(rows)

@@ -6,6 +6,8 @@ import os
 import socket
 from pathlib import Path
 
+from gc10lib.errors import SetupError
+
 KAGGLE_DATASET = "zhangyunsheng/defects-class-and-location"
 MANUAL_STEPS = (
     "Alternatively download the zip by hand from "
@@ -14,7 +16,7 @@ MANUAL_STEPS = (
 )
 
 
-class DownloadError(RuntimeError):
+class DownloadError(SetupError):
     """The download cannot start; the message says what to do."""
 
 
@@ -51,6 +53,7 @@ def download_gc10(out: str | Path, dataset: str = KAGGLE_DATASET) -> Path:
     if reason is not None:
         raise DownloadError(f"Kaggle is not reachable from this machine ({reason}). " + MANUAL_STEPS)
     try:
+        # lazy: optional dependency ([kaggle] extra)
         from kaggle.api.kaggle_api_extended import KaggleApi
     except ImportError as exc:  # pragma: no cover - kaggle is in the [kaggle] and [dev] extras
         raise DownloadError("The kaggle package is not installed: pip install 'gc10lib[kaggle]'.") from exc

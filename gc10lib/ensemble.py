@@ -16,6 +16,7 @@ by one of:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,50 +28,17 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, log_loss
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from gc10lib import data
-from gc10lib.backbones import PACKAGE, ClassNames, ResizeTo, model_classes
+from gc10lib import data, plots
+from gc10lib.backbones import load_model
+from gc10lib.errors import InputError
+from gc10lib.evaluation import compute_metrics
+from gc10lib.inputs import make_dataset
+from gc10lib.layers import EPS, ClassNames, ModelInfo, ResizeTo, SafeLog, WeightedAverage, model_info
+from gc10lib.predict import predict_proba
+from gc10lib.records import ModelRecord, choose_by_validation, find_models, write_step_summary
+from gc10lib.settings import file_size_mb, new_output_dir, save_json
 
 METHODS = ("mean", "weighted", "stack", "select")
-EPS = 1e-7
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class WeightedAverage(keras.layers.Layer):
-    """Fixed convex combination of a list of probability tensors (weights live in the config)."""
-
-    def __init__(self, weights: Sequence[float] = (), **kwargs):
-        super().__init__(**kwargs)
-        self.member_weights = [float(w) for w in weights]
-
-    def call(self, inputs):
-        out = inputs[0] * self.member_weights[0]
-        for x, w in zip(inputs[1:], self.member_weights[1:], strict=True):
-            out = out + x * w
-        return out
-
-    def compute_output_shape(self, input_shape):
-        return input_shape[0]
-
-    def get_config(self):
-        return {**super().get_config(), "weights": list(self.member_weights)}
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class SafeLog(keras.layers.Layer):
-    """``log(clip(p, eps, 1))`` — the stacker's input features."""
-
-    def __init__(self, eps: float = EPS, **kwargs):
-        super().__init__(**kwargs)
-        self.eps = float(eps)
-
-    def call(self, x):
-        return keras.ops.log(keras.ops.clip(x, self.eps, 1.0))
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "eps": self.eps}
 
 
 # --------------------------------------------------------------------------- fitting on validation
@@ -80,7 +48,7 @@ def _stack_features(probas: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.log(np.clip(p, EPS, 1.0)) for p in probas], axis=1)
 
 
-def combine(probas: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+def weighted_sum(probas: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
     """Weighted sum of member probability arrays."""
     return sum(w * p for w, p in zip(weights, probas, strict=True))
 
@@ -92,7 +60,7 @@ def fit_weights(probas: Sequence[np.ndarray], y: np.ndarray) -> np.ndarray:
     def loss(z):
         w = np.exp(z - z.max())
         w /= w.sum()
-        p = np.clip(combine(probas, w), EPS, 1.0)
+        p = np.clip(weighted_sum(probas, w), EPS, 1.0)
         return log_loss(y, p / p.sum(1, keepdims=True), labels=list(range(n_classes)))
 
     res = minimize(loss, np.zeros(k), method="Nelder-Mead" if k <= 3 else "Powell", options={"maxiter": 2000})
@@ -110,8 +78,9 @@ def caruana_select(probas: Sequence[np.ndarray], y: np.ndarray, n_iter: int = 25
         for j in range(k):
             cand = (current * counts.sum() + probas[j]) / (counts.sum() + 1)
             f1 = f1_score(y, cand.argmax(1), average="macro", zero_division=0)
-            ll = log_loss(y, np.clip(cand, EPS, 1) / np.clip(cand, EPS, 1).sum(1, keepdims=True),
-                          labels=list(range(n_classes)))
+            ll = log_loss(
+                y, np.clip(cand, EPS, 1) / np.clip(cand, EPS, 1).sum(1, keepdims=True), labels=list(range(n_classes))
+            )
             key = (f1, -ll)
             if best_key is None or key > best_key:
                 best, best_key = j, key
@@ -155,17 +124,34 @@ def fit_stacker(probas: Sequence[np.ndarray], y: np.ndarray, seed: int = 42, C: 
 # --------------------------------------------------------------------------- building
 
 
-def check_classes(models: Sequence) -> list[str]:
-    """All members must carry the same class list, in the same order."""
+def check_members(models: Sequence) -> ModelInfo:
+    """Members must carry the same class list, in the same order, and the same resize policy.
+
+    Returns the ensemble's own :class:`ModelInfo` (the largest member input size, every backbone).
+    """
     if not models:
-        raise ValueError("an ensemble needs at least one model")
-    lists = [model_classes(m) for m in models]
-    for m, c in zip(models[1:], lists[1:], strict=True):
-        if c != lists[0]:
-            raise ValueError(
-                f"ensemble members disagree on classes: {models[0].name!r} has {lists[0]}, {m.name!r} has {c}"
+        raise InputError("an ensemble needs at least one model")
+    infos = [model_info(m) for m in models]
+    first = infos[0]
+    for m, info in zip(models[1:], infos[1:], strict=True):
+        if info.classes != first.classes:
+            raise InputError(
+                f"ensemble members disagree on classes: {models[0].name!r} has {first.classes}, "
+                f"{m.name!r} has {info.classes}"
             )
-    return lists[0]
+        if info.policy != first.policy:
+            raise InputError(
+                f"ensemble members disagree on the resize policy: {models[0].name!r} uses "
+                f"{first.policy!r}, {m.name!r} uses {info.policy!r}"
+            )
+    sources = sorted({i.weights_source.split(":")[0] for i in infos if i.weights_source})
+    return ModelInfo(
+        first.classes,
+        max(i.input_size for i in infos),
+        first.policy,
+        [b for i in infos for b in i.backbones],
+        ",".join(sources) or None,
+    )
 
 
 def branch_outputs(models: Sequence, input_size: int | None = None):
@@ -173,7 +159,7 @@ def branch_outputs(models: Sequence, input_size: int | None = None):
 
     Members needing another size than the input share one in-model resize per distinct size.
     """
-    sizes = [int(m.inputs[0].shape[1]) for m in models]
+    sizes = [model_info(m).input_size for m in models]
     size = int(input_size or max(sizes))
     inp = keras.Input((size, size, 3), name="image")
     resized: dict[int, object] = {size: inp}
@@ -188,15 +174,23 @@ def branch_outputs(models: Sequence, input_size: int | None = None):
     return inp, outs
 
 
-def build_ensemble(models: Sequence, method: str = "mean", *, weights: Sequence[float] | None = None,
-                   stacker: dict | None = None, input_size: int | None = None, name: str | None = None):
+def build_ensemble(
+    models: Sequence,
+    method: str = "mean",
+    *,
+    weights: Sequence[float] | None = None,
+    stacker: dict | None = None,
+    input_size: int | None = None,
+    name: str | None = None,
+):
     """One Keras model combining ``models`` (each with its preprocessing inside) by ``method``.
 
     ``weighted``/``select`` need ``weights``; ``stack`` needs ``stacker`` from :func:`fit_stacker`.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown ensemble method {method!r}; expected one of {METHODS}")
-    classes = check_classes(models)
+        raise InputError(f"unknown ensemble method {method!r}; expected one of {METHODS}")
+    info = check_members(models)
+    classes = info.classes
     inp, outs = branch_outputs(models, input_size)
     if len(outs) == 1:
         combined = outs[0]
@@ -204,21 +198,28 @@ def build_ensemble(models: Sequence, method: str = "mean", *, weights: Sequence[
         combined = keras.layers.Average(name="mean")(outs)
     elif method in ("weighted", "select"):
         if weights is None or len(weights) != len(models):
-            raise ValueError(f"method {method!r} needs one weight per member")
+            raise InputError(f"method {method!r} needs one weight per member")
         combined = WeightedAverage(weights, name=method)(outs)
     else:
         if stacker is None:
-            raise ValueError("method 'stack' needs a fitted stacker (fit_stacker); it is never shipped untrained")
+            raise InputError("method 'stack' needs a fitted stacker (fit_stacker); it is never shipped untrained")
         feats = SafeLog(name="log_proba")(keras.layers.Concatenate(name="stack_inputs")(outs))
         dense = keras.layers.Dense(len(classes), activation="softmax", name="stacker", dtype="float32")
         combined = dense(feats)
         dense.set_weights([np.asarray(stacker["coef"], np.float32), np.asarray(stacker["intercept"], np.float32)])
-    out = ClassNames(classes, name="class_names", dtype="float32")(combined)
+    meta = ModelInfo(classes, int(inp.shape[1]), info.policy, info.backbones, info.weights_source, method)
+    out = ClassNames(classes, meta.as_info(), name="class_names", dtype="float32")(combined)
     return keras.Model(inp, out, name=name or f"ensemble_{method}")
 
 
-def fit_and_build(models: Sequence, method: str, val_probas: Sequence[np.ndarray], y_val: np.ndarray,
-                  seed: int = 42, input_size: int | None = None):
+def fit_and_build(
+    models: Sequence,
+    method: str,
+    val_probas: Sequence[np.ndarray],
+    y_val: np.ndarray,
+    seed: int = 42,
+    input_size: int | None = None,
+):
     """Fit ``method`` on validation predictions and build the ensemble; returns ``(model, info)``.
 
     ``info`` holds the fitted weights and, for ``stack``, the honest out-of-fold validation probabilities.
@@ -241,137 +242,147 @@ def fit_and_build(models: Sequence, method: str, val_probas: Sequence[np.ndarray
 # --------------------------------------------------------------------------- a run folder's ensembles
 
 
-def find_members(run_dir: str | Path, kinds: Sequence[str] = ("backbone",)) -> list[dict]:
-    """Per-backbone outputs (``metrics.json`` whose ``kind`` is in ``kinds``: ``backbone``, ``probe``) under ``run_dir``."""
-    import json
-
-    found = []
-    for mf in sorted(Path(run_dir).glob("**/metrics.json")):
-        m = json.loads(mf.read_text())
-        if m.get("kind") in kinds and Path(m.get("model_path", "")).is_file():
-            found.append({**m, "dir": mf.parent})
-    return found
-
-
-def choose_by_validation(table: pd.DataFrame, kind: str = "ensemble", tol: float = 0.005) -> str:
-    """The row of ``kind`` that validation prefers: the highest val macro-F1, where rows within ``tol``
-    of the top tie; ties go to the lowest val log-loss (a small validation split saturates macro-F1
-    and accuracy long before it saturates log-loss). Test columns are never read."""
-    cand = table[table.kind == kind]
-    if cand.empty:
-        raise ValueError(f"no {kind} rows to choose from")
-    top = cand.val_macro_f1.max()
-    tied = cand[cand.val_macro_f1 >= top - tol]
-    return str(tied.sort_values(["val_log_loss", "val_macro_f1"], ascending=[True, False]).iloc[0]["model"])
-
-
-def combine_method(method: str, probas: Sequence[np.ndarray], info: dict) -> np.ndarray:
+def combine(method: str, probas: Sequence[np.ndarray], info: dict) -> np.ndarray:
     """The ensemble's output computed from member probabilities, exactly as the Keras model does."""
     if len(probas) == 1:
         return probas[0]
     if method == "mean":
         return sum(probas) / len(probas)
     if method in ("weighted", "select"):
-        return combine(probas, info["weights"])
+        return weighted_sum(probas, info["weights"])
     z = _stack_features(probas) @ info["stacker"]["coef"] + info["stacker"]["intercept"]
     z = np.exp(z - z.max(1, keepdims=True))
     return z / z.sum(1, keepdims=True)
 
 
-def ensemble_run(run_dir: str | Path, methods: Sequence[str], out_dir: str | Path | None, data_dir: str | Path,
-                 split_csv: str | Path, backbones: Sequence[str] | None = None, seed: int = 42,
-                 batch_size: int = 32, check_n: int = 16, probes: bool = False) -> tuple[pd.DataFrame, dict]:
-    """Build, save and evaluate every ensemble method over a run's backbone models.
+def ensemble_run(
+    run_dir: str | Path,
+    methods: Sequence[str],
+    out_dir: str | Path | None,
+    data_dir: str | Path,
+    split_csv: str | Path,
+    backbones: Sequence[str] | None = None,
+    seed: int = 42,
+    batch_size: int = 32,
+    check_n: int = 16,
+    probes: bool = False,
+) -> tuple[pd.DataFrame, dict]:
+    """The ensemble step: build, save and evaluate every method over a run's backbone models.
 
     Member probabilities on the test split are computed once, through the ensemble's own shared
     input and resize (so decoding and resizing match the shipped model); each method's output is
     then combined exactly as its layer does, and checked against the saved ``.keras`` model on
-    ``check_n`` test images. Writes ``<out>/ensembles/<method>/{ensemble.keras,metrics.json}`` and
-    ``<out>/comparison.{csv,md}``; returns ``(table, {name: test metrics})``. Every backbone's probe
-    (``probe_<backbone>``) is a row of the table; with ``probes=True`` the probes are members too.
+    ``check_n`` test images. Writes ``<out>/ensembles/<method>/{ensemble.keras,metrics.json}``,
+    ``<out>/comparison.{csv,md,png}``, ``per_class_f1.png`` and the step's summary section; returns
+    ``(table, {name: test metrics})``. Every backbone's probe (``probe_<backbone>``) is a row of the
+    table; with ``probes=True`` the probes are members too. The chosen ensemble and single model
+    (on validation) are in ``table.attrs``.
     """
-    import time
-
-    from gc10lib.backbones import load_model
-    from gc10lib.evaluation import compute_metrics
-    from gc10lib.settings import new_output_dir, save_json
-    from gc10lib.training import model_size_mb, predict_proba
-
-    out = new_output_dir(out_dir, prefix="ensemble")
-    found = [m for m in find_members(run_dir, ("backbone", "probe"))
-             if not backbones or m["backbone"] in set(backbones)]
-    members = [m for m in found if probes or m["kind"] == "backbone"]
+    found = [r for r in find_models(run_dir, ("backbone", "probe")) if not backbones or r.backbone in set(backbones)]
+    members = [r for r in found if probes or r.kind == "backbone"]
     if not members:
-        raise ValueError(f"{run_dir}: no per-backbone outputs (metrics.json with a model) found")
+        raise InputError(f"{run_dir}: no per-backbone outputs (metrics.json with a model) found")
+    out = new_output_dir(out_dir, prefix="ensemble")
     man = data.read_split(split_csv, data_root=data_dir)
     va, te = man[man.subset == "val"], man[man.subset == "test"]
     y_val, y_test = va.label.to_numpy(), te.label.to_numpy()
-    val_probas = [np.load(m["dir"] / "proba_val.npy").astype(np.float64) for m in members]
-    models = [load_model(m["model_path"]) for m in members]
-    classes = check_classes(models)
+    val_probas = [r.proba("val") for r in members]
+    models = [load_model(r.path) for r in members]
+    info = check_members(models)
+    classes = info.classes
 
     t0 = time.perf_counter()
     inp, outs = branch_outputs(models)  # the ensemble's own shared input and resizes
     branches = keras.Model(inp, outs)
-    test_probas = branches.predict(_image_batches(te.path, int(inp.shape[1]), batch_size), verbose=0)
+    batches = make_dataset(list(te.path), None, int(inp.shape[1]), policy=info.policy, batch_size=batch_size)
+    test_probas = branches.predict(batches, verbose=0)
     test_probas = [np.asarray(p, np.float64) for p in (test_probas if len(models) > 1 else [test_probas])]
     members_s = time.perf_counter() - t0
 
-    shown = members + [m for m in found if m not in members]
-    results: dict[str, dict] = {m["name"]: m["test"] for m in shown}
-    rows = [_row(m) for m in shown]
+    shown = members + [r for r in found if r not in members]
+    results: dict[str, dict] = {r.name: r.test for r in shown}
+    rows = [r.row() for r in shown]
     for method in methods:
         t0 = time.perf_counter()
-        model, info = fit_and_build(models, method, val_probas, y_val, seed=seed)
+        model, fitted = fit_and_build(models, method, val_probas, y_val, seed=seed)
         if method == "stack":
             dense = model.get_layer("stacker")
-            info["stacker"] = {"coef": dense.get_weights()[0], "intercept": dense.get_weights()[1]}
+            fitted["stacker"] = {"coef": dense.get_weights()[0], "intercept": dense.get_weights()[1]}
         d = out / "ensembles" / method
         d.mkdir(parents=True)
         path = d / "ensemble.keras"
         model.save(path)
-        proba = combine_method(method, test_probas, info)
+        proba = combine(method, test_probas, fitted)
         n = min(check_n, len(te)) if method == methods[0] else 0
         if n:  # the saved file reproduces the table's numbers (checked once per run: loading is slow)
-            reloaded = predict_proba(load_model(path), te.path[:n], batch_size=batch_size)
+            reloaded = predict_proba(load_model(path), list(te.path[:n]), batch_size=batch_size)
             gap = float(np.abs(reloaded - proba[:n]).max())
             if gap > 1e-4:
                 raise RuntimeError(f"{path}: reloaded ensemble differs from its evaluation by {gap:.2e}")
-        val_combined = info.get("oof_val_proba")
+        val_combined = fitted.get("oof_val_proba")
         if val_combined is None:
-            val_combined = combine_method(method, val_probas, info)
-        metrics = {"name": f"ensemble_{method}", "kind": "ensemble", "method": method,
-                   "members": [m["name"] for m in members], "img_size": int(model.inputs[0].shape[1]),
-                   "weights_source": ",".join(sorted({m["weights_source"].split(":")[0] for m in members})),
-                   "model_path": str(path), "model_size_mb": model_size_mb(path), "seed": seed, "classes": classes,
-                   "fitted": {"weights": info.get("weights")},
-                   "val": compute_metrics(y_val, val_combined, classes, seed=seed),
-                   "val_is_out_of_fold": method == "stack" and info.get("oof_val_proba") is not None,
-                   "test": compute_metrics(y_test, proba, classes, seed=seed),
-                   "timings": {"total_s": round(time.perf_counter() - t0 + members_s, 2)}}
+            val_combined = combine(method, val_probas, fitted)
+        metrics = {
+            "name": f"ensemble_{method}",
+            "kind": "ensemble",
+            "method": method,
+            "members": [r.name for r in members],
+            "img_size": int(inp.shape[1]),
+            "policy": info.policy,
+            "weights_source": info.weights_source,
+            "model_path": str(path),
+            "model_size_mb": file_size_mb(path),
+            "seed": seed,
+            "classes": classes,
+            "fitted": {"weights": fitted.get("weights")},
+            "val": compute_metrics(y_val, val_combined, classes, seed=seed),
+            "val_is_out_of_fold": method == "stack" and fitted.get("oof_val_proba") is not None,
+            "test": compute_metrics(y_test, proba, classes, seed=seed),
+            "timings": {"total_s": round(time.perf_counter() - t0 + members_s, 2)},
+        }
         np.save(d / "proba_test.npy", proba.astype(np.float32))
         save_json(metrics, d / "metrics.json")
         results[metrics["name"]] = metrics["test"]
-        rows.append(_row(metrics))
+        rows.append(ModelRecord(metrics["name"], "ensemble", path, d, metrics).row())
     table = pd.DataFrame(rows)
-    table.to_csv(out / "comparison.csv", index=False)
-    (out / "comparison.md").write_text(table.to_markdown(index=False, floatfmt=".4f") + "\n")
-    table.attrs["out_dir"] = str(out)
+    _write_outputs(table, results, out)
     return table, results
 
 
-def _row(m: dict) -> dict:
-    """A comparison-table row: accuracy, balanced accuracy and macro-F1 side by side, val and test."""
-    row = {"model": m["name"], "kind": m["kind"], "img_size": m["img_size"]}
-    for part in ("test", "val"):
-        for k in ("accuracy", "balanced_accuracy", "macro_f1"):
-            row[f"{part}_{k}"] = m[part][k]
-    row["val_log_loss"] = m["val"].get("log_loss")
-    row["size_mb"] = m["model_size_mb"]
-    return row
+def _write_outputs(table: pd.DataFrame, results: dict, out: Path) -> None:
+    """Comparison table and plots, and the step's summary section (choices made on validation)."""
+    table.to_csv(out / "comparison.csv", index=False)
+    markdown = table.to_markdown(index=False, floatfmt=".4f")
+    (out / "comparison.md").write_text(markdown + "\n")
+    best_single = choose_by_validation(table, "backbone") if (table.kind == "backbone").any() else None
+    best_ens = choose_by_validation(table, "ensemble") if (table.kind == "ensemble").any() else None
+    table.attrs.update(out_dir=str(out), best_single=best_single, best_ensemble=best_ens)
+    fig = plots.comparison_bars(table)
+    fig.savefig(out / "comparison.png", dpi=100)
+    shown = {k: results[k] for k in (best_single, best_ens) if k}
+    if shown:
+        fig = plots.per_class_f1(shown)
+        fig.savefig(out / "per_class_f1.png", dpi=100)
+    plots.close_all()
+    write_step_summary(
+        out,
+        "Ensembles vs single backbones (test split)",
+        markdown,
+        best_single=best_single,
+        best_ensemble=best_ens,
+        chosen_on="validation",
+    )
 
 
-def _image_batches(paths, size: int, batch_size: int):
-    from gc10lib.inputs import make_dataset
-
-    return make_dataset(list(paths), None, size, batch_size=batch_size)
+__all__ = [
+    "METHODS",
+    "build_ensemble",
+    "caruana_select",
+    "check_members",
+    "combine",
+    "ensemble_run",
+    "fit_and_build",
+    "fit_stacker",
+    "fit_weights",
+    "weighted_sum",
+]

@@ -14,6 +14,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from gc10lib.errors import InputError
+
 
 def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, n_bins: int = 15) -> tuple[float, dict]:
     """ECE with equal-width confidence bins; also returns the bins for a reliability diagram."""
@@ -37,8 +39,9 @@ def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, n_bins: in
     return float(ece), bins
 
 
-def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, n_boot: int = 1000, seed: int = 0,
-                 labels: Sequence[int] | None = None) -> dict:
+def bootstrap_ci(
+    y_true: np.ndarray, y_pred: np.ndarray, n_boot: int = 1000, seed: int = 0, labels: Sequence[int] | None = None
+) -> dict:
     """Percentile 95% intervals for accuracy and macro-F1 by resampling images."""
     rng = np.random.default_rng(seed)
     n = len(y_true)
@@ -47,12 +50,15 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, n_boot: int = 1000, see
         s = rng.integers(0, n, n)
         accs[i] = np.mean(y_true[s] == y_pred[s])
         f1s[i] = f1_score(y_true[s], y_pred[s], average="macro", labels=labels, zero_division=0)
-    return {"accuracy": [float(np.percentile(accs, 2.5)), float(np.percentile(accs, 97.5))],
-            "macro_f1": [float(np.percentile(f1s, 2.5)), float(np.percentile(f1s, 97.5))]}
+    return {
+        "accuracy": [float(np.percentile(accs, 2.5)), float(np.percentile(accs, 97.5))],
+        "macro_f1": [float(np.percentile(f1s, 2.5)), float(np.percentile(f1s, 97.5))],
+    }
 
 
-def compute_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Sequence[str], *, n_boot: int = 500,
-                    seed: int = 0) -> dict:
+def compute_metrics(
+    y_true: Sequence[int], proba: np.ndarray, classes: Sequence[str], *, n_boot: int = 500, seed: int = 0
+) -> dict:
     """Accuracy, balanced accuracy, macro-F1, top-2, per-class P/R/F1/support, confusion matrix
     (counts), ECE with reliability bins, log-loss and bootstrap 95% intervals.
 
@@ -62,9 +68,9 @@ def compute_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Sequence[
     y_true = np.asarray(y_true, dtype=int)
     proba = np.asarray(proba, dtype=float)
     if proba.ndim != 2 or proba.shape[0] != len(y_true):
-        raise ValueError(f"proba has shape {proba.shape}, expected ({len(y_true)}, n_classes)")
+        raise InputError(f"proba has shape {proba.shape}, expected ({len(y_true)}, n_classes)")
     if proba.shape[1] != len(classes):
-        raise ValueError(f"proba has {proba.shape[1]} columns but {len(classes)} class names were given")
+        raise InputError(f"proba has {proba.shape[1]} columns but {len(classes)} class names were given")
     y_pred = proba.argmax(axis=1)
     present = sorted(set(y_true.tolist()))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=list(range(len(classes))), zero_division=0)
@@ -80,8 +86,10 @@ def compute_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Sequence[
         "log_loss": float(log_loss(y_true, clipped / clipped.sum(1, keepdims=True), labels=list(range(len(classes))))),
         "ece": ece,
         "reliability": bins,
-        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                      for i, c in enumerate(classes)},
+        "per_class": {
+            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, c in enumerate(classes)
+        },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=list(range(len(classes)))).tolist(),
         "classes": list(classes),
         "ci95": bootstrap_ci(y_true, y_pred, n_boot=n_boot, seed=seed, labels=present) if n_boot else None,

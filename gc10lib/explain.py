@@ -15,10 +15,19 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
-from gc10lib.inputs import resize_geometry
+from gc10lib import data, plots
+from gc10lib.backbones import REGISTRY, load_model
+from gc10lib.errors import InputError
+from gc10lib.inputs import ImageCache, resize_geometry
+from gc10lib.layers import model_info, model_input_size
+from gc10lib.predict import labelled_subset
+from gc10lib.records import pick_models, write_step_summary
+from gc10lib.settings import new_output_dir
 
 Box = Sequence[float]
 
@@ -48,8 +57,9 @@ def pointing_hit(cam: np.ndarray, boxes: Sequence[Box], tolerance: float = 15.0)
         return False
     y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
     cx, cy = x + 0.5, y + 0.5  # pixel centre
-    return any(x0 - tolerance <= cx <= x1 + tolerance and y0 - tolerance <= cy <= y1 + tolerance
-               for x0, y0, x1, y1 in boxes)
+    return any(
+        x0 - tolerance <= cx <= x1 + tolerance and y0 - tolerance <= cy <= y1 + tolerance for x0, y0, x1, y1 in boxes
+    )
 
 
 def energy_in_boxes(cam: np.ndarray, boxes: Sequence[Box]) -> float | None:
@@ -65,8 +75,6 @@ def energy_in_boxes(cam: np.ndarray, boxes: Sequence[Box]) -> float | None:
 
 
 def _resize(a: np.ndarray, h: int, w: int) -> np.ndarray:
-    import tensorflow as tf
-
     return tf.image.resize(a[..., None].astype(np.float32), (h, w), method="bilinear").numpy()[..., 0]
 
 
@@ -75,7 +83,7 @@ def cam_to_original(cam: np.ndarray, width: int, height: int, policy: str = "str
     size = cam.shape[0]
     g = resize_geometry(width, height, size, policy)
     x0, y0, x1, y1 = g.to_input((0, 0, width, height))
-    crop = cam[int(round(y0)):int(round(y1)), int(round(x0)):int(round(x1))]
+    crop = cam[int(round(y0)) : int(round(y1)), int(round(x0)) : int(round(x1))]
     return _resize(crop, height, width)
 
 
@@ -87,26 +95,22 @@ def _branches(model) -> list:
     names = {layer.name for layer in model.layers}
     if "backbone" in names:
         return [model]
-    found = [layer for layer in model.layers if hasattr(layer, "layers") and
-             "backbone" in {sub.name for sub in layer.layers}]
+    found = [
+        layer for layer in model.layers if hasattr(layer, "layers") and "backbone" in {sub.name for sub in layer.layers}
+    ]
     if not found:
-        raise ValueError(f"model {model.name!r} has no gc10lib classifier inside (no 'backbone' layer)")
+        raise InputError(f"model {model.name!r} has no gc10lib classifier inside (no 'backbone' layer)")
     return found
 
 
 def _spec_of(classifier):
-    from gc10lib.backbones import REGISTRY
-
-    name = classifier.name.removeprefix("gc10_")
-    name = name.split("_", 1)[1] if name.startswith("branch") else name
-    return REGISTRY.get(name)
+    backbones = model_info(classifier).backbones
+    return REGISTRY.get(backbones[0]) if backbones else None
 
 
 @lru_cache(maxsize=8)
 def _feature_model(classifier):
     """Backbone input -> (CAM feature map, backbone output); built once per classifier, not per batch."""
-    import keras
-
     spec = _spec_of(classifier)
     backbone = classifier.get_layer("backbone")
     layer = spec.cam_layer if spec is not None else None
@@ -122,8 +126,6 @@ def gradcam(classifier, images: np.ndarray, targets: Sequence[int]) -> tuple[np.
     evidence is positive) and the class probabilities ``(n, n_classes)``. The class score is the
     pre-softmax logit.
     """
-    import tensorflow as tf
-
     feats, layer = _feature_model(classifier)
     head = classifier.get_layer("head")
     norm, dense = head.get_layer("feature_norm"), head.get_layer("logits")
@@ -145,23 +147,25 @@ def gradcam(classifier, images: np.ndarray, targets: Sequence[int]) -> tuple[np.
     return np.clip(up, 0.0, 1.0), tf.nn.softmax(logits).numpy()
 
 
-def model_cams(model, images: np.ndarray, targets: Sequence[int], sizes: Sequence[tuple[int, int]],
-               policy: str = "stretch") -> list[np.ndarray]:
+def model_cams(
+    model, images: np.ndarray, targets: Sequence[int], sizes: Sequence[tuple[int, int]], policy: str = "stretch"
+) -> list[np.ndarray]:
     """CAMs of a classifier or ensemble on the original images (each ``(height, width)`` in [0, 1]).
 
     ``images`` are at the model's input size, made from originals of ``sizes`` (``(width, height)``)
     with ``policy``.
     """
-    import tensorflow as tf
-
     branches = _branches(model)
     targets = np.asarray(targets)
     maps: list[list[np.ndarray]] = [[] for _ in images]
     weights = np.zeros((len(images), len(branches)))
     for j, branch in enumerate(branches):
-        s = int(branch.inputs[0].shape[1])
-        x = images if s == images.shape[1] else \
-            tf.image.resize(np.asarray(images, np.float32), (s, s), antialias=True).numpy()
+        s = model_input_size(branch)
+        x = (
+            images
+            if s == images.shape[1]
+            else tf.image.resize(np.asarray(images, np.float32), (s, s), antialias=True).numpy()
+        )
         cams, proba = gradcam(branch, x, targets)
         weights[:, j] = proba[np.arange(len(images)), targets]
         for i, cam in enumerate(cams):
@@ -184,42 +188,53 @@ def true_class_boxes(row) -> list[Box]:
     return [b for b, c in zip(row["boxes"], row["box_classes"], strict=True) if c == row["class"]]
 
 
-def explain_split(model_path: str | Path, data_dir: str | Path, split_csv: str | Path | None, *,
-                  subset: str = "test", per_class: int | None = None, policy: str = "stretch", target: str = "true",
-                  tolerance: float = 15.0, seed: int = 0, batch_size: int = 8,
-                  keep_cams: int = 0) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """Localisation scores of a model on one split subset, one row per image.
+def explain_split(
+    model_path: str | Path,
+    data_dir: str | Path,
+    split_csv: str | Path | None,
+    *,
+    subset: str = "test",
+    per_class: int | None = None,
+    policy: str | None = None,
+    target: str = "true",
+    tolerance: float = 15.0,
+    seed: int = 0,
+    batch_size: int = 8,
+    keep_cams: int = 0,
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Localization scores of a model on one split subset, one row per image.
 
     Rows: path, class, predicted, correct, n_boxes (of the true class), hit (pointing game, NA
     without boxes), energy (NA without boxes). ``target``: CAM of the ``true`` or ``predicted``
     class. ``keep_cams`` > 0 also returns up to that many CAMs per (class, correct) pair, by path.
+    ``policy`` overrides the resize policy the model records.
     """
-    from gc10lib import data
-    from gc10lib.backbones import load_model, model_classes
-    from gc10lib.inputs import ImageCache
-    from gc10lib.predict import labelled_subset
-
     if target not in ("true", "predicted"):
-        raise ValueError(f"target must be 'true' or 'predicted', got {target!r}")
+        raise InputError(f"target must be 'true' or 'predicted', got {target!r}")
     model = load_model(model_path)
-    classes = model_classes(model)
+    info = model_info(model)
+    classes, size, policy = info.classes, info.input_size, policy or info.policy
     table, mapping = labelled_subset(data_dir, split_csv, classes, subset)
     if split_csv:  # the manifest has no boxes: take them from the dataset itself
         found = data.discover(data_dir).table
         boxes = found.set_index(found.path.map(str))
-        table = table.assign(boxes=[boxes.at[str(p), "boxes"] if str(p) in boxes.index else [] for p in table.path],
-                             box_classes=[boxes.at[str(p), "box_classes"] if str(p) in boxes.index else []
-                                          for p in table.path],
-                             width=[boxes.at[str(p), "width"] for p in table.path],
-                             height=[boxes.at[str(p), "height"] for p in table.path])
+        table = table.assign(
+            boxes=[boxes.at[str(p), "boxes"] if str(p) in boxes.index else [] for p in table.path],
+            box_classes=[boxes.at[str(p), "box_classes"] if str(p) in boxes.index else [] for p in table.path],
+            width=[boxes.at[str(p), "width"] for p in table.path],
+            height=[boxes.at[str(p), "height"] for p in table.path],
+        )
     if per_class:
-        table = table.groupby("class", group_keys=False).sample(frac=1.0, random_state=seed) \
-            .groupby("class").head(per_class)
-    size = int(model.inputs[0].shape[1])
+        table = (
+            table.groupby("class", group_keys=False)
+            .sample(frac=1.0, random_state=seed)
+            .groupby("class")
+            .head(per_class)
+        )
     cache = ImageCache(size, policy)
     rows, kept, counts = [], {}, {}
     for start in range(0, len(table), batch_size):
-        chunk = table.iloc[start:start + batch_size]
+        chunk = table.iloc[start : start + batch_size]
         images = cache.load(list(chunk.path))
         y = np.array([mapping[int(label)] for label in chunk.label])
         proba = np.asarray(model.predict(images.astype(np.float32), verbose=0))
@@ -230,10 +245,19 @@ def explain_split(model_path: str | Path, data_dir: str | Path, split_csv: str |
         for r, cam, yi, pi in zip(chunk.to_dict("records"), cams, y, pred, strict=True):
             b = true_class_boxes(r)
             hit = pointing_hit(cam, b, tolerance)
-            rows.append({"path": str(r["path"]), "class": classes[yi], "predicted": classes[pi],
-                         "correct": bool(yi == pi), "n_boxes": len(b), "boxes": b, "hit": hit,
-                         "energy": energy_in_boxes(cam, b),
-                         "box_fraction": float(box_mask(cam.shape, b).mean()) if b else None})
+            rows.append(
+                {
+                    "path": str(r["path"]),
+                    "class": classes[yi],
+                    "predicted": classes[pi],
+                    "correct": bool(yi == pi),
+                    "n_boxes": len(b),
+                    "boxes": b,
+                    "hit": hit,
+                    "energy": energy_in_boxes(cam, b),
+                    "box_fraction": float(box_mask(cam.shape, b).mean()) if b else None,
+                }
+            )
             key = (classes[yi], bool(yi == pi))
             if keep_cams and counts.get(key, 0) < keep_cams:
                 counts[key] = counts.get(key, 0) + 1
@@ -241,18 +265,66 @@ def explain_split(model_path: str | Path, data_dir: str | Path, split_csv: str |
     return pd.DataFrame(rows), kept
 
 
-def localisation_summary(per_image: pd.DataFrame) -> pd.DataFrame:
+def localization_summary(per_image: pd.DataFrame) -> pd.DataFrame:
     """Per class and overall: images, images without boxes, pointing-game accuracy, mean energy.
 
     ``box_fraction`` is the mean share of the image inside the boxes: the energy a uniform map gets.
     """
+
     def agg(g: pd.DataFrame) -> dict:
         scored = g[g.n_boxes > 0]
-        return {"images": len(g), "no_boxes": int((g.n_boxes == 0).sum()), "accuracy": float(g.correct.mean()),
-                "pointing": float(scored.hit.astype(float).mean()) if len(scored) else np.nan,
-                "energy": float(scored.energy.astype(float).mean()) if len(scored) else np.nan,
-                "box_fraction": float(scored.box_fraction.astype(float).mean()) if len(scored) else np.nan}
+        return {
+            "images": len(g),
+            "no_boxes": int((g.n_boxes == 0).sum()),
+            "accuracy": float(g.correct.mean()),
+            "pointing": float(scored.hit.astype(float).mean()) if len(scored) else np.nan,
+            "energy": float(scored.energy.astype(float).mean()) if len(scored) else np.nan,
+            "box_fraction": float(scored.box_fraction.astype(float).mean()) if len(scored) else np.nan,
+        }
 
     rows = [{"class": c, **agg(g)} for c, g in per_image.groupby("class", sort=True)]
     rows.append({"class": "overall", **agg(per_image)})
     return pd.DataFrame(rows)
+
+
+def explain_run(
+    run_dir: str | Path,
+    data_dir: str | Path,
+    split_csv: str | Path,
+    out_dir: str | Path | None,
+    models: Sequence[str] = ("best_backbone", "best_ensemble"),
+    *,
+    per_class: int | None = 5,
+    tolerance: float = 15.0,
+    seed: int = 42,
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """The explain step: localization scores of each picked model (names, or ``best_backbone`` /
+    ``best_ensemble`` chosen on validation) on the test split.
+
+    Writes ``localization.csv`` (per class and model), ``localization_<model>.csv`` (per image),
+    ``cam_grid_<model>.png`` and the step's summary section; returns the table and the per-image
+    rows by model.
+    """
+    picked = pick_models(run_dir, models)
+    out = new_output_dir(out_dir, prefix="explain")
+    tables, per_images = [], {}
+    for r in picked:
+        per, cams = explain_split(
+            r.path, data_dir, split_csv, per_class=per_class, tolerance=tolerance, seed=seed, keep_cams=1
+        )
+        per.drop(columns="boxes").to_csv(out / f"localization_{r.name}.csv", index=False)
+        per_images[r.name] = per
+        tables.append(localization_summary(per).assign(model=r.name))
+        fig = plots.cam_grid(per, cams)
+        fig.suptitle(r.name, y=1.0)
+        fig.savefig(out / f"cam_grid_{r.name}.png", dpi=90, bbox_inches="tight")
+        plots.close_all()
+    table = pd.concat(tables, ignore_index=True)[
+        ["model", "class", "images", "no_boxes", "accuracy", "pointing", "energy", "box_fraction"]
+    ]
+    table.to_csv(out / "localization.csv", index=False)
+    write_step_summary(
+        out, "Localization against the boxes (Grad-CAM, test split)", table.to_markdown(index=False, floatfmt=".3f")
+    )
+    table.attrs["out_dir"] = str(out)
+    return table, per_images

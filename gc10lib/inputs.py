@@ -28,13 +28,14 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from gc10lib import settings
+from gc10lib.errors import InputError
 
 POLICIES = ("stretch", "pad")
 PREFETCH = 2  # fixed: AUTOTUNE sometimes left predict/fit idle for seconds on 2-core CPUs
 PARALLEL = 2
 
 
-class ImageReadError(ValueError):
+class ImageReadError(InputError):
     """An image file that cannot be decoded; the message names the file."""
 
 
@@ -66,7 +67,7 @@ def resize_geometry(width: int, height: int, size: int, policy: str = "stretch")
         s = size / max(width, height)
         nw, nh = max(1, round(width * s)), max(1, round(height * s))
         return Geometry(nw / width, nh / height, (size - nw) // 2, (size - nh) // 2, size, size)
-    raise ValueError(f"unknown resize policy {policy!r}; expected one of {POLICIES}")
+    raise InputError(f"unknown resize policy {policy!r}; expected one of {POLICIES}")
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
@@ -87,7 +88,7 @@ def resize_array(img: np.ndarray, size: int, policy: str = "stretch") -> np.ndar
     nw, nh = round(w * g.sx), round(h * g.sy)
     small = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
     out = np.zeros((size, size, 3), np.uint8)
-    out[int(g.oy):int(g.oy) + nh, int(g.ox):int(g.ox) + nw] = small
+    out[int(g.oy) : int(g.oy) + nh, int(g.ox) : int(g.ox) + nw] = small
     return out
 
 
@@ -102,7 +103,7 @@ class ImageCache:
 
     def __init__(self, size: int, policy: str = "stretch", cache_dir: str | Path | None = None):
         if policy not in POLICIES:
-            raise ValueError(f"unknown resize policy {policy!r}; expected one of {POLICIES}")
+            raise InputError(f"unknown resize policy {policy!r}; expected one of {POLICIES}")
         self.size, self.policy = int(size), policy
         self.dir = Path(cache_dir or settings.cache_dir()) / "images" / f"{policy}_{self.size}"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -135,8 +136,11 @@ class ImageCache:
     def load(self, paths: Sequence[str | Path]) -> np.ndarray:
         """All images as one uint8 array ``(n, size, size, 3)``."""
         cached = self.ensure(paths)
-        return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in cached]) if cached else \
-            np.zeros((0, self.size, self.size, 3), np.uint8)
+        return (
+            np.stack([np.asarray(Image.open(p).convert("RGB")) for p in cached])
+            if cached
+            else np.zeros((0, self.size, self.size, 3), np.uint8)
+        )
 
 
 AUG_OPS = ("flip", "shift", "brightness", "contrast")
@@ -152,7 +156,7 @@ def aug_ops(augment) -> tuple[str, ...]:
     ops = (augment,) if isinstance(augment, str) else tuple(augment)
     unknown = sorted(set(ops) - set(AUG_OPS))
     if unknown:
-        raise ValueError(f"unknown augmentation {unknown}; expected True, False or a list of {list(AUG_OPS)}")
+        raise InputError(f"unknown augmentation {unknown}; expected True, False or a list of {list(AUG_OPS)}")
     return tuple(o for o in AUG_OPS if o in ops)
 
 
@@ -161,6 +165,7 @@ def augmenter(seed: int, ops: tuple[str, ...] = AUG_OPS):
 
     Works on float 0..255 images; seeded so that a run is repeatable.
     """
+    # lazy: keras/TensorFlow take seconds to import; data tools and the EDA do not need them
     import keras
 
     layers = {
@@ -190,6 +195,7 @@ def make_dataset(
     Shuffles (seeded) only when ``training``; augments (seeded) only when ``augment`` is set, which
     callers do for the train split alone. Fixed prefetch and parallelism.
     """
+    # lazy: TensorFlow takes seconds to import; data tools and the EDA do not need it
     import tensorflow as tf
 
     cache = cache or ImageCache(size, policy, cache_dir)
@@ -223,6 +229,7 @@ def make_dataset(
 
 def uncached_dataset(paths: Sequence[str | Path], labels: Sequence[int], size: int, batch_size: int = 32):
     """The naive pipeline (decode + resize every epoch), kept for the benchmark only."""
+    # lazy: as in make_dataset
     import tensorflow as tf
 
     def load(f, y):

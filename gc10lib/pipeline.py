@@ -17,19 +17,25 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import os
 import platform
 import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import pandas as pd
+import papermill as pm
 import yaml
 
-if TYPE_CHECKING:
-    import pandas as pd
+from gc10lib import data, synth
+from gc10lib.errors import Gc10Error, NotFoundError
+from gc10lib.records import choose_by_validation, find_models, read_step_summaries
+
+log = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
@@ -40,7 +46,7 @@ CONFIG_DIR = REPO_ROOT / "configs"
 RUNNER_KEYS = {"name", "description", "backbones", "notebooks", "synthetic_per_class", "fractions", "img_sizes"}
 
 
-class PipelineError(RuntimeError):
+class PipelineError(Gc10Error, RuntimeError):
     """A run that cannot start or continue; the message says why."""
 
 
@@ -62,7 +68,7 @@ def load_config(path: str | Path) -> dict:
     if not p.is_file() and (CONFIG_DIR / f"{path}.yaml").is_file():
         p = CONFIG_DIR / f"{path}.yaml"
     if not p.is_file():
-        raise FileNotFoundError(f"{path}: config not found (looked in {CONFIG_DIR} too).")
+        raise NotFoundError(f"{path}: config not found (looked in {CONFIG_DIR} too).")
     cfg = yaml.safe_load(p.read_text()) or {}
     if not isinstance(cfg, dict):
         raise PipelineError(f"{p}: a config must be a YAML mapping of parameter names to values.")
@@ -81,8 +87,6 @@ def parse_value(text: str):
 
 def notebook_parameters(notebook: str | Path) -> dict[str, str]:
     """Names and default source of a notebook's tagged ``parameters`` cell."""
-    import papermill as pm
-
     params = pm.inspect_notebook(str(notebook))
     return {k: v.get("default") for k, v in params.items()}
 
@@ -129,15 +133,21 @@ def plan_steps(cfg: dict, run_dir: Path) -> list[Step]:
                 planned.append((f"{stem}_{bb}", nb, params))
         else:
             planned.append((stem, nb, {}))
-    return [Step(f"{i:02d}_{sid}", nb, p) for i, (sid, nb, p) in enumerate(planned, start=1)]
+    return [Step(f"{nb[:2]}_{sid}" if nb[:2].isdigit() else sid, nb, p) for sid, nb, p in planned]
 
 
 def step_parameters(step: Step, cfg: dict, run_dir: Path) -> dict:
     """Only the parameters the step's notebook declares, from config, run and step."""
     declared = notebook_parameters(NOTEBOOK_DIR / f"{step.notebook}.ipynb")
     values = {k: v for k, v in cfg.items() if k not in RUNNER_KEYS}
-    values.update({"out_dir": str(run_dir / "steps" / step.id), "split_csv": str(run_dir / "split.csv"),
-                   "run_dir": str(run_dir), "data_dir": cfg.get("data_dir")})
+    values.update(
+        {
+            "out_dir": str(run_dir / "steps" / step.id),
+            "split_csv": str(run_dir / "split.csv"),
+            "run_dir": str(run_dir),
+            "data_dir": cfg.get("data_dir"),
+        }
+    )
     values.update(step.params)
     return {k: v for k, v in values.items() if k in declared}
 
@@ -147,15 +157,17 @@ def step_parameters(step: Step, cfg: dict, run_dir: Path) -> dict:
 
 def _git_commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         return None
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {"python": platform.python_version()}
     for pkg in ("gc10lib", "tensorflow", "keras", "numpy", "pandas", "scikit-learn", "papermill", "ai-edge-litert"):
         with contextlib.suppress(PackageNotFoundError):
@@ -164,8 +176,12 @@ def _versions() -> dict[str, str]:
 
 
 def _machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "hostname": platform.node()}
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "hostname": platform.node(),
+    }
 
 
 def choose_run_dir(runs_root: Path, name: str | None, default: str, resume: bool) -> Path:
@@ -178,7 +194,9 @@ def choose_run_dir(runs_root: Path, name: str | None, default: str, resume: bool
                 raise PipelineError(f"{d}: nothing to resume (no run.json).")
             return d
         if d.exists():
-            raise PipelineError(f"{d}: run folder already exists; pass --resume to continue it or choose another --name.")
+            raise PipelineError(
+                f"{d}: run folder already exists; pass --resume to continue it or choose another --name."
+            )
         return d
     if resume:
         raise PipelineError("--resume needs --name of the run to continue.")
@@ -205,8 +223,6 @@ class Run:
 
 def _prepare_data(cfg: dict, run_dir: Path) -> None:
     """Resolve ``data_dir`` (generating synthetic data) and write the run's split manifest."""
-    from gc10lib import data, synth
-
     seed = int(cfg.get("seed", 42))
     root = synth.resolve_data_dir(cfg["data_dir"], per_class=int(cfg.get("synthetic_per_class", 30)), seed=0)
     cfg["data_dir"] = str(root.resolve())
@@ -216,11 +232,10 @@ def _prepare_data(cfg: dict, run_dir: Path) -> None:
     data.write_split(man, run_dir / "split.csv", ds.root, classes=ds.classes, seed=seed, fractions=fractions)
 
 
-def execute_run(cfg: dict, *, name: str | None = None, resume: bool = False, runs_root: str | Path = "runs",
-                echo=print) -> Path:
-    """Run (or resume) a pipeline and return its run folder."""
-    import papermill as pm
-
+def execute_run(
+    cfg: dict, *, name: str | None = None, resume: bool = False, runs_root: str | Path = "runs", echo=log.info
+) -> Path:
+    """Run (or resume) a pipeline and return its run folder; ``echo`` receives the progress lines."""
     runs_root = Path(runs_root).resolve()  # notebooks run with cwd=notebooks/: pass absolute paths
     run_dir = choose_run_dir(runs_root, name, str(cfg.get("name", "run")), resume)
     if resume:
@@ -233,8 +248,16 @@ def execute_run(cfg: dict, *, name: str | None = None, resume: bool = False, run
         (run_dir / "logs").mkdir()
         _prepare_data(cfg, run_dir)
         run = Run(run_dir)
-        run.manifest = {"name": run_dir.name, "config": cfg, "git_commit": _git_commit(), "versions": _versions(),
-                        "machine": _machine(), "seed": cfg.get("seed", 42), "started": time.time(), "steps": {}}
+        run.manifest = {
+            "name": run_dir.name,
+            "config": cfg,
+            "git_commit": _git_commit(),
+            "versions": _versions(),
+            "machine": _machine(),
+            "seed": cfg.get("seed", 42),
+            "started": time.time(),
+            "steps": {},
+        }
         run.save()
     steps = plan_steps(cfg, run_dir)
     if not steps:
@@ -260,18 +283,30 @@ def execute_run(cfg: dict, *, name: str | None = None, resume: bool = False, run
             nb_out = run_dir / f"{step.id}.ipynb"
             eta = ""
             if durations:
-                remaining = sum(1 for s in steps[i - 1:] if run.manifest["steps"].get(s.id, {}).get("status") != "done")
+                remaining = sum(
+                    1 for s in steps[i - 1 :] if run.manifest["steps"].get(s.id, {}).get("status") != "done"
+                )
                 eta = f", about {sum(durations) / len(durations) * remaining / 60:.1f} min left"
-            echo(f"[{i}/{len(steps)}] {step.id} ({step.notebook}) — elapsed {(time.time() - t_start) / 60:.1f} min{eta}")
+            echo(
+                f"[{i}/{len(steps)}] {step.id} ({step.notebook}) — elapsed {(time.time() - t_start) / 60:.1f} min{eta}"
+            )
             rec = {"status": "running", "notebook": str(nb_out), "params": params, "start": time.time()}
             run.manifest["steps"][step.id] = rec
             run.save()
             log = run_dir / "logs" / f"{step.id}.log"
             try:
                 with open(log, "w") as fh:
-                    pm.execute_notebook(str(NOTEBOOK_DIR / f"{step.notebook}.ipynb"), str(nb_out), parameters=params,
-                                        kernel_name="python3", cwd=str(NOTEBOOK_DIR), progress_bar=False,
-                                        stdout_file=fh, stderr_file=fh, log_output=False)
+                    pm.execute_notebook(
+                        str(NOTEBOOK_DIR / f"{step.notebook}.ipynb"),
+                        str(nb_out),
+                        parameters=params,
+                        kernel_name="python3",
+                        cwd=str(NOTEBOOK_DIR),
+                        progress_bar=False,
+                        stdout_file=fh,
+                        stderr_file=fh,
+                        log_output=False,
+                    )
             except pm.PapermillExecutionError as exc:
                 rec.update(status="failed", end=time.time(), error=f"{exc.ename}: {exc.evalue}", cell=exc.exec_count)
                 run.save()
@@ -303,33 +338,19 @@ def execute_run(cfg: dict, *, name: str | None = None, resume: bool = False, run
 
 
 def collect_rows(run_dir: Path) -> list[dict]:
-    """One row per model, probe and ensemble from the steps' ``metrics.json`` files.
+    """One row per model, probe and ensemble of a run (:meth:`ModelRecord.row` with test metrics).
 
     A trained backbone whose validation accuracy or macro-F1 is below its own probe's is flagged in
     ``vs_probe`` (``below: accuracy, macro_f1``); ``ok`` otherwise.
     """
-    steps = run_dir / "steps"
-    files = (sorted(steps.glob("*/metrics.json")) + sorted(steps.glob("*/probe/metrics.json"))
-             + sorted(steps.glob("*/ensembles/*/metrics.json")))
-    metrics = [json.loads(mf.read_text()) | {"_dir": mf.parent} for mf in files]
-    probes = {m.get("backbone"): m for m in metrics if m.get("kind") == "probe"}
+    records = [r for r in find_models(run_dir / "steps") if r.test]
+    probes = {r.backbone: r for r in records if r.kind == "probe"}
     rows = []
-    for m in metrics:
-        if "test" not in m:
-            continue
-        val = m.get("val") or {}
-        row = {
-            "model": m.get("name", m["_dir"].name), "kind": m.get("kind", "backbone"),
-            "img_size": m.get("img_size"), "weights": (m.get("weights_source") or "").split(":")[0],
-            "test_accuracy": m["test"].get("accuracy"), "test_balanced_accuracy": m["test"].get("balanced_accuracy"),
-            "test_macro_f1": m["test"].get("macro_f1"),
-            "val_accuracy": val.get("accuracy"), "val_macro_f1": val.get("macro_f1"),
-            "val_log_loss": val.get("log_loss"), "selected_phase": (m.get("selected") or {}).get("phase"),
-            "size_mb": m.get("model_size_mb"), "train_s": (m.get("timings") or {}).get("total_s"),
-        }
-        probe = probes.get(m.get("backbone")) if m.get("kind", "backbone") == "backbone" else None
+    for r in records:
+        row = r.row()
+        probe = probes.get(r.backbone) if r.kind == "backbone" else None
         if probe is not None:
-            below = [k for k in ("accuracy", "macro_f1") if val.get(k, 0) < (probe.get("val") or {}).get(k, 0) - 1e-9]
+            below = [k for k in ("accuracy", "macro_f1") if r.val.get(k, 0) < probe.val.get(k, 0) - 1e-9]
             row["vs_probe"] = f"below: {', '.join(below)}" if below else "ok"
         rows.append(row)
     return rows
@@ -337,20 +358,22 @@ def collect_rows(run_dir: Path) -> list[dict]:
 
 def write_summary(run_dir: Path) -> dict:
     """Write ``summary.json`` and ``summary.md`` for a run folder."""
-    import pandas as pd
-
     run = Run(run_dir)
     rows = collect_rows(run_dir)
-    extra = {}
-    for f in sorted((run_dir / "steps").glob("*/summary_extra.json")):
-        extra[f.parent.name] = json.loads(f.read_text())
-    summary = {"run": run_dir.name, "config": run.manifest.get("config"),
-               "steps": {k: {kk: v.get(kk) for kk in ("status", "seconds")} for k, v in run.manifest.get("steps", {}).items()},
-               "models": rows, "extra": extra}
+    extra = read_step_summaries(run_dir)
+    summary = {
+        "run": run_dir.name,
+        "config": run.manifest.get("config"),
+        "steps": {k: {kk: v.get(kk) for kk in ("status", "seconds")} for k, v in run.manifest.get("steps", {}).items()},
+        "models": rows,
+        "extra": extra,
+    }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     lines = [f"# Run `{run_dir.name}`", ""]
     cfg = run.manifest.get("config") or {}
-    lines.append(f"Data: `{cfg.get('data_dir')}` · seed {cfg.get('seed')} · commit `{(run.manifest.get('git_commit') or '')[:10]}`")
+    lines.append(
+        f"Data: `{cfg.get('data_dir')}` · seed {cfg.get('seed')} · commit `{(run.manifest.get('git_commit') or '')[:10]}`"
+    )
     lines.append("")
     if rows:
         df = pd.DataFrame(rows)
@@ -375,37 +398,41 @@ def aggregate_runs(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
 
     Reads each run's ``summary.json``; a model missing from some runs is averaged over those that
     have it (``n_runs`` says how many). The validation-chosen ensemble of each run is also
-    aggregated, as ``ensemble_chosen`` (chosen by :func:`gc10lib.ensemble.choose_by_validation`).
+    aggregated, as ``ensemble_chosen`` (chosen by :func:`gc10lib.records.choose_by_validation`).
     """
-    import pandas as pd
-
-    from gc10lib.ensemble import choose_by_validation
-
     frames = []
     for rd in run_dirs:
         f = Path(rd) / "summary.json"
         if not f.is_file():
-            raise FileNotFoundError(f"{rd}: no summary.json (is it a finished gc10 run folder?)")
+            raise NotFoundError(f"{rd}: no summary.json (is it a finished gc10 run folder?)")
         df = pd.DataFrame(json.loads(f.read_text())["models"])
         if (df.kind == "ensemble").any() and "val_log_loss" in df:
             chosen = df[df.model == choose_by_validation(df)].assign(model="ensemble_chosen", kind="chosen")
             df = pd.concat([df, chosen], ignore_index=True)
         frames.append(df.assign(run=Path(rd).name))
     all_rows = pd.concat(frames, ignore_index=True)
-    cols = [c for c in ("test_accuracy", "test_balanced_accuracy", "test_macro_f1", "val_accuracy", "val_macro_f1")
-            if c in all_rows]
+    cols = [
+        c
+        for c in ("test_accuracy", "test_balanced_accuracy", "test_macro_f1", "val_accuracy", "val_macro_f1")
+        if c in all_rows
+    ]
     g = all_rows.groupby(["model", "kind"], sort=False)[cols]
     out = g.mean().add_suffix("_mean").join(g.std(ddof=0).add_suffix("_std")).join(g.size().rename("n_runs"))
     return out.reset_index()
 
 
-def main_run(config: str, overrides: Sequence[tuple[str, str]], name: str | None, resume: bool,
-             runs_root: str = "runs") -> int:
+def main_run(
+    config: str,
+    overrides: Sequence[tuple[str, str]],
+    name: str | None,
+    resume: bool,
+    runs_root: str = "runs",
+    echo=log.info,
+) -> int:
     cfg = {} if resume else apply_overrides(load_config(config), overrides)
     if resume and overrides:
         raise PipelineError("--resume continues a run with its recorded config; -p overrides are not allowed.")
     if not resume and cfg.get("data_dir") and isinstance(cfg["data_dir"], str) and cfg["data_dir"].startswith("$"):
         cfg["data_dir"] = os.environ.get(cfg["data_dir"][1:])
-    execute_run(cfg, name=name, resume=resume, runs_root=runs_root)
+    execute_run(cfg, name=name, resume=resume, runs_root=runs_root, echo=echo)
     return 0
-

@@ -12,6 +12,7 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 
 from gc10lib.data import Dataset, box_table
+from gc10lib.inputs import load_rgb
 
 
 def class_counts(ds: Dataset, ax=None):
@@ -37,8 +38,15 @@ def box_statistics(ds: Dataset):
         sns.countplot(x=nbox["n"], ax=axes[0], color="steelblue")
     axes[0].set(xlabel="boxes per image", ylabel="images", title="Boxes per image")
     if len(bt):
-        sns.boxplot(data=bt, y="class", x="rel_area", ax=axes[1], order=[c for c in ds.classes if c in set(bt["class"])],
-                    color="lightsteelblue", log_scale=True)
+        sns.boxplot(
+            data=bt,
+            y="class",
+            x="rel_area",
+            ax=axes[1],
+            order=[c for c in ds.classes if c in set(bt["class"])],
+            color="lightsteelblue",
+            log_scale=True,
+        )
     axes[1].set(xlabel="box area / image area", ylabel="", title="Relative box area per class")
     fig.tight_layout()
     return fig
@@ -101,30 +109,46 @@ def training_curves(history: str | pd.DataFrame):
     return fig
 
 
-def confusion(metrics: dict, normalise: bool = True):
-    """Confusion matrix (counts and, side by side, row-normalised) from a metrics dict."""
+def confusion(metrics: dict, normalize: bool = True):
+    """Confusion matrix (counts and, side by side, row-normalized) from a metrics dict."""
     cm = np.asarray(metrics["confusion_matrix"], dtype=float)
     classes = metrics["classes"]
     keep = [i for i in range(len(classes)) if cm[i].sum() > 0 or cm[:, i].sum() > 0]
     cm = cm[np.ix_(keep, keep)]
     names = [classes[i] for i in keep]
-    fig, axes = plt.subplots(1, 2 if normalise else 1, figsize=(13 if normalise else 6.5, 5.5), squeeze=False)
-    sns.heatmap(cm, annot=True, fmt=".0f", cmap="Blues", xticklabels=names, yticklabels=names, ax=axes[0, 0], cbar=False)
+    fig, axes = plt.subplots(1, 2 if normalize else 1, figsize=(13 if normalize else 6.5, 5.5), squeeze=False)
+    sns.heatmap(
+        cm, annot=True, fmt=".0f", cmap="Blues", xticklabels=names, yticklabels=names, ax=axes[0, 0], cbar=False
+    )
     axes[0, 0].set(xlabel="predicted", ylabel="true", title="counts")
-    if normalise:
+    if normalize:
         rows = cm.sum(1, keepdims=True)
         norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-        sns.heatmap(norm, annot=True, fmt=".2f", cmap="Blues", vmin=0, vmax=1, xticklabels=names, yticklabels=names,
-                    ax=axes[0, 1], cbar=False)
-        axes[0, 1].set(xlabel="predicted", ylabel="true", title="row-normalised (recall)")
+        sns.heatmap(
+            norm,
+            annot=True,
+            fmt=".2f",
+            cmap="Blues",
+            vmin=0,
+            vmax=1,
+            xticklabels=names,
+            yticklabels=names,
+            ax=axes[0, 1],
+            cbar=False,
+        )
+        axes[0, 1].set(xlabel="predicted", ylabel="true", title="row-normalized (recall)")
     fig.tight_layout()
     return fig
 
 
 def per_class_f1(models: dict[str, dict]):
     """Grouped bars of per-class F1 for several models' metrics dicts."""
-    rows = [{"model": name, "class": c, "f1": v["f1"]} for name, m in models.items()
-            for c, v in m["per_class"].items() if v["support"] > 0]
+    rows = [
+        {"model": name, "class": c, "f1": v["f1"]}
+        for name, m in models.items()
+        for c, v in m["per_class"].items()
+        if v["support"] > 0
+    ]
     df = pd.DataFrame(rows)
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * df["class"].nunique() + 2), 3.8))
     sns.barplot(data=df, x="class", y="f1", hue="model", ax=ax)
@@ -164,17 +188,25 @@ def size_vs_accuracy(table: pd.DataFrame, ax=None):
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 4))
     sns.scatterplot(data=table, x="size_mib", y="accuracy", hue="variant", style="model", s=80, ax=ax)
     for _, r in table.iterrows():
-        ax.annotate(f"{r['latency_ms_b1']:.0f} ms", (r["size_mib"], r["accuracy"]), textcoords="offset points",
-                    xytext=(4, 4), fontsize=7)
+        ax.annotate(
+            f"{r['latency_ms_b1']:.0f} ms",
+            (r["size_mib"], r["accuracy"]),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=7,
+        )
     ax.set_xscale("log")
-    ax.set(xlabel="file size (MiB, log scale)", ylabel="test accuracy", title="Size vs accuracy (labels: ms/img, batch 1)")
+    ax.set(
+        xlabel="file size (MiB, log scale)", ylabel="test accuracy", title="Size vs accuracy (labels: ms/img, batch 1)"
+    )
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
 
 
-def cam_overlay(ax, image: np.ndarray, cam: np.ndarray, boxes: Sequence[Sequence[float]] = (), title: str = "",
-                max_side: int = 512) -> None:
+def cam_overlay(
+    ax, image: np.ndarray, cam: np.ndarray, boxes: Sequence[Sequence[float]] = (), title: str = "", max_side: int = 512
+) -> None:
     """The image, its CAM (jet, half transparent) and the true-class boxes, in original coordinates."""
     h, w = cam.shape
     step = max(1, int(np.ceil(max(h, w) / max_side)))
@@ -189,8 +221,6 @@ def cam_overlay(ax, image: np.ndarray, cam: np.ndarray, boxes: Sequence[Sequence
 
 def cam_grid(per_image: pd.DataFrame, cams: dict, per_side: int = 1):
     """One row per class: correct predictions on the left, incorrect on the right (CAM overlays)."""
-    from gc10lib.inputs import load_rgb
-
     classes = sorted(per_image["class"].unique())
     cols = 2 * per_side
     fig, axes = plt.subplots(len(classes), cols, figsize=(3.2 * cols, 1.9 * len(classes)), squeeze=False)
@@ -205,7 +235,11 @@ def cam_grid(per_image: pd.DataFrame, cams: dict, per_side: int = 1):
                     continue
                 r = rows.iloc[k]
                 hit = "no box" if r.n_boxes == 0 else ("hit" if r.hit else "miss")
-                cam_overlay(ax, load_rgb(r.path), cams[r.path], r.boxes,
-                            f"{cls} -> {r.predicted} ({hit})")
+                cam_overlay(ax, load_rgb(r.path), cams[r.path], r.boxes, f"{cls} -> {r.predicted} ({hit})")
     fig.tight_layout()
     return fig
+
+
+def close_all() -> None:
+    """Close every open figure (after saving them from library code, so notebooks show each once)."""
+    plt.close("all")

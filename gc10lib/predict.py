@@ -1,47 +1,183 @@
-"""Inference on files and datasets for saved models (``.keras``), behind ``gc10 predict``/``evaluate``."""
+"""Inference: one :class:`Predictor` interface for ``.keras`` and ``.tflite`` models, one
+:func:`predict_proba`, and the ``gc10 predict`` / ``gc10 evaluate`` functions built on them.
+
+A predictor knows its class names, input size and resize policy (read from the model itself, or
+from the ``.tflite`` file's sidecar) and maps RGB images at its input size to probabilities.
+"""
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
+import keras
 import numpy as np
 import pandas as pd
 
 from gc10lib import data
+from gc10lib.backbones import load_model
 from gc10lib.data import IMAGE_EXTENSIONS
-from gc10lib.inputs import ImageCache, ImageReadError
+from gc10lib.errors import InputError, NotFoundError, SetupError, SkippedImageWarning
+from gc10lib.evaluation import compute_metrics
+from gc10lib.inputs import ImageCache, ImageReadError, make_dataset
+from gc10lib.layers import LEGACY_POLICY, model_info
+
+CHUNK = 256  # images decoded into memory at a time for array predictors
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """Anything that maps RGB images (0..255, ``input_size`` square) to class probabilities."""
+
+    path: Path | None
+    classes: list[str]
+    input_size: int
+    policy: str
+
+    def __call__(self, images: np.ndarray) -> np.ndarray: ...
 
 
 class KerasPredictor:
-    """A ``.keras`` classifier or ensemble, loaded in safe mode, with its class names."""
+    """A ``.keras`` classifier or ensemble (a path, loaded in safe mode, or a model in memory)."""
 
-    def __init__(self, path: str | Path):
-        from gc10lib.backbones import load_model, model_classes
+    def __init__(self, model, batch_size: int = 32):
+        self.path = Path(model) if isinstance(model, (str, Path)) else None
+        self.model = load_model(model) if self.path is not None else model
+        info = model_info(self.model)
+        self.classes, self.input_size, self.policy = info.classes, info.input_size, info.policy
+        self.info, self.batch_size = info, batch_size
 
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        x = np.asarray(images, np.float32)
+        return np.asarray(self.model.predict(x, batch_size=self.batch_size, verbose=0), np.float64)
+
+
+def sidecar(path: str | Path) -> Path:
+    """The JSON file next to a ``.tflite`` that carries its class names, size and policy."""
+    return Path(str(path) + ".json")
+
+
+class LiteRTPredictor:
+    """Runs a ``.tflite`` classifier with the LiteRT interpreter (``ai-edge-litert``)."""
+
+    def __init__(self, path: str | Path, num_threads: int | None = None, batch_size: int = 1):
         self.path = Path(path)
-        self.model = load_model(self.path)
-        self.classes = model_classes(self.model)
-        self.input_size = int(self.model.inputs[0].shape[1])
+        meta_path = sidecar(self.path)
+        if not meta_path.is_file():
+            raise InputError(f"{self.path}: no {meta_path.name} beside it; not a gc10lib export (class names unknown).")
+        try:
+            # lazy: optional dependency ([litert] extra)
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as exc:  # pragma: no cover - in the [litert] and [dev] extras
+            raise SetupError("reading .tflite files needs ai-edge-litert: pip install 'gc10lib[litert]'") from exc
+        try:
+            self.interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise InputError(f"{self.path}: not a valid LiteRT model ({exc})") from exc
+        meta = json.loads(meta_path.read_text())
+        self.classes = list(meta["classes"])
+        self.variant = meta.get("variant")
+        self.policy = meta.get("policy") or LEGACY_POLICY
+        self.batch_size = batch_size
+        self.inp = self.interpreter.get_input_details()[0]
+        self.out = self.interpreter.get_output_details()[0]
+        shape = list(self.inp["shape"])
+        if len(shape) != 4 or shape[3] != 3 or int(self.out["shape"][-1]) != len(self.classes):
+            raise InputError(
+                f"{self.path}: input {shape} / output {list(self.out['shape'])} do not match a "
+                f"{len(self.classes)}-class image classifier"
+            )
+        self.input_size = int(shape[1])
 
-    def predict_array(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """Probabilities for uint8/float RGB images already at ``input_size``."""
-        return np.asarray(self.model.predict(np.asarray(images, np.float32), batch_size=batch_size, verbose=0), np.float64)
+    def _quantize(self, x: np.ndarray) -> np.ndarray:
+        dtype = self.inp["dtype"]
+        if dtype == np.float32:
+            return x.astype(np.float32)
+        scale, zero = self.inp["quantization"]
+        info = np.iinfo(dtype)
+        return np.clip(np.round(x / (scale or 1.0) + zero), info.min, info.max).astype(dtype)
+
+    def __call__(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """Probabilities for RGB images (0..255) at ``input_size``, one invoke per batch."""
+        images = np.asarray(images, np.float32)
+        batch_size = batch_size or self.batch_size
+        out = []
+        for i in range(0, len(images), batch_size):
+            batch = images[i : i + batch_size]
+            if list(self.inp["shape"])[0] != len(batch):
+                self.interpreter.resize_tensor_input(self.inp["index"], [len(batch), *batch.shape[1:]])
+                self.interpreter.allocate_tensors()
+                self.inp = self.interpreter.get_input_details()[0]
+                self.out = self.interpreter.get_output_details()[0]
+            self.interpreter.set_tensor(self.inp["index"], self._quantize(batch))
+            self.interpreter.invoke()
+            res = self.interpreter.get_tensor(self.out["index"]).astype(np.float64)
+            if self.out["dtype"] != np.float32:
+                scale, zero = self.out["quantization"]
+                res = (res - zero) * scale
+            out.append(res)
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
 
 
-def load_predictor(path: str | Path):
+def load_predictor(path: str | Path) -> Predictor:
     """A predictor for a model file, chosen by its suffix."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: model file not found.")
+        raise NotFoundError(f"{p}: model file not found.")
     if p.suffix == ".keras":
         return KerasPredictor(p)
     if p.suffix == ".tflite":
-        from gc10lib.export import LiteRTPredictor
-
         return LiteRTPredictor(p)
-    raise ValueError(f"{p}: unsupported model file; expected .keras or .tflite")
+    raise InputError(f"{p}: unsupported model file; expected .keras or .tflite")
+
+
+def as_predictor(model) -> Predictor:
+    """A predictor for a Keras model, a model file or an existing predictor."""
+    if isinstance(model, keras.Model):
+        return KerasPredictor(model)
+    if isinstance(model, (str, Path)):
+        return load_predictor(model)
+    return model
+
+
+def predict_proba(model, images, *, policy: str | None = None, batch_size: int = 32) -> np.ndarray:
+    """Class probabilities of a model (Keras model, model file or :class:`Predictor`).
+
+    ``images``: an array of RGB images at the model's input size, or image file paths (resized
+    through the image cache with ``policy``, by default the one the model records).
+    """
+    pred = as_predictor(model)
+    if isinstance(images, np.ndarray):
+        return pred(images)
+    paths = list(images)
+    policy = policy or pred.policy
+    if not paths:
+        return np.zeros((0, len(pred.classes)))
+    if isinstance(pred, KerasPredictor):  # streamed: a whole split never sits in memory
+        ds = make_dataset(paths, None, pred.input_size, policy=policy, batch_size=batch_size)
+        return np.asarray(pred.model.predict(ds, verbose=0), np.float64).reshape(len(paths), len(pred.classes))
+    cache = ImageCache(pred.input_size, policy)
+    parts = [pred(cache.load(paths[i : i + CHUNK])) for i in range(0, len(paths), CHUNK)]
+    return np.concatenate(parts) if parts else np.zeros((0, len(pred.classes)))
+
+
+def readable(files: Sequence[str | Path], size: int, policy: str) -> list[Path]:
+    """The files that decode (cached at ``size``/``policy``); the others are left out with a
+    :class:`~gc10lib.errors.SkippedImageWarning` naming each one."""
+    cache = ImageCache(size, policy)
+    ok = []
+    for f in map(Path, files):
+        try:
+            cache.ensure_one(f)
+        except ImageReadError as exc:
+            warnings.warn(f"skipped {f}: {exc}", SkippedImageWarning, stacklevel=2)
+            continue
+        ok.append(f)
+    return ok
 
 
 def collect_images(paths: Sequence[str | Path]) -> list[Path]:
@@ -53,36 +189,18 @@ def collect_images(paths: Sequence[str | Path]) -> list[Path]:
         elif p.is_file():
             out.append(p)
         else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
+            raise NotFoundError(f"{p}: no such file or folder")
     return out
 
 
-def predict_probabilities(predictor, files: Sequence[str | Path], policy: str = "stretch",
-                          batch_size: int = 32) -> tuple[np.ndarray, list[Path]]:
-    """Probabilities for readable files; unreadable ones are skipped with a warning naming them."""
-    from PIL import Image
-
-    cache = ImageCache(predictor.input_size, policy)
-    arrays, ok = [], []
-    for f in map(Path, files):
-        try:
-            cached = cache.ensure_one(f)
-        except ImageReadError as exc:
-            warnings.warn(f"skipped {f}: {exc}", stacklevel=2)
-            continue
-        arrays.append(np.asarray(Image.open(cached).convert("RGB")))
-        ok.append(f)
-    if not ok:
-        return np.zeros((0, len(predictor.classes))), []
-    probs = [predictor.predict_array(np.stack(arrays[i:i + 256]), batch_size) for i in range(0, len(arrays), 256)]
-    return np.concatenate(probs), ok
-
-
-def predict_files(model_path: str | Path, paths: Sequence[str | Path], top_k: int = 3, policy: str = "stretch") -> pd.DataFrame:
-    """One row per readable image: the top-k classes and probabilities."""
+def predict_files(
+    model_path: str | Path, paths: Sequence[str | Path], top_k: int = 3, policy: str | None = None
+) -> pd.DataFrame:
+    """One row per readable image: the top-k classes and probabilities (``policy``: the model's)."""
     pred = load_predictor(model_path)
-    files = collect_images(paths)
-    proba, ok = predict_probabilities(pred, files, policy)
+    policy = policy or pred.policy
+    ok = readable(collect_images(paths), pred.input_size, policy)
+    proba = predict_proba(pred, ok, policy=policy)
     k = max(1, min(top_k, len(pred.classes)))
     rows = []
     for f, p in zip(ok, proba, strict=True):
@@ -99,45 +217,57 @@ def map_labels(dataset_classes: Sequence[str], model_classes: Sequence[str], pre
     """Dataset label index -> model label index, by class name; unknown present classes are an error."""
     unknown = [c for c in present if c not in model_classes]
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"class folder(s) {unknown} are not among the model's classes {list(model_classes)}; "
             "this model cannot be evaluated on them."
         )
     return {i: list(model_classes).index(c) for i, c in enumerate(dataset_classes) if c in model_classes}
 
 
-def labelled_subset(data_dir: str | Path, split_csv: str | Path | None, model_classes: Sequence[str],
-                    subset: str = "test") -> tuple[pd.DataFrame, dict[int, int]]:
+def labelled_subset(
+    data_dir: str | Path, split_csv: str | Path | None, model_classes: Sequence[str], subset: str = "test"
+) -> tuple[pd.DataFrame, dict[int, int]]:
     """The rows of one split subset (or the whole dataset) and their label mapping to ``model_classes``."""
     if split_csv:
         man = data.read_split(split_csv, data_root=data_dir)
         if subset not in data.SUBSETS:
-            raise ValueError(f"subset must be one of {data.SUBSETS}, got {subset!r}")
+            raise InputError(f"subset must be one of {data.SUBSETS}, got {subset!r}")
         table = man[man.subset == subset]
         ds_classes = data.split_classes(split_csv) or sorted(table["class"].unique())
     else:
         ds = data.discover(data_dir)
         table, ds_classes = ds.table, ds.classes
     if table.empty:
-        raise ValueError(f"{split_csv or data_dir}: no images in subset {subset!r}")
+        raise InputError(f"{split_csv or data_dir}: no images in subset {subset!r}")
     return table, map_labels(ds_classes, model_classes, sorted(set(table["class"])))
 
 
-def evaluate_model(model_path: str | Path, data_dir: str | Path, split_csv: str | Path | None = None,
-                   subset: str = "test", policy: str = "stretch", n_boot: int = 500) -> dict:
+def evaluate_model(
+    model_path: str | Path,
+    data_dir: str | Path,
+    split_csv: str | Path | None = None,
+    subset: str = "test",
+    policy: str | None = None,
+    n_boot: int = 500,
+) -> dict:
     """Metrics of a saved model on a dataset (all of it, or one subset of a split manifest).
 
     Works when the dataset holds only some of the model's classes; a class the model does not
-    know is an error.
+    know is an error. ``policy`` overrides the resize policy the model records.
     """
-    from gc10lib.evaluation import compute_metrics
-
     pred = load_predictor(model_path)
+    policy = policy or pred.policy
     table, mapping = labelled_subset(data_dir, split_csv, pred.classes, subset)
-    proba, ok = predict_probabilities(pred, list(table.path), policy)
+    ok = readable(list(table.path), pred.input_size, policy)
+    proba = predict_proba(pred, ok, policy=policy)
     kept = table.set_index(table.path.map(str)).loc[[str(p) for p in ok]]
     y = np.array([mapping[int(label)] for label in kept.label])
     m = compute_metrics(y, proba, pred.classes, n_boot=n_boot)
-    m.update(model=str(model_path), data=str(data_dir), subset=subset if split_csv else "all",
-             n_skipped=len(table) - len(ok))
+    m.update(
+        model=str(model_path),
+        data=str(data_dir),
+        subset=subset if split_csv else "all",
+        policy=policy,
+        n_skipped=len(table) - len(ok),
+    )
     return m

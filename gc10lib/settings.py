@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
+
+import numpy as np
+
+from gc10lib.errors import OutputExistsError
 
 
 def cache_dir() -> Path:
@@ -23,22 +29,17 @@ def new_output_dir(path: str | Path | None, prefix: str = "run") -> Path:
     ``None`` gives ``runs/<prefix>-<timestamp>``. An existing, non-empty folder is an error, so a
     previous run's results are never overwritten.
     """
-    import time
-
     if path is None or str(path) == "":
         path = Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = Path(path).expanduser()
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise FileExistsError(f"{path}: output folder already holds results; choose a new out_dir.")
+        raise OutputExistsError(f"{path}: output folder already holds results; choose a new out_dir.")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def save_json(obj: object, path: str | Path) -> Path:
     """Write ``obj`` as indented JSON (numpy scalars and paths converted)."""
-    import json
-
-    import numpy as np
 
     def default(o):
         if isinstance(o, np.generic):
@@ -50,3 +51,8 @@ def save_json(obj: object, path: str | Path) -> Path:
     path = Path(path)
     path.write_text(json.dumps(obj, indent=2, default=default))
     return path
+
+
+def file_size_mb(path: str | Path) -> float:
+    """A file's size in MiB, rounded to 3 decimals."""
+    return round(Path(path).stat().st_size / 2**20, 3)

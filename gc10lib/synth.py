@@ -9,6 +9,7 @@ written as a Pascal-VOC XML using the real pinyin tags. It is the embedded defau
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from gc10lib.classes import GC10_CLASSES, GC10_TAGS
+from gc10lib.errors import OutputExistsError
 from gc10lib.settings import cache_dir
 
 Box = tuple[int, int, int, int]
@@ -114,7 +116,7 @@ def _rolled_pit(img, rng):
     for i in range(3):
         for j in range(2):
             x, y = int(x0 + 14 * i), int(y0 + 12 * j)
-            img[y:y + 5, x:x + 5] = 235
+            img[y : y + 5, x : x + 5] = 235
     return _clip_box(x0, y0, x0 + 33, y0 + 17, w, h)
 
 
@@ -173,8 +175,13 @@ def _voc_xml(filename: str, folder: str, w: int, h: int, tag: str, box: Box) -> 
     )
 
 
-def make_synthetic(out: str | Path, per_class: int = 30, seed: int = 0,
-                   size: tuple[int, int] = (WIDTH, HEIGHT), overwrite: bool = False) -> Path:
+def make_synthetic(
+    out: str | Path,
+    per_class: int = 30,
+    seed: int = 0,
+    size: tuple[int, int] = (WIDTH, HEIGHT),
+    overwrite: bool = False,
+) -> Path:
     """Write a synthetic dataset in the Kaggle layout to ``out`` and return it.
 
     Refuses to write into a non-empty folder unless ``overwrite`` is set (and even then only
@@ -182,7 +189,7 @@ def make_synthetic(out: str | Path, per_class: int = 30, seed: int = 0,
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out}: folder is not empty; choose an empty OUT folder.")
+        raise OutputExistsError(f"{out}: folder is not empty; choose an empty OUT folder.")
     img_root, xml_root = out / "images" / "images", out / "label" / "label"
     xml_root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -211,8 +218,6 @@ def ensure_synthetic(per_class: int = 30, seed: int = 0, root: str | Path | None
         try:
             tmp.rename(out)
         except OSError:  # another process won the race; its copy is identical
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
     return out
 

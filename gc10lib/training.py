@@ -10,19 +10,29 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
+from sklearn.metrics import f1_score
 
 from gc10lib import data
-from gc10lib.backbones import build_classifier, get_spec, model_classes
+from gc10lib import probe as probes
+from gc10lib.backbones import build_classifier, get_spec
+from gc10lib.errors import InputError, SetupError
+from gc10lib.evaluation import compute_metrics
 from gc10lib.inputs import AUG_OPS, ImageCache, aug_ops, augmenter, make_dataset
-from gc10lib.settings import cache_dir, new_output_dir, save_json
+from gc10lib.layers import model_classes
+from gc10lib.predict import predict_proba
+from gc10lib.settings import cache_dir, file_size_mb, new_output_dir, save_json
+
+log = logging.getLogger(__name__)
 
 FINETUNE_OPTIMIZERS = ("sgd", "adam", "lamb")
 
@@ -62,8 +72,6 @@ class TrainConfig:
     @classmethod
     def from_params(cls, params: dict) -> TrainConfig:
         """The config from a mapping (a notebook's parameters), taking only the names it knows."""
-        from dataclasses import fields
-
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in params.items() if k in names})
 
@@ -86,17 +94,15 @@ def resolve_verbose(v: int | str) -> int | str:
 
 def make_strategy(name: str | None):
     """``None`` (default strategy), ``"mirrored"`` (all local GPUs/devices) or ``"multiworker"`` (TF_CONFIG)."""
-    import tensorflow as tf
-
     if not name:
         return None
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:
-            raise RuntimeError("strategy 'multiworker' needs TF_CONFIG describing the cluster and this worker's task.")
+            raise SetupError("strategy 'multiworker' needs TF_CONFIG describing the cluster and this worker's task.")
         return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ValueError(f"unknown strategy {name!r}; expected None, 'mirrored' or 'multiworker'")
+    raise InputError(f"unknown strategy {name!r}; expected None, 'mirrored' or 'multiworker'")
 
 
 @contextlib.contextmanager
@@ -121,8 +127,6 @@ class MacroF1(keras.callbacks.Callback):
         self.x_val, self.y_val = x_val, np.asarray(y_val)
 
     def on_epoch_end(self, epoch, logs=None):
-        from sklearn.metrics import f1_score
-
         pred = np.asarray(self.model.predict(self.x_val, verbose=0)).argmax(1)
         if logs is not None:
             logs["val_macro_f1"] = float(f1_score(self.y_val, pred, average="macro", zero_division=0))
@@ -162,8 +166,13 @@ class BestState:
             self.model.set_weights(self.weights)
 
     def record(self) -> dict:
-        return {"monitor": self.monitor, "value": self.value, "phase": self.phase, "epoch": self.epoch,
-                "best_by_phase": dict(self.best_by_phase)}
+        return {
+            "monitor": self.monitor,
+            "value": self.value,
+            "phase": self.phase,
+            "epoch": self.epoch,
+            "best_by_phase": dict(self.best_by_phase),
+        }
 
 
 class KeepBest(keras.callbacks.Callback):
@@ -179,21 +188,24 @@ class KeepBest(keras.callbacks.Callback):
 
 def val_scores(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     """``val_loss`` (unweighted cross-entropy, as Keras reports it), ``val_accuracy`` and ``val_macro_f1``."""
-    from sklearn.metrics import f1_score
-
-    from gc10lib.probe import log_loss
-
     pred = proba.argmax(1)
-    return {"val_loss": log_loss(y, proba), "val_accuracy": float(np.mean(pred == y)),
-            "val_macro_f1": float(f1_score(y, pred, average="macro", zero_division=0))}
+    return {
+        "val_loss": probes.log_loss(y, proba),
+        "val_accuracy": float(np.mean(pred == y)),
+        "val_macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
+    }
 
 
 def finetune_optimizer(cfg: TrainConfig, steps: int):
     """The phase-2 optimizer: linear warm-up to ``lr_finetune``, then cosine decay to 0 over ``steps``."""
     warm = int(round(cfg.warmup_fraction * steps)) if cfg.warmup_fraction > 0 else 0
     lr = keras.optimizers.schedules.CosineDecay(
-        0.0 if warm else cfg.lr_finetune, max(1, steps - warm), alpha=0.0,
-        warmup_target=cfg.lr_finetune if warm else None, warmup_steps=warm)
+        0.0 if warm else cfg.lr_finetune,
+        max(1, steps - warm),
+        alpha=0.0,
+        warmup_target=cfg.lr_finetune if warm else None,
+        warmup_steps=warm,
+    )
     clip = {"global_clipnorm": float(cfg.clipnorm)} if cfg.clipnorm else {}
     if cfg.finetune_optimizer == "sgd":
         return keras.optimizers.SGD(lr, momentum=0.9, **clip)
@@ -201,12 +213,21 @@ def finetune_optimizer(cfg: TrainConfig, steps: int):
         return keras.optimizers.Adam(lr, **clip)
     if cfg.finetune_optimizer == "lamb":  # Adam with a per-layer trust ratio: steps relative to each layer's norm
         return keras.optimizers.Lamb(lr, **clip)
-    raise ValueError(f"unknown finetune_optimizer {cfg.finetune_optimizer!r}; expected {FINETUNE_OPTIMIZERS}")
+    raise InputError(f"unknown finetune_optimizer {cfg.finetune_optimizer!r}; expected {FINETUNE_OPTIMIZERS}")
 
 
-def fit_distributed(model, dataset, *, epochs: int, lr: float, class_weight: dict[int, float], strategy,
-                    csv_path: Path | None = None, verbose: int | str = 0,
-                    make_optimizer=None) -> dict[str, list[float]]:
+def fit_distributed(
+    model,
+    dataset,
+    *,
+    epochs: int,
+    lr: float,
+    class_weight: dict[int, float],
+    strategy,
+    csv_path: Path | None = None,
+    verbose: int | str = 0,
+    make_optimizer=None,
+) -> dict[str, list[float]]:
     """Synchronous data-parallel training loop for ``MultiWorkerMirroredStrategy``.
 
     Keras 3's ``fit`` fails under that strategy (keras-team/keras#20585), so each step runs
@@ -214,8 +235,6 @@ def fit_distributed(model, dataset, *, epochs: int, lr: float, class_weight: dic
     been built inside ``strategy.scope()``. No callbacks: the loop runs ``epochs`` epochs.
     ``make_optimizer`` (called inside the scope) replaces the default ``Adam(lr)``.
     """
-    import tensorflow as tf
-
     n_classes = int(model.outputs[0].shape[-1])
     cw = tf.constant([float(class_weight.get(i, 1.0)) for i in range(n_classes)], tf.float32)
     with strategy.scope():
@@ -245,14 +264,27 @@ def fit_distributed(model, dataset, *, epochs: int, lr: float, class_weight: dic
             n += 1
         history["loss"].append(total / max(n, 1))
         if verbose:
-            print(f"epoch {epoch + 1}/{epochs} - loss {history['loss'][-1]:.4f} (replicas {strategy.num_replicas_in_sync})")
+            log.info(
+                "epoch %d/%d - loss %.4f (replicas %d)",
+                epoch + 1,
+                epochs,
+                history["loss"][-1],
+                strategy.num_replicas_in_sync,
+            )
     if csv_path is not None:
         pd.DataFrame(history).rename_axis("epoch").to_csv(csv_path)
     return history
 
 
-def callbacks(cfg: TrainConfig, x_val, y_val, csv_path: Path, best: BestState | None = None, phase: str = "head",
-              plateau: bool = True) -> list:
+def callbacks(
+    cfg: TrainConfig,
+    x_val,
+    y_val,
+    csv_path: Path,
+    best: BestState | None = None,
+    phase: str = "head",
+    plateau: bool = True,
+) -> list:
     """Macro-F1 (if monitored), best-state tracking, early stopping, LR plateau (head only), CSV history."""
     mode = "max" if cfg.monitor == "val_macro_f1" else "min"
     cbs: list = []
@@ -260,11 +292,17 @@ def callbacks(cfg: TrainConfig, x_val, y_val, csv_path: Path, best: BestState | 
         cbs.append(MacroF1(x_val, y_val))
     if best is not None:
         cbs.append(KeepBest(best, phase))
-    cbs.append(keras.callbacks.EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience,
-                                             restore_best_weights=best is None))
+    cbs.append(
+        keras.callbacks.EarlyStopping(
+            monitor=cfg.monitor, mode=mode, patience=cfg.patience, restore_best_weights=best is None
+        )
+    )
     if plateau:  # not with a learning-rate schedule
-        cbs.append(keras.callbacks.ReduceLROnPlateau(monitor=cfg.monitor, mode=mode, factor=0.3,
-                                                     patience=max(1, cfg.patience // 2), min_lr=1e-7))
+        cbs.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=cfg.monitor, mode=mode, factor=0.3, patience=max(1, cfg.patience // 2), min_lr=1e-7
+            )
+        )
     cbs.append(keras.callbacks.CSVLogger(str(csv_path)))
     return cbs
 
@@ -277,8 +315,16 @@ def _weights_identity(source: str, seed: int) -> str:
     return f"{source}|seed={seed}|bn-calibrated" if source == "random" else source
 
 
-def feature_cache_path(backbone: str, weights_id: str, size: int, policy: str, files: list[str], view: int,
-                       seed: int, ops: tuple[str, ...] = AUG_OPS) -> Path:
+def feature_cache_path(
+    backbone: str,
+    weights_id: str,
+    size: int,
+    policy: str,
+    files: list[str],
+    view: int,
+    seed: int,
+    ops: tuple[str, ...] = AUG_OPS,
+) -> Path:
     """Disk location of cached pooled features, keyed by backbone, weights, size, data, view and augmentation."""
     parts = [backbone, weights_id, size, policy, files, view, seed if view else 0, keras.__version__]
     if view and tuple(ops) != AUG_OPS:
@@ -288,17 +334,29 @@ def feature_cache_path(backbone: str, weights_id: str, size: int, policy: str, f
     return cache_dir() / "features" / backbone / f"{size}_{policy}_v{view}_{digest}.npy"
 
 
-def extract_features(model, paths: list[str], *, size: int, policy: str, weights_source: str, backbone: str,
-                     view: int = 0, seed: int = 42, batch_size: int = 32, verbose: int | str = 0,
-                     ops: tuple[str, ...] = AUG_OPS) -> tuple[np.ndarray, bool]:
+def extract_features(
+    model,
+    paths: list[str],
+    *,
+    size: int,
+    policy: str,
+    weights_source: str,
+    backbone: str,
+    view: int = 0,
+    seed: int = 42,
+    batch_size: int = 32,
+    verbose: int | str = 0,
+    ops: tuple[str, ...] = AUG_OPS,
+) -> tuple[np.ndarray, bool]:
     """Pooled backbone features for ``paths`` (view 0 plain, view k>0 augmented with its own seed).
 
     Cached on disk; returns ``(features, was_cached)``.
     """
     cache = ImageCache(size, policy)
     files = cache.ensure(paths)
-    path = feature_cache_path(backbone, _weights_identity(weights_source, seed), size, policy,
-                              [Path(f).name for f in files], view, seed, ops)
+    path = feature_cache_path(
+        backbone, _weights_identity(weights_source, seed), size, policy, [Path(f).name for f in files], view, seed, ops
+    )
     if path.is_file():
         return np.load(path), True
     extractor = keras.Model(model.inputs, model.get_layer("pool").output)
@@ -312,13 +370,6 @@ def extract_features(model, paths: list[str], *, size: int, policy: str, weights
     np.save(tmp, feats)
     tmp.replace(path)
     return feats, False
-
-
-def predict_proba(model, paths, *, policy: str = "stretch", batch_size: int = 32) -> np.ndarray:
-    """Class probabilities for image files (resized through the cache to the model's input size)."""
-    size = int(model.inputs[0].shape[1])
-    ds = make_dataset(list(paths), None, size, policy=policy, batch_size=batch_size)
-    return np.asarray(model.predict(ds, verbose=0), dtype=np.float64)
 
 
 def set_finetune_trainable(model, fraction: float) -> int:
@@ -338,10 +389,10 @@ def set_finetune_trainable(model, fraction: float) -> int:
 def calibrate_batchnorm(model, images: np.ndarray) -> int:
     """Set every BatchNorm's moving statistics to those of ``images`` (one forward pass).
 
-    For ``weights=None`` only: randomly initialised BatchNorm layers hold mean 0 / variance 1,
+    For ``weights=None`` only: randomly initialized BatchNorm layers hold mean 0 / variance 1,
     which in inference mode lets activations blow up or vanish through a deep backbone and makes
     frozen random features useless. With momentum 0, one training-mode pass sets each layer's
-    statistics from its own (already normalised) input. Returns the number of layers calibrated.
+    statistics from its own (already normalized) input. Returns the number of layers calibrated.
     """
     base = model.get_layer("backbone")
     bns = [la for la in base._flatten_layers() if isinstance(la, keras.layers.BatchNormalization)]
@@ -361,10 +412,10 @@ def calibrate_batchnorm(model, images: np.ndarray) -> int:
 
 
 def adapt_feature_norm(head, features: np.ndarray, floor: float = 0.05) -> None:
-    """Standardise the head's input features, flooring each variance at ``floor`` x the median.
+    """Standardize the head's input features, flooring each variance at ``floor`` x the median.
 
     Without the floor, near-constant features (common with few training images) get divided by
-    tiny standard deviations: harmless in float32, but int8 quantisation then turns their noise
+    tiny standard deviations: harmless in float32, but int8 quantization then turns their noise
     into large, wrong logits.
     """
     norm = head.get_layer("feature_norm")
@@ -381,15 +432,12 @@ class _History:
     history: dict
 
 
-def model_size_mb(path: Path) -> float:
-    return round(path.stat().st_size / 2**20, 3)
-
-
 # --------------------------------------------------------------------------- main entry
 
 
-def load_manifest(data_dir: str | Path, split_csv: str | Path | None, seed: int,
-                  fractions=(0.7, 0.15, 0.15)) -> tuple[pd.DataFrame, list[str], Path | None]:
+def load_manifest(
+    data_dir: str | Path, split_csv: str | Path | None, seed: int, fractions=(0.7, 0.15, 0.15)
+) -> tuple[pd.DataFrame, list[str], Path | None]:
     """Read the split manifest (or make one in memory when none is given) and the class order."""
     if split_csv:
         man = data.read_split(split_csv, data_root=data_dir)
@@ -401,8 +449,14 @@ def load_manifest(data_dir: str | Path, split_csv: str | Path | None, seed: int,
     return data.split_dataset(ds, fractions, seed), ds.classes, None
 
 
-def train_backbone(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path | None, split_csv: str | Path | None = None,
-                   manifest: pd.DataFrame | None = None, classes: list[str] | None = None) -> dict:
+def train_backbone(
+    cfg: TrainConfig,
+    data_dir: str | Path,
+    out_dir: str | Path | None,
+    split_csv: str | Path | None = None,
+    manifest: pd.DataFrame | None = None,
+    classes: list[str] | None = None,
+) -> dict:
     """Train one backbone end to end and write its outputs; returns the metrics dict.
 
     Phases: a logistic-regression probe and a class-weighted head on cached frozen features, then
@@ -415,9 +469,9 @@ def train_backbone(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path |
     size = int(cfg.img_size or spec.native_size)
     verbose = resolve_verbose(cfg.verbose)
     if cfg.monitor not in ("val_loss", "val_macro_f1"):
-        raise ValueError(f"unknown monitor {cfg.monitor!r}; expected 'val_loss' or 'val_macro_f1'")
+        raise InputError(f"unknown monitor {cfg.monitor!r}; expected 'val_loss' or 'val_macro_f1'")
     if cfg.finetune_optimizer not in FINETUNE_OPTIMIZERS:
-        raise ValueError(f"unknown finetune_optimizer {cfg.finetune_optimizer!r}; expected {FINETUNE_OPTIMIZERS}")
+        raise InputError(f"unknown finetune_optimizer {cfg.finetune_optimizer!r}; expected {FINETUNE_OPTIMIZERS}")
     if manifest is None:
         manifest, classes, split_path = load_manifest(data_dir, split_csv, cfg.seed)
     else:
@@ -425,10 +479,10 @@ def train_backbone(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path |
         classes = classes or list(manifest.sort_values("label")["class"].unique())
     tr, va, te = (manifest[manifest.subset == s] for s in ("train", "val", "test"))
     if len(tr) == 0 or len(va) == 0:
-        raise ValueError("the split has no train or no val images; use a larger dataset or other fractions")
+        raise InputError("the split has no train or no val images; use a larger dataset or other fractions")
     cw = data.class_weights(tr.label, len(classes), cfg.class_weight)
     if cfg.strategy == "multiworker" and cfg.head_mode != "features":
-        raise ValueError("strategy 'multiworker' trains the head on cached features: use head_mode='features'")
+        raise InputError("strategy 'multiworker' trains the head on cached features: use head_mode='features'")
     out = new_output_dir(out_dir, prefix=f"train-{spec.name}")
     set_seeds(cfg.seed)
     timings: dict[str, float] = {}
@@ -439,7 +493,9 @@ def train_backbone(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path |
     handover: dict | None = None
 
     with precision_policy(cfg.mixed_precision), scope:
-        model, source = build_classifier(spec.name, classes, size, cfg.weights, cfg.dropout, cfg.weights_dir, cfg.seed)
+        model, source = build_classifier(
+            spec.name, classes, size, cfg.weights, cfg.dropout, cfg.weights_dir, cfg.seed, policy=cfg.policy
+        )
         if source == "random":  # no pretrained BatchNorm statistics: take them from training images
             pick = tr.sample(min(len(tr), 64), random_state=cfg.seed)
             calibrate_batchnorm(model, ImageCache(size, cfg.policy).load(list(pick.path)).astype("float32"))
@@ -455,60 +511,109 @@ def train_backbone(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path |
             views = max(1, int(cfg.aug_views)) if ops else 1
             xs, ys, cached = [], [], []
             for v in range(views):
-                f, c = extract_features(model, list(tr.path), size=size, policy=cfg.policy, weights_source=source,
-                                        backbone=spec.name, view=v, seed=cfg.seed, batch_size=cfg.batch_size, ops=ops)
+                f, c = extract_features(
+                    model,
+                    list(tr.path),
+                    size=size,
+                    policy=cfg.policy,
+                    weights_source=source,
+                    backbone=spec.name,
+                    view=v,
+                    seed=cfg.seed,
+                    batch_size=cfg.batch_size,
+                    ops=ops,
+                )
                 xs.append(f)
                 ys.append(tr.label.to_numpy())
                 cached.append(c)
-            xv, c = extract_features(model, list(va.path), size=size, policy=cfg.policy, weights_source=source,
-                                     backbone=spec.name, seed=cfg.seed, batch_size=cfg.batch_size)
+            xv, c = extract_features(
+                model,
+                list(va.path),
+                size=size,
+                policy=cfg.policy,
+                weights_source=source,
+                backbone=spec.name,
+                seed=cfg.seed,
+                batch_size=cfg.batch_size,
+            )
             cached.append(c)
             timings["features_s"] = round(time.perf_counter() - t0, 2)
             timings["features_cached"] = all(cached)
             t1 = time.perf_counter()
             adapt_feature_norm(head, np.concatenate(xs))
             if cfg.probe:
-                probe_info = _fit_probe_into(model, best, np.concatenate(xs), np.concatenate(ys), xv, y_val,
-                                             len(classes), cw, cfg.seed)
+                probe_info = _fit_probe_into(
+                    model, best, np.concatenate(xs), np.concatenate(ys), xv, y_val, len(classes), cw, cfg.seed
+                )
                 timings["probe_s"] = round(time.perf_counter() - t1, 2)
             t1 = time.perf_counter()
             if cfg.strategy == "multiworker":
-                import tensorflow as tf
-
                 feats = tf.data.Dataset.from_tensor_slices((np.concatenate(xs), np.concatenate(ys).astype("int32")))
-                hist = _History(fit_distributed(
-                    head, feats.shuffle(len(feats), seed=cfg.seed).batch(cfg.batch_size), epochs=cfg.epochs_head,
-                    lr=cfg.lr_head, class_weight=cw, strategy=strategy, csv_path=out / "history_head.csv",
-                    verbose=verbose))
-                best.offer(val_scores(y_val, np.asarray(head.predict(xv, verbose=0)))[cfg.monitor], "head",
-                           cfg.epochs_head - 1)
+                hist = _History(
+                    fit_distributed(
+                        head,
+                        feats.shuffle(len(feats), seed=cfg.seed).batch(cfg.batch_size),
+                        epochs=cfg.epochs_head,
+                        lr=cfg.lr_head,
+                        class_weight=cw,
+                        strategy=strategy,
+                        csv_path=out / "history_head.csv",
+                        verbose=verbose,
+                    )
+                )
+                best.offer(
+                    val_scores(y_val, np.asarray(head.predict(xv, verbose=0)))[cfg.monitor], "head", cfg.epochs_head - 1
+                )
             else:
-                head.compile(optimizer=keras.optimizers.Adam(cfg.lr_head), loss="sparse_categorical_crossentropy",
-                             metrics=["accuracy"])
-                hist = head.fit(np.concatenate(xs), np.concatenate(ys), validation_data=(xv, y_val),
-                                epochs=cfg.epochs_head, batch_size=cfg.batch_size, class_weight=cw, shuffle=True,
-                                callbacks=callbacks(cfg, xv, va.label, out / "history_head.csv", best, "head"),
-                                verbose=verbose)
+                head.compile(
+                    optimizer=keras.optimizers.Adam(cfg.lr_head),
+                    loss="sparse_categorical_crossentropy",
+                    metrics=["accuracy"],
+                )
+                hist = head.fit(
+                    np.concatenate(xs),
+                    np.concatenate(ys),
+                    validation_data=(xv, y_val),
+                    epochs=cfg.epochs_head,
+                    batch_size=cfg.batch_size,
+                    class_weight=cw,
+                    shuffle=True,
+                    callbacks=callbacks(cfg, xv, va.label, out / "history_head.csv", best, "head"),
+                    verbose=verbose,
+                )
             timings["head_fit_s"] = round(time.perf_counter() - t1, 2)
             best.restore()
             handover = handover_check(model, tr, xs[0], size=size, policy=cfg.policy)
         elif cfg.head_mode == "fit":
             sample = list(tr.sample(min(len(tr), 256), random_state=cfg.seed).path)
-            f, _ = extract_features(model, sample, size=size, policy=cfg.policy, weights_source=source,
-                                    backbone=spec.name, seed=cfg.seed, batch_size=cfg.batch_size)
+            f, _ = extract_features(
+                model,
+                sample,
+                size=size,
+                policy=cfg.policy,
+                weights_source=source,
+                backbone=spec.name,
+                seed=cfg.seed,
+                batch_size=cfg.batch_size,
+            )
             adapt_feature_norm(head, f)
-            train_ds = make_dataset(tr.path, tr.label, size, policy=cfg.policy, batch_size=cfg.batch_size,
-                                    training=True, augment=cfg.augment, seed=cfg.seed)
-            val_ds = make_dataset(va.path, va.label, size, policy=cfg.policy, batch_size=cfg.batch_size)
-            model.compile(optimizer=keras.optimizers.Adam(cfg.lr_head), loss="sparse_categorical_crossentropy",
-                          metrics=["accuracy"])
-            val_x = make_dataset(va.path, None, size, policy=cfg.policy, batch_size=cfg.batch_size)
-            hist = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs_head, class_weight=cw,
-                             callbacks=callbacks(cfg, val_x, va.label, out / "history_head.csv", best, "head"),
-                             verbose=verbose)
+            train_ds, val_ds, val_x = _image_datasets(tr, va, size, cfg)
+            model.compile(
+                optimizer=keras.optimizers.Adam(cfg.lr_head),
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+            )
+            hist = model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=cfg.epochs_head,
+                class_weight=cw,
+                callbacks=callbacks(cfg, val_x, va.label, out / "history_head.csv", best, "head"),
+                verbose=verbose,
+            )
             best.restore()
         else:
-            raise ValueError(f"unknown head_mode {cfg.head_mode!r}; expected 'features' or 'fit'")
+            raise InputError(f"unknown head_mode {cfg.head_mode!r}; expected 'features' or 'fit'")
         timings["head_s"] = round(time.perf_counter() - t0, 2)
         histories.append(pd.DataFrame(hist.history).assign(phase="head", epoch=lambda d: np.arange(len(d))))
 
@@ -517,25 +622,43 @@ def train_backbone(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path |
         if cfg.epochs_finetune > 0 and cfg.finetune_fraction > 0:
             t0 = time.perf_counter()
             n_unfrozen = set_finetune_trainable(model, cfg.finetune_fraction)
-            train_ds = make_dataset(tr.path, tr.label, size, policy=cfg.policy, batch_size=cfg.batch_size,
-                                    training=True, augment=cfg.augment, seed=cfg.seed)
-            val_ds = make_dataset(va.path, va.label, size, policy=cfg.policy, batch_size=cfg.batch_size)
-            val_x = make_dataset(va.path, None, size, policy=cfg.policy, batch_size=cfg.batch_size)
+            train_ds, val_ds, val_x = _image_datasets(tr, va, size, cfg)
             steps = int(np.ceil(len(tr) / cfg.batch_size)) * cfg.epochs_finetune
             if cfg.strategy == "multiworker":
-                hist = _History(fit_distributed(
-                    model, train_ds, epochs=cfg.epochs_finetune, lr=cfg.lr_finetune, class_weight=cw,
-                    strategy=strategy, csv_path=out / "history_finetune.csv", verbose=verbose,
-                    make_optimizer=lambda: finetune_optimizer(cfg, steps)))
-                best.offer(val_scores(y_val, np.asarray(model.predict(val_x, verbose=0)))[cfg.monitor], "finetune",
-                           cfg.epochs_finetune - 1)
+                hist = _History(
+                    fit_distributed(
+                        model,
+                        train_ds,
+                        epochs=cfg.epochs_finetune,
+                        lr=cfg.lr_finetune,
+                        class_weight=cw,
+                        strategy=strategy,
+                        csv_path=out / "history_finetune.csv",
+                        verbose=verbose,
+                        make_optimizer=lambda: finetune_optimizer(cfg, steps),
+                    )
+                )
+                best.offer(
+                    val_scores(y_val, np.asarray(model.predict(val_x, verbose=0)))[cfg.monitor],
+                    "finetune",
+                    cfg.epochs_finetune - 1,
+                )
             else:
-                model.compile(optimizer=finetune_optimizer(cfg, steps), loss="sparse_categorical_crossentropy",
-                              metrics=["accuracy"])
-                hist = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs_finetune, class_weight=cw,
-                                 callbacks=callbacks(cfg, val_x, va.label, out / "history_finetune.csv", best,
-                                                     "finetune", plateau=False),
-                                 verbose=verbose)
+                model.compile(
+                    optimizer=finetune_optimizer(cfg, steps),
+                    loss="sparse_categorical_crossentropy",
+                    metrics=["accuracy"],
+                )
+                hist = model.fit(
+                    train_ds,
+                    validation_data=val_ds,
+                    epochs=cfg.epochs_finetune,
+                    class_weight=cw,
+                    callbacks=callbacks(
+                        cfg, val_x, va.label, out / "history_finetune.csv", best, "finetune", plateau=False
+                    ),
+                    verbose=verbose,
+                )
             histories.append(pd.DataFrame(hist.history).assign(phase="finetune", epoch=lambda d: np.arange(len(d))))
             best.restore()
             model.get_layer("backbone").trainable = False
@@ -547,72 +670,128 @@ def train_backbone(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path |
     _save_lean(model, model_path)
     history = pd.concat(histories, ignore_index=True)
     history.to_csv(out / "history.csv", index=False)
-    metrics: dict = {"name": spec.name, "kind": "backbone", "backbone": spec.name, "img_size": size,
-                     "policy": cfg.policy, "weights": cfg.weights, "weights_source": source, "seed": cfg.seed,
-                     "classes": classes, "class_weight_mode": cfg.class_weight,
-                     "class_weights": {classes[k]: v for k, v in cw.items()},
-                     "split_csv": str(split_path) if split_path else None, "config": asdict(cfg),
-                     "n_params": int(model.count_params()), "n_unfrozen_layers": n_unfrozen,
-                     "selected": best.record(), "handover": handover,
-                     "model_path": str(model_path), "model_size_mb": model_size_mb(model_path)}
+    metrics: dict = {
+        "name": spec.name,
+        "kind": "backbone",
+        "backbone": spec.name,
+        "img_size": size,
+        "policy": cfg.policy,
+        "weights": cfg.weights,
+        "weights_source": source,
+        "seed": cfg.seed,
+        "classes": classes,
+        "class_weight_mode": cfg.class_weight,
+        "class_weights": {classes[k]: v for k, v in cw.items()},
+        "split_csv": str(split_path) if split_path else None,
+        "config": asdict(cfg),
+        "n_params": int(model.count_params()),
+        "n_unfrozen_layers": n_unfrozen,
+        "selected": best.record(),
+        "handover": handover,
+        "model_path": str(model_path),
+        "model_size_mb": file_size_mb(model_path),
+    }
     probas = _evaluate(model, out, va, te, classes, cfg, metrics)
     if probe_info is not None and probas:
         # the probe's val probabilities come from the cached features; when the probe is also the
         # saved state, its test probabilities are the model's own
-        known = {"val": probe_info["proba_val"], **({"test": probas["test"]} if best.phase == "probe" and "test" in probas
-                                                     else {})}
+        known = {
+            "val": probe_info["proba_val"],
+            **({"test": probas["test"]} if best.phase == "probe" and "test" in probas else {}),
+        }
         metrics["probe"] = _save_probe(model, probe_info, out / "probe", va, te, classes, cfg, metrics, known)
     timings["eval_s"] = round(time.perf_counter() - t0, 2)
     timings["total_s"] = round(time.perf_counter() - t_all, 2)
     metrics["timings"] = timings
     save_json(metrics, out / "metrics.json")
-    save_json({"classes": classes, "img_size": size, "policy": cfg.policy, "backbone": spec.name},
-              out / "model.json")
     assert model_classes(model) == classes
     return metrics
 
 
-def _evaluate(model, out: Path, va: pd.DataFrame, te: pd.DataFrame, classes: list[str], cfg: TrainConfig,
-              metrics: dict, known: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def _image_datasets(tr: pd.DataFrame, va: pd.DataFrame, size: int, cfg: TrainConfig):
+    """Shuffled, augmented train images with labels; val images with labels; val images alone."""
+    train_ds = make_dataset(
+        tr.path,
+        tr.label,
+        size,
+        policy=cfg.policy,
+        batch_size=cfg.batch_size,
+        training=True,
+        augment=cfg.augment,
+        seed=cfg.seed,
+    )
+    val_ds = make_dataset(va.path, va.label, size, policy=cfg.policy, batch_size=cfg.batch_size)
+    val_x = make_dataset(va.path, None, size, policy=cfg.policy, batch_size=cfg.batch_size)
+    return train_ds, val_ds, val_x
+
+
+def _evaluate(
+    model,
+    out: Path,
+    va: pd.DataFrame,
+    te: pd.DataFrame,
+    classes: list[str],
+    cfg: TrainConfig,
+    metrics: dict,
+    known: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
     """Val and test metrics of ``model`` into ``metrics``; probabilities saved as ``proba_<part>.npy``.
 
     ``known`` holds probabilities already computed for a part (they are not predicted again).
     """
-    from gc10lib.evaluation import compute_metrics
-
     probas = {}
     for name, part in (("val", va), ("test", te)):
         if len(part):
             proba = (known or {}).get(name)
             if proba is None:
-                proba = predict_proba(model, part.path, policy=cfg.policy, batch_size=cfg.batch_size)
+                proba = predict_proba(model, list(part.path), policy=cfg.policy, batch_size=cfg.batch_size)
             metrics[name] = compute_metrics(part.label.to_numpy(), proba, classes, seed=cfg.seed)
             np.save(out / f"proba_{name}.npy", proba.astype(np.float32))
             probas[name] = proba
     return probas
 
 
-def _fit_probe_into(model, best: BestState, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
-                    y_val: np.ndarray, n_classes: int, cw: dict[int, float], seed: int) -> dict:
+def _fit_probe_into(
+    model,
+    best: BestState,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    n_classes: int,
+    cw: dict[int, float],
+    seed: int,
+) -> dict:
     """Fit the probe, offer it to ``best`` as phase ``probe``, then reset the head to its initial weights."""
-    from gc10lib import probe as probes
-
     head = model.get_layer("head")
     initial = [np.array(w) for w in head.get_layer("logits").get_weights()]
-    p = probes.fit_probe(probes.standardise(head, x_train), y_train, probes.standardise(head, x_val), y_val,
-                         n_classes, class_weight=cw, seed=seed)
+    p = probes.fit_probe(
+        probes.standardize(head, x_train),
+        y_train,
+        probes.standardize(head, x_val),
+        y_val,
+        n_classes,
+        class_weight=cw,
+        seed=seed,
+    )
     probes.set_head(head, p)
     proba_val = np.asarray(head.predict(x_val, verbose=0), np.float64)
     scores = val_scores(y_val, proba_val)
     best.offer(scores[best.monitor], "probe", 0)
     weights = [np.array(w) for w in model.get_weights()]
     head.get_layer("logits").set_weights(initial)
-    return {"C": p.C, "grid_val_log_loss": {str(k): v for k, v in p.grid.items()}, "val_scores": scores,
-            "weights": weights, "proba_val": proba_val}
+    return {
+        "C": p.C,
+        "grid_val_log_loss": {str(k): v for k, v in p.grid.items()},
+        "val_scores": scores,
+        "weights": weights,
+        "proba_val": proba_val,
+    }
 
 
-def _save_probe(model, info: dict, out: Path, va, te, classes, cfg: TrainConfig, parent: dict,
-                known: dict[str, np.ndarray]) -> dict:
+def _save_probe(
+    model, info: dict, out: Path, va, te, classes, cfg: TrainConfig, parent: dict, known: dict[str, np.ndarray]
+) -> dict:
     """Save the probe as an ordinary classifier in ``out`` with its own ``metrics.json``; returns a short record."""
     current = [np.array(w) for w in model.get_weights()]
     model.set_weights(info["weights"])
@@ -620,20 +799,41 @@ def _save_probe(model, info: dict, out: Path, va, te, classes, cfg: TrainConfig,
         out.mkdir(parents=True, exist_ok=False)
         path = out / "model.keras"
         _save_lean(model, path)
-        m = {k: parent[k] for k in ("backbone", "img_size", "policy", "weights", "weights_source", "seed", "classes",
-                                    "class_weight_mode", "split_csv")}
-        m.update({"name": f"probe_{parent['backbone']}", "kind": "probe", "C": info["C"],
-                  "grid_val_log_loss": info["grid_val_log_loss"], "model_path": str(path),
-                  "model_size_mb": model_size_mb(path), "n_params": parent["n_params"]})
+        m = {
+            k: parent[k]
+            for k in (
+                "backbone",
+                "img_size",
+                "policy",
+                "weights",
+                "weights_source",
+                "seed",
+                "classes",
+                "class_weight_mode",
+                "split_csv",
+            )
+        }
+        m.update(
+            {
+                "name": f"probe_{parent['backbone']}",
+                "kind": "probe",
+                "C": info["C"],
+                "grid_val_log_loss": info["grid_val_log_loss"],
+                "model_path": str(path),
+                "model_size_mb": file_size_mb(path),
+                "n_params": parent["n_params"],
+            }
+        )
         _evaluate(model, out, va, te, classes, cfg, m, known)
         save_json(m, out / "metrics.json")
-        save_json({"classes": classes, "img_size": parent["img_size"], "policy": cfg.policy,
-                   "backbone": parent["backbone"]}, out / "model.json")
     finally:
         model.set_weights(current)
     keys = ("accuracy", "balanced_accuracy", "macro_f1")
-    return {"C": info["C"], "path": str(out), **{f"{part}_{k}": m[part][k] for part in ("val", "test") if part in m
-                                                  for k in keys}}
+    return {
+        "C": info["C"],
+        "path": str(out),
+        **{f"{part}_{k}": m[part][k] for part in ("val", "test") if part in m for k in keys},
+    }
 
 
 def handover_check(model, tr: pd.DataFrame, plain_features: np.ndarray, *, size: int, policy: str, n: int = 32) -> dict:
@@ -642,14 +842,16 @@ def handover_check(model, tr: pd.DataFrame, plain_features: np.ndarray, *, size:
     Returns the largest probability difference and the two mean losses over the first ``n`` images;
     they agree to float rounding when the hand-over between phases is exact.
     """
-    from gc10lib.probe import log_loss
-
     k = min(n, len(tr))
     y = tr.label.to_numpy()[:k]
-    full = predict_proba(model, tr.path[:k], policy=policy, batch_size=k)
+    full = predict_proba(model, list(tr.path[:k]), policy=policy, batch_size=k)
     head = np.asarray(model.get_layer("head").predict(plain_features[:k], verbose=0), np.float64)
-    return {"n": k, "max_prob_gap": float(np.abs(full - head).max()), "loss_full": log_loss(y, full),
-            "loss_head": log_loss(y, head)}
+    return {
+        "n": k,
+        "max_prob_gap": float(np.abs(full - head).max()),
+        "loss_full": probes.log_loss(y, full),
+        "loss_head": probes.log_loss(y, head),
+    }
 
 
 def _save_lean(model, path: Path) -> None:

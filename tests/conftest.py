@@ -16,14 +16,46 @@ NEU = SHARED / "data" / "neu-det"
 XSDD = SHARED / "data" / "x-sdd"
 WEIGHTS = SHARED / "weights"
 
-needs_shared = pytest.mark.skipif(
+_skip_shared = pytest.mark.skipif(
     not (SHARED / "data").is_dir(),
     reason=f"{SHARED} is absent: real-data tests need the ../shared folder (CI always has it)",
 )
-needs_weights = pytest.mark.skipif(
+_skip_weights = pytest.mark.skipif(
     not WEIGHTS.is_dir(),
     reason=f"{WEIGHTS} is absent: real ImageNet weights come from ../shared/weights (CI always has it)",
 )
+
+
+def needs_shared(test):
+    """Marks a test ``shared`` and skips it, saying so, only where ../shared/data is absent."""
+    return pytest.mark.shared(_skip_shared(test))
+
+
+def needs_weights(test):
+    """Marks a test ``shared`` and skips it, saying so, only where ../shared/weights is absent."""
+    return pytest.mark.shared(_skip_weights(test))
+
+
+#: Fixtures that train or export models: every test using one is in the ``slow`` tier. Under
+#: pytest-xdist (``make test`` runs two workers with ``--dist loadgroup``) the tests sharing one
+#: such fixture run on one worker, so each expensive fixture is built once.
+SLOW_FIXTURES = {
+    "smoke_models": "smoke_models",
+    "members": "smoke_models",
+    "demo_run": "demo_run",
+    "exported": "exported",
+    "pad_model": "pad_model",
+    "trained": "trained",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        used = [SLOW_FIXTURES[f] for f in getattr(item, "fixturenames", ()) if f in SLOW_FIXTURES]
+        if used:
+            item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.xdist_group(sorted(used)[0]))
+
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -77,7 +109,17 @@ def smoke_models(smoke_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke_models")
     results = {}
     for name in REGISTRY:
-        cfg = training.TrainConfig(backbone=name, img_size=75, weights=None, epochs_head=2, epochs_finetune=1,
-                                   finetune_fraction=0.05, batch_size=16, aug_views=2, verbose=0, seed=3)
+        cfg = training.TrainConfig(
+            backbone=name,
+            img_size=75,
+            weights=None,
+            epochs_head=2,
+            epochs_finetune=1,
+            finetune_fraction=0.05,
+            batch_size=16,
+            aug_views=2,
+            verbose=0,
+            seed=3,
+        )
         results[name] = training.train_backbone(cfg, root, out / name, split_csv=split)
     return out, results

@@ -12,6 +12,7 @@ import pytest
 from conftest import WEIGHTS, needs_weights
 
 from gc10lib import backbones as B
+from gc10lib import layers as L
 
 
 @pytest.mark.parametrize("name", list(B.REGISTRY))
@@ -19,20 +20,20 @@ def test_preprocess_layer_equals_keras_preprocess_input(name):
     spec = B.REGISTRY[name]
     x = np.random.default_rng(0).uniform(0, 255, (2, 7, 5, 3)).astype("float32")
     x[0, 0, 0] = [0, 128, 255]
-    got = np.asarray(B.BackbonePreprocess(spec.preprocess)(x))
+    got = np.asarray(L.BackbonePreprocess(spec.preprocess)(x))
     ref = spec.keras_preprocess(x)
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-4)
 
 
 def test_preprocess_modes_are_what_they_claim():
     x = np.array([[[[0.0, 127.5, 255.0]]]], "float32")
-    np.testing.assert_allclose(B.BackbonePreprocess("tf")(x), [[[[-1.0, 0.0, 1.0]]]], atol=1e-6)
-    caffe = np.asarray(B.BackbonePreprocess("caffe")(x))[0, 0, 0]
+    np.testing.assert_allclose(L.BackbonePreprocess("tf")(x), [[[[-1.0, 0.0, 1.0]]]], atol=1e-6)
+    caffe = np.asarray(L.BackbonePreprocess("caffe")(x))[0, 0, 0]
     np.testing.assert_allclose(caffe, [255 - 103.939, 127.5 - 116.779, 0 - 123.68], atol=1e-4)  # BGR, mean-subtracted
-    np.testing.assert_allclose(B.BackbonePreprocess("none")(x), x)  # EfficientNet rescales inside itself
+    np.testing.assert_allclose(L.BackbonePreprocess("none")(x), x)  # EfficientNet rescales inside itself
     assert B.get_spec("EfficientNetB5").preprocess == "none"
     with pytest.raises(ValueError, match="mode"):
-        B.BackbonePreprocess("bgr")
+        L.BackbonePreprocess("bgr")
 
 
 def test_registry_lookup_and_unknown():
@@ -72,7 +73,7 @@ def test_download_failure_names_offline_alternative(monkeypatch):
 def test_classifier_structure_and_class_names():
     model, src = B.build_classifier("mobilenet", ["a", "b", "c"], img_size=64, weights=None, seed=1)
     assert src == "random"
-    assert B.model_classes(model) == ["a", "b", "c"]
+    assert L.model_classes(model) == ["a", "b", "c"]
     assert model.inputs[0].shape[1:] == (64, 64, 3)
     names = [layer.name for layer in model.layers]
     assert names[:3] == ["image", "preprocess", "backbone"] and "head" in names and names[-1] == "class_names"
@@ -92,6 +93,7 @@ def test_shared_imagenet_weights_load(monkeypatch):
         assert src.startswith("imagenet-file:"), name
 
 
+@pytest.mark.slow
 def test_all_backbones_save_and_reload_in_fresh_process(tmp_path):
     """Every registry entry builds, saves as .keras and reloads in safe mode with equal outputs."""
     x = np.random.default_rng(1).uniform(0, 255, (2, 80, 80, 3)).astype("float32")
@@ -106,12 +108,12 @@ def test_all_backbones_save_and_reload_in_fresh_process(tmp_path):
     (tmp_path / "expected.json").write_text(json.dumps(expected))
     code = f"""
 import json, numpy as np, keras
-import gc10lib.backbones as B  # registers the custom layers
-x = np.load({str(tmp_path / 'x.npy')!r})
-exp = json.load(open({str(tmp_path / 'expected.json')!r}))
+import gc10lib.layers as L  # registers the custom layers
+x = np.load({str(tmp_path / "x.npy")!r})
+exp = json.load(open({str(tmp_path / "expected.json")!r}))
 for name, ref in exp.items():
     m = keras.saving.load_model({str(tmp_path)!r} + f"/{{name}}.keras", safe_mode=True)
-    assert B.model_classes(m) == ["k0", "k1", "k2", "k3"], name
+    assert L.model_classes(m) == ["k0", "k1", "k2", "k3"], name
     got = m.predict(x, verbose=0)
     assert np.abs(got - np.array(ref)).max() < 1e-5, (name, np.abs(got - np.array(ref)).max())
 print("OK", len(exp))

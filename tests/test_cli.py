@@ -18,7 +18,9 @@ GC10 = [sys.executable, "-m", "gc10lib.cli"]
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([*GC10, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [*GC10, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout
+    )
 
 
 @needs_shared
@@ -60,8 +62,13 @@ def test_bad_path_is_clear_error():
 
 
 def test_download_without_token_fails_fast(tmp_path):
-    env = {"HOME": str(tmp_path), "KAGGLE_CONFIG_DIR": str(tmp_path / ".kaggle"), "KAGGLE_USERNAME": "", "KAGGLE_KEY": "",
-           "KAGGLE_API_TOKEN": ""}
+    env = {
+        "HOME": str(tmp_path),
+        "KAGGLE_CONFIG_DIR": str(tmp_path / ".kaggle"),
+        "KAGGLE_USERNAME": "",
+        "KAGGLE_KEY": "",
+        "KAGGLE_API_TOKEN": "",
+    }
     r = run_cli("data", "download", str(tmp_path / "out"), env=env, timeout=60)
     assert r.returncode == 2
     assert "kaggle.json" in r.stderr and "download the zip by hand" in r.stderr
@@ -93,3 +100,31 @@ def test_download_refuses_non_empty(tmp_path):
 def test_entry_point_installed():
     exe = Path(sys.executable).with_name("gc10")
     assert exe.is_file(), "the gc10 console script is installed with the package"
+
+
+@pytest.mark.slow
+def test_train_verb_and_its_parameters(smoke_data, tmp_path, capsys):
+    root, split = smoke_data
+    args = ["train", "--backbone", "mobilenet", "--data", str(root), "--split-csv", str(split)]
+    small = ["-p", "img_size", "48", "-p", "weights", "null", "-p", "epochs_head", "1", "-p", "epochs_finetune", "0"]
+    assert main([*args, "--out", str(tmp_path / "m"), *small]) == 0
+    m = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert m["img_size"] == 48 and m["weights_source"] == "random" and m["config"]["epochs_finetune"] == 0
+    assert main([*args, "--out", str(tmp_path / "n"), "-p", "epochs", "3"]) == 2
+    assert "unknown training parameter 'epochs'" in capsys.readouterr().err
+    assert not (tmp_path / "n").exists()
+
+
+def test_a_bug_shows_its_traceback_bad_input_does_not(monkeypatch, capsys):
+    """Only gc10lib's own errors become one line; anything else is a bug and propagates."""
+    import gc10lib.data
+
+    def broken(*_a, **_k):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(gc10lib.data, "discover", broken)
+    with pytest.raises(KeyError):
+        main(["data", "summary", "."])
+    monkeypatch.undo()
+    assert main(["data", "summary", "/no/such/folder"]) == 2
+    assert "no such folder" in capsys.readouterr().err

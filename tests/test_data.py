@@ -16,7 +16,11 @@ from gc10lib.classes import GC10_CLASSES
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -113,7 +117,14 @@ def test_quality_table_cases(synth_copy):
         ds = data.discover(synth_copy)
     q = ds.quality
     problems = set(q["problem"])
-    assert {"duplicate_name", "no_xml", "folder_class_not_in_xml", "unknown_tag", "unreadable", "not_an_image"} <= problems
+    assert {
+        "duplicate_name",
+        "no_xml",
+        "folder_class_not_in_xml",
+        "unknown_tag",
+        "unreadable",
+        "not_an_image",
+    } <= problems
     assert q.loc[q.problem == "duplicate_name", "file"].str.contains("syn_09_00000").sum() == 2
     assert q.loc[q.problem == "no_xml", "file"].str.endswith("syn_01_00001.jpg").all()
     assert q.loc[q.problem == "unknown_tag", "detail"].str.contains("'d'").any()
@@ -142,8 +153,10 @@ def test_empty_class_folder_is_clear(synth_copy):
 
 def test_unknown_gc10_class_folder_is_clear(synth_copy):
     (synth_copy / "images" / "images" / "scratches").mkdir()
-    shutil.copy(synth_copy / "images" / "images" / "crease" / "syn_09_00000.jpg",
-                synth_copy / "images" / "images" / "scratches" / "x.jpg")
+    shutil.copy(
+        synth_copy / "images" / "images" / "crease" / "syn_09_00000.jpg",
+        synth_copy / "images" / "images" / "scratches" / "x.jpg",
+    )
     with pytest.raises(data.DatasetError, match="unknown class folder 'scratches'"):
         data.discover(synth_copy)
 

@@ -13,7 +13,10 @@ import pytest
 from conftest import NEU, WEIGHTS, needs_shared, needs_weights
 
 from gc10lib import data, ensemble, training
-from gc10lib.backbones import ResizeTo, build_classifier, load_model, model_classes
+from gc10lib.backbones import build_classifier, load_model
+from gc10lib.layers import ResizeTo, model_classes, model_info
+from gc10lib.predict import predict_proba
+from gc10lib.records import choose_by_validation
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +33,21 @@ def test_single_input_shared_resize_and_class_names(members):
     resizes = [la for la in ens.layers if isinstance(la, ResizeTo)]
     assert [la.size for la in resizes] == [64]  # one shared resize for both 64-px branches, none for 75 px
     assert model_classes(ens) == model_classes(members[0])
+    info = model_info(ens)  # the ensemble describes itself: every member's backbone, their policy, its input
+    assert info.backbones == ["mobilenet", "vgg19", "inception_v3", "mobilenet_v2", "resnet50_v2"]
+    assert (info.policy, info.input_size, info.method) == ("stretch", 75, "mean")
     x = np.random.default_rng(0).uniform(0, 255, (3, 75, 75, 3)).astype("float32")
     p = ens.predict(x, verbose=0)
-    manual = np.mean([m.predict(x if m.inputs[0].shape[1] == 75 else
-                                np.asarray(keras.ops.image.resize(x, (64, 64), antialias=True)), verbose=0)
-                      for m in (*members, small, also_small)], axis=0)
+    manual = np.mean(
+        [
+            m.predict(
+                x if m.inputs[0].shape[1] == 75 else np.asarray(keras.ops.image.resize(x, (64, 64), antialias=True)),
+                verbose=0,
+            )
+            for m in (*members, small, also_small)
+        ],
+        axis=0,
+    )
     np.testing.assert_allclose(p, manual, atol=1e-5)
 
 
@@ -57,17 +70,37 @@ def test_weight_fitting_and_selection_prefer_the_good_member():
 
 
 def test_choice_by_validation_breaks_ties_by_log_loss_and_never_reads_test():
-    table = pd.DataFrame([
-        {"model": "ensemble_select", "kind": "ensemble", "val_macro_f1": 1.0, "val_log_loss": 0.20, "test_macro_f1": 0.1},
-        {"model": "ensemble_mean", "kind": "ensemble", "val_macro_f1": 0.998, "val_log_loss": 0.05, "test_macro_f1": 0.0},
-        {"model": "ensemble_stack", "kind": "ensemble", "val_macro_f1": 0.90, "val_log_loss": 0.01, "test_macro_f1": 1.0},
-        {"model": "mobilenet", "kind": "backbone", "val_macro_f1": 1.0, "val_log_loss": 0.5, "test_macro_f1": 1.0},
-    ])
-    assert ensemble.choose_by_validation(table) == "ensemble_mean"  # tied on F1 (within 0.005), lower log-loss
-    assert ensemble.choose_by_validation(table, tol=0.0) == "ensemble_select"
-    assert ensemble.choose_by_validation(table, "backbone") == "mobilenet"
+    table = pd.DataFrame(
+        [
+            {
+                "model": "ensemble_select",
+                "kind": "ensemble",
+                "val_macro_f1": 1.0,
+                "val_log_loss": 0.20,
+                "test_macro_f1": 0.1,
+            },
+            {
+                "model": "ensemble_mean",
+                "kind": "ensemble",
+                "val_macro_f1": 0.998,
+                "val_log_loss": 0.05,
+                "test_macro_f1": 0.0,
+            },
+            {
+                "model": "ensemble_stack",
+                "kind": "ensemble",
+                "val_macro_f1": 0.90,
+                "val_log_loss": 0.01,
+                "test_macro_f1": 1.0,
+            },
+            {"model": "mobilenet", "kind": "backbone", "val_macro_f1": 1.0, "val_log_loss": 0.5, "test_macro_f1": 1.0},
+        ]
+    )
+    assert choose_by_validation(table) == "ensemble_mean"  # tied on F1 (within 0.005), lower log-loss
+    assert choose_by_validation(table, tol=0.0) == "ensemble_select"
+    assert choose_by_validation(table, "backbone") == "mobilenet"
     with pytest.raises(ValueError, match="no probe rows"):
-        ensemble.choose_by_validation(table, "probe")
+        choose_by_validation(table, "probe")
 
 
 def test_stacker_is_trained_and_scored_out_of_fold():
@@ -85,11 +118,18 @@ def test_stacker_is_trained_and_scored_out_of_fold():
 def test_probes_can_be_ensemble_members(smoke_models, smoke_data, tmp_path):
     out, _ = smoke_models
     root, split = smoke_data
-    table, _ = ensemble.ensemble_run(out, ["mean"], tmp_path / "ens", root, split, backbones=["mobilenet"], seed=0,
-                                     probes=True)
+    table, _ = ensemble.ensemble_run(
+        out, ["mean"], tmp_path / "ens", root, split, backbones=["mobilenet"], seed=0, probes=True
+    )
     m = json.loads((tmp_path / "ens" / "ensembles" / "mean" / "metrics.json").read_text())
     assert m["members"] == ["mobilenet", "probe_mobilenet"]
     assert list(table.model) == ["mobilenet", "probe_mobilenet", "ensemble_mean"]
+
+
+def test_members_must_agree_on_resize_policy(members):
+    padded, _ = build_classifier("mobilenet", model_classes(members[0]), img_size=75, weights=None, policy="pad")
+    with pytest.raises(ValueError, match="disagree on the resize policy"):
+        ensemble.build_ensemble([members[0], padded], "mean")
 
 
 def test_stack_without_stacker_is_refused(members):
@@ -100,31 +140,34 @@ def test_stack_without_stacker_is_refused(members):
 def test_every_method_saves_and_reloads_in_fresh_process(smoke_models, smoke_data, tmp_path):
     out, results = smoke_models
     root, split = smoke_data
-    table, res = ensemble.ensemble_run(out, ensemble.METHODS, tmp_path / "ens", root, split,
-                                       backbones=["mobilenet", "vgg19", "mobilenet_v2"], seed=0)
+    table, res = ensemble.ensemble_run(
+        out, ensemble.METHODS, tmp_path / "ens", root, split, backbones=["mobilenet", "vgg19", "mobilenet_v2"], seed=0
+    )
     members = ["mobilenet", "mobilenet_v2", "vgg19"]  # found in folder order; vgg19 brings caffe preprocessing
     probes = [f"probe_{m}" for m in members]  # every backbone's probe is a row (not a member by default)
     assert list(table.model) == members + probes + [f"ensemble_{m}" for m in ensemble.METHODS]
     assert set(table[table.kind == "probe"].model) == set(probes)
     assert (tmp_path / "ens" / "comparison.csv").is_file() and (tmp_path / "ens" / "comparison.md").is_file()
+    y_test = data.read_split(split).query("subset == 'test'").label.to_numpy()
     x = np.random.default_rng(2).uniform(0, 255, (4, 75, 75, 3)).astype("float32")
     np.save(tmp_path / "x.npy", x)
     expected = {}
     for method in ensemble.METHODS:
         m = json.loads((tmp_path / "ens" / "ensembles" / method / "metrics.json").read_text())
         assert m["kind"] == "ensemble" and m["members"] == members
-        assert 0 <= m["test"]["accuracy"] <= 1
+        saved = np.load(tmp_path / "ens" / "ensembles" / method / "proba_test.npy")
+        assert m["test"]["accuracy"] == pytest.approx(float(np.mean(saved.argmax(1) == y_test)))
         model = load_model(tmp_path / "ens" / "ensembles" / method / "ensemble.keras")
         expected[method] = model.predict(x, verbose=0).tolist()
     assert json.loads((tmp_path / "ens" / "ensembles" / "stack" / "metrics.json").read_text())["val_is_out_of_fold"]
     code = f"""
 import json, numpy as np, keras
 import gc10lib.ensemble  # registers the custom layers
-from gc10lib.backbones import model_classes
-x = np.load({str(tmp_path / 'x.npy')!r})
+from gc10lib.layers import model_classes
+x = np.load({str(tmp_path / "x.npy")!r})
 exp = json.loads({json.dumps(json.dumps(expected))})
 for method, ref in exp.items():
-    m = keras.saving.load_model({str(tmp_path / 'ens' / 'ensembles')!r} + f"/{{method}}/ensemble.keras", safe_mode=True)
+    m = keras.saving.load_model({str(tmp_path / "ens" / "ensembles")!r} + f"/{{method}}/ensemble.keras", safe_mode=True)
     assert len(model_classes(m)) == 10
     gap = np.abs(m.predict(x, verbose=0) - np.array(ref)).max()
     assert gap < 1e-5, (method, gap)
@@ -135,6 +178,7 @@ print("OK", len(exp))
     assert "OK 4" in r.stdout
 
 
+@pytest.mark.slow
 @needs_shared
 @needs_weights
 def test_real_neu_mean_ensemble_not_worse_than_worse_member(tmp_path, monkeypatch):
@@ -145,13 +189,23 @@ def test_real_neu_mean_ensemble_not_worse_than_worse_member(tmp_path, monkeypatc
     te = man[man.subset == "test"]
     models, accs = [], []
     for name in ("mobilenet", "mobilenet_v2"):
-        cfg = training.TrainConfig(backbone=name, img_size=224, weights="imagenet", epochs_head=60, epochs_finetune=0,
-                                   augment=False, batch_size=32, verbose=0, patience=8, seed=0)
+        cfg = training.TrainConfig(
+            backbone=name,
+            img_size=224,
+            weights="imagenet",
+            epochs_head=60,
+            epochs_finetune=0,
+            augment=False,
+            batch_size=32,
+            verbose=0,
+            patience=8,
+            seed=0,
+        )
         m = training.train_backbone(cfg, NEU, tmp_path / name, manifest=man, classes=ds.classes)
         accs.append(m["test"]["accuracy"])
         models.append(load_model(m["model_path"]))
     ens = ensemble.build_ensemble(models, "mean")
-    proba = training.predict_proba(ens, te.path)
+    proba = predict_proba(ens, te.path)
     acc = float((proba.argmax(1) == te.label.to_numpy()).mean())
     assert acc >= min(accs), (acc, accs)
     assert acc >= 0.9
@@ -174,8 +228,17 @@ def test_cli_evaluate_and_predict_on_real_sample(smoke_models, tmp_path):
     assert sum(v["support"] for v in m["per_class"].values()) == 18
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"nope")
-    r = _cli("predict", "--model", str(model), str(SAMPLE / "images" / "images" / "crescent_gap"), str(bad),
-             "--top-k", "3", "--out", str(tmp_path / "p.csv"))
+    r = _cli(
+        "predict",
+        "--model",
+        str(model),
+        str(SAMPLE / "images" / "images" / "crescent_gap"),
+        str(bad),
+        "--top-k",
+        "3",
+        "--out",
+        str(tmp_path / "p.csv"),
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "skipped" in r.stderr and "bad.jpg" in r.stderr
     preds = pd.read_csv(tmp_path / "p.csv")
@@ -196,8 +259,18 @@ def test_cli_evaluate_unknown_class_folder_is_clear(smoke_models):
 def test_cli_evaluate_with_split_subset(smoke_models, smoke_data):
     out, _ = smoke_models
     root, split = smoke_data
-    r = _cli("evaluate", "--model", str(out / "vgg19" / "model.keras"), "--data", str(root), "--split-csv", str(split),
-             "--subset", "val", "--json")
+    r = _cli(
+        "evaluate",
+        "--model",
+        str(out / "vgg19" / "model.keras"),
+        "--data",
+        str(root),
+        "--split-csv",
+        str(split),
+        "--subset",
+        "val",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads(r.stdout)
     assert m["subset"] == "val" and m["n"] == (pd.read_csv(split).subset == "val").sum()

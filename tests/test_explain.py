@@ -1,4 +1,4 @@
-"""Grad-CAM and localisation scores: planted CAMs, coordinate mapping, a trained model's CAMs."""
+"""Grad-CAM and localization scores: planted CAMs, coordinate mapping, a trained model's CAMs."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def test_cam_maps_back_to_original_coordinates(policy):
     g = resize_geometry(w, h, size, policy)
     x0, y0, x1, y1 = g.to_input(box)
     cam = np.zeros((size, size))
-    cam[int(np.ceil(y0)):int(np.floor(y1)), int(np.ceil(x0)):int(np.floor(x1))] = 1.0
+    cam[int(np.ceil(y0)) : int(np.floor(y1)), int(np.ceil(x0)) : int(np.floor(x1))] = 1.0
     out = explain.cam_to_original(cam, w, h, policy)
     assert out.shape == (h, w)
     assert explain.energy_in_boxes(out, [box]) > 0.9
@@ -51,12 +51,14 @@ def test_cam_maps_back_to_original_coordinates(policy):
 def test_summary_counts_images_without_boxes():
     import pandas as pd
 
-    per = pd.DataFrame([
-        {"class": "a", "correct": True, "n_boxes": 1, "hit": True, "energy": 0.8, "box_fraction": 0.1},
-        {"class": "a", "correct": False, "n_boxes": 2, "hit": False, "energy": 0.2, "box_fraction": 0.3},
-        {"class": "b", "correct": True, "n_boxes": 0, "hit": None, "energy": None, "box_fraction": None},
-    ])
-    s = explain.localisation_summary(per).set_index("class")
+    per = pd.DataFrame(
+        [
+            {"class": "a", "correct": True, "n_boxes": 1, "hit": True, "energy": 0.8, "box_fraction": 0.1},
+            {"class": "a", "correct": False, "n_boxes": 2, "hit": False, "energy": 0.2, "box_fraction": 0.3},
+            {"class": "b", "correct": True, "n_boxes": 0, "hit": None, "energy": None, "box_fraction": None},
+        ]
+    )
+    s = explain.localization_summary(per).set_index("class")
     assert s.loc["a", "pointing"] == 0.5 and s.loc["a", "energy"] == pytest.approx(0.5)
     assert s.loc["b", "no_boxes"] == 1 and np.isnan(s.loc["b", "pointing"])
     assert s.loc["overall", "images"] == 3 and s.loc["overall", "no_boxes"] == 1
@@ -76,10 +78,24 @@ def trained(synth_root, tmp_path_factory):
     os.environ["GC10_WEIGHTS_DIR"] = str(WEIGHTS)
     base = tmp_path_factory.mktemp("cam")
     ds = data.discover(synth_root)
-    split = data.write_split(data.split_dataset(ds, (0.5, 0.25, 0.25), seed=0), base / "split.csv", synth_root,
-                             classes=ds.classes, seed=0, fractions=(0.5, 0.25, 0.25))
-    cfg = training.TrainConfig(backbone="mobilenet", img_size=224, weights="imagenet", epochs_head=30,
-                               epochs_finetune=0, augment=False, verbose=0, seed=0)
+    split = data.write_split(
+        data.split_dataset(ds, (0.5, 0.25, 0.25), seed=0),
+        base / "split.csv",
+        synth_root,
+        classes=ds.classes,
+        seed=0,
+        fractions=(0.5, 0.25, 0.25),
+    )
+    cfg = training.TrainConfig(
+        backbone="mobilenet",
+        img_size=224,
+        weights="imagenet",
+        epochs_head=30,
+        epochs_finetune=0,
+        augment=False,
+        verbose=0,
+        seed=0,
+    )
     return training.train_backbone(cfg, synth_root, base / "m", split_csv=split)["model_path"], split
 
 
@@ -90,10 +106,12 @@ def test_trained_model_cams_point_into_the_planted_box(trained, synth_root):
     per, cams = explain.explain_split(model, synth_root, split, keep_cams=5)
     assert len(per) == 30 and (per.n_boxes > 0).all()
     for cam in cams.values():
-        assert cam.shape == (125, 256) and cam.min() >= 0.0 and cam.max() <= 1.0
+        assert cam.shape == (125, 256) and cam.min() >= 0.0 and cam.max() == pytest.approx(1.0)  # scaled to its peak
     share = float(per.hit.astype(float).mean())
-    print(f"pointing game on {len(per)} synthetic test images: {share:.2f}; "
-          f"energy {per.energy.mean():.2f} vs box share {per.box_fraction.mean():.2f}")
+    print(
+        f"pointing game on {len(per)} synthetic test images: {share:.2f}; "
+        f"energy {per.energy.mean():.2f} vs box share {per.box_fraction.mean():.2f}"
+    )
     assert share >= 0.5
     assert per.energy.mean() > 2 * per.box_fraction.mean()
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from gc10lib import data
-from gc10lib.export import VARIANTS, LiteRTPredictor, export_litert, representative_images
-from gc10lib.predict import KerasPredictor, load_predictor
+from gc10lib.export import VARIANTS, export_litert, representative_images
+from gc10lib.inputs import ImageCache
+from gc10lib.predict import KerasPredictor, LiteRTPredictor, load_predictor
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def exported(smoke_data, tmp_path_factory):
     """MobileNetV2 with real ImageNet weights (from ../shared/weights), head trained on synthetic data.
 
     Random-init features are too ill-conditioned for a meaningful int8 comparison, and MobileNet
-    (v1) loses most of its agreement under full-integer quantisation (see the README)."""
+    (v1) loses most of its agreement under full-integer quantization (see the README)."""
     import os
 
     from conftest import WEIGHTS
@@ -31,12 +32,22 @@ def exported(smoke_data, tmp_path_factory):
     os.environ["GC10_WEIGHTS_DIR"] = str(WEIGHTS)
     root, split = smoke_data
     d = tmp_path_factory.mktemp("tflite")
-    cfg = training.TrainConfig(backbone="mobilenet_v2", img_size=75, weights="imagenet", epochs_head=15, epochs_finetune=0,
-                               augment=False, verbose=0, seed=0)
+    cfg = training.TrainConfig(
+        backbone="mobilenet_v2",
+        img_size=75,
+        weights="imagenet",
+        epochs_head=15,
+        epochs_finetune=0,
+        augment=False,
+        verbose=0,
+        seed=0,
+    )
     model = training.train_backbone(cfg, root, d / "model", split_csv=split)["model_path"]
     rep = representative_images(root, split, 75, n=40)
-    files = {v: export_litert(model, d / f"vgg19_{v}.tflite", v, representative=rep if v == "int8" else None)
-             for v in VARIANTS}
+    files = {
+        v: export_litert(model, d / f"vgg19_{v}.tflite", v, representative=rep if v == "int8" else None)
+        for v in VARIANTS
+    }
     return model, files
 
 
@@ -49,12 +60,12 @@ def test_every_variant_exports_and_runs(exported, smoke_data):
     from gc10lib.inputs import ImageCache
 
     x = ImageCache(75).load(list(te.path))
-    ref = keras_pred.predict_array(x)
+    ref = keras_pred(x)
     sizes = {v: f.stat().st_size for v, f in files.items()}
     for v, f in files.items():
         p = LiteRTPredictor(f)
         assert p.classes == keras_pred.classes and p.input_size == 75
-        out = p.predict_array(x, batch_size=4)
+        out = p(x, batch_size=4)
         assert out.shape == ref.shape and np.allclose(out.sum(1), 1, atol=0.02)
         if v == "float32":
             np.testing.assert_allclose(out, ref, atol=1e-3)
@@ -68,29 +79,64 @@ def test_every_variant_exports_and_runs(exported, smoke_data):
 def test_tflite_through_cli(exported, smoke_data, tmp_path):
     _, files = exported
     root, split = smoke_data
-    r = subprocess.run([sys.executable, "-m", "gc10lib.cli", "evaluate", "--model", str(files["int8"]), "--data",
-                        str(root), "--split-csv", str(split), "--json"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gc10lib.cli",
+            "evaluate",
+            "--model",
+            str(files["int8"]),
+            "--data",
+            str(root),
+            "--split-csv",
+            str(split),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout)["n"] == (data.read_split(split).subset == "test").sum()
-    r = subprocess.run([sys.executable, "-m", "gc10lib.cli", "predict", "--model", str(files["dynamic"]),
-                        str(root / "images" / "images" / "crease")], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gc10lib.cli",
+            "predict",
+            "--model",
+            str(files["dynamic"]),
+            str(root / "images" / "images" / "crease"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(r.stdout.strip().splitlines()) == 1 + 6
 
 
-def test_cli_export(smoke_models, smoke_data, tmp_path):
+def test_cli_export(smoke_models, tmp_path, capsys):
+    """int8 needs calibration data; the export and its sidecar are written once and never overwritten.
+    (int8 through the CLI, with the model's own policy, is tested in test_model_info.py.)"""
+    from gc10lib.cli import main
+
     out, _ = smoke_models
-    root, split = smoke_data
-    args = [sys.executable, "-m", "gc10lib.cli", "export", "--model", str(out / "mobilenet" / "model.keras"),
-            "--format", "int8", "--out", str(tmp_path / "m.tflite")]
-    r = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "needs --data" in r.stderr
-    r = subprocess.run([*args, "--data", str(root), "--split-csv", str(split), "--calibration", "20"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert load_predictor(tmp_path / "m.tflite").variant == "int8"
-    r = subprocess.run([*args, "--data", str(root)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "already exists" in r.stderr
+    model = str(out / "mobilenet" / "model.keras")
+    assert main(["export", "--model", model, "--format", "int8", "--out", str(tmp_path / "m.tflite")]) == 2
+    assert "needs --data" in capsys.readouterr().err and not (tmp_path / "m.tflite").exists()
+    args = ["export", "--model", model, "--format", "dynamic", "--out", str(tmp_path / "m.tflite")]
+    assert main(args) == 0
+    assert load_predictor(tmp_path / "m.tflite").variant == "dynamic"
+    before = (tmp_path / "m.tflite").read_bytes()
+    assert main([*args[:-1], str(tmp_path / "m.tflite")]) == 2 and "already exists" in capsys.readouterr().err
+    (tmp_path / "n.tflite.json").write_text("{}")  # an unrelated sidecar already there is not overwritten either
+    assert (
+        main([*args[:-1], str(tmp_path / "n.tflite")]) == 2
+        and "n.tflite.json: already exists" in capsys.readouterr().err
+    )
+    assert (tmp_path / "n.tflite.json").read_text() == "{}" and (tmp_path / "m.tflite").read_bytes() == before
 
 
 def test_corrupt_or_foreign_tflite_is_clear(exported, tmp_path):
@@ -117,30 +163,38 @@ def test_int8_agrees_with_float_on_most_test_images(exported, smoke_data):
 
     man = data.read_split(split)
     x = ImageCache(75).load(list(man[man.subset == "test"].path))
-    ref = LiteRTPredictor(files["float32"]).predict_array(x).argmax(1)
-    q = LiteRTPredictor(files["int8"]).predict_array(x).argmax(1)
+    ref = LiteRTPredictor(files["float32"])(x).argmax(1)
+    q = LiteRTPredictor(files["int8"])(x).argmax(1)
     agreement = float(np.mean(q == ref))
     print(f"int8 vs float32 top-1 agreement: {agreement:.3f} on {len(x)} images")
     assert agreement >= 0.75
 
 
-def test_quantization_table_and_plot(exported, smoke_data, tmp_path):
-    from gc10lib import export, plots
+def test_quantize_table_and_plot(exported, smoke_data, tmp_path):
+    from gc10lib import plots, quantize
 
     model, _ = exported
     root, split = smoke_data
-    df = export.quantization_table(model, root, split, tmp_path / "q", ("dynamic",), name="m",
-                                   batch_sizes=(1, 4), timing_images=8, repeats=2)
+    df = quantize.quantize_table(
+        model, root, split, tmp_path / "q", ("dynamic",), name="m", batch_sizes=(1, 4), timing_images=8, repeats=2
+    )
     assert list(df.variant) == ["keras", "dynamic"]
     keras_row, dyn = df.iloc[0], df.iloc[1]
-    assert keras_row.agreement == 1.0 and 0.0 <= dyn.agreement <= 1.0 and keras_row.size_ratio == 1.0
+    te = data.read_split(split).query("subset == 'test'")
+    x = ImageCache(75).load(list(te.path))
+    ref = KerasPredictor(model)(x).argmax(1)
+    lite = LiteRTPredictor(dyn.file)(x).argmax(1)
+    assert keras_row.agreement == 1.0 and keras_row.size_ratio == 1.0
+    assert dyn.agreement == pytest.approx(float(np.mean(lite == ref)))
+    assert dyn.accuracy == pytest.approx(float(np.mean(lite == te.label.to_numpy())))
     assert (df.latency_ms_b1 > 0).all() and (df.throughput_img_s > 0).all() and set(df.best_batch) <= {1, 4}
     assert dyn.size_ratio > 3 and df.n_images.iloc[0] == (data.read_split(split).subset == "test").sum()
-    csv, md = export.write_table(df, tmp_path / "q")
+    csv, md = quantize.write_table(df, tmp_path / "q")
     assert "| m " in md.read_text() and len(__import__("pandas").read_csv(csv)) == 2
     with pytest.raises(FileExistsError):
-        export.write_table(df, tmp_path / "q")
-    assert plots.size_vs_accuracy(df).axes
+        quantize.write_table(df, tmp_path / "q")
+    ax = plots.size_vs_accuracy(df).axes[0]
+    assert len(ax.texts) == 2 and ax.get_xscale() == "log"  # one latency label per file
 
 
 def test_ensemble_exports_and_matches_keras(smoke_models, smoke_data, tmp_path):
@@ -151,10 +205,10 @@ def test_ensemble_exports_and_matches_keras(smoke_models, smoke_data, tmp_path):
 
     out, _ = smoke_models
     root, split = smoke_data
-    ens = ensemble.build_ensemble([load_model(out / n / "model.keras") for n in ("mobilenet", "mobilenet_v2")],
-                                  "mean")
+    ens = ensemble.build_ensemble([load_model(out / n / "model.keras") for n in ("mobilenet", "mobilenet_v2")], "mean")
     path = export_litert(ens, tmp_path / "ens.tflite", "float32")
     man = data.read_split(split)
     x = ImageCache(75).load(list(man[man.subset == "test"].path)[:8])
-    np.testing.assert_allclose(LiteRTPredictor(path).predict_array(x, batch_size=4),
-                               ens.predict(x.astype("float32"), verbose=0), atol=1e-3)
+    np.testing.assert_allclose(
+        LiteRTPredictor(path)(x, batch_size=4), ens.predict(x.astype("float32"), verbose=0), atol=1e-3
+    )

@@ -8,13 +8,21 @@ import papermill as pm
 import pytest
 from conftest import LABELS, REPO, SAMPLE, needs_shared
 
+pytestmark = pytest.mark.slow  # each test starts a Jupyter kernel
+
 NB = REPO / "notebooks" / "01_eda.ipynb"
 
 
 def _run(tmp_path, **params):
     out = tmp_path / "eda"
-    pm.execute_notebook(str(NB), str(tmp_path / "01_eda.ipynb"), parameters={"out_dir": str(out), **params},
-                        kernel_name="python3", cwd=str(NB.parent), progress_bar=False)
+    pm.execute_notebook(
+        str(NB),
+        str(tmp_path / "01_eda.ipynb"),
+        parameters={"out_dir": str(out), **params},
+        kernel_name="python3",
+        cwd=str(NB.parent),
+        progress_bar=False,
+    )
     return out
 
 

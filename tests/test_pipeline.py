@@ -9,22 +9,56 @@ import sys
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from gc10lib import pipeline
+from gc10lib import pipeline, records
 
-SMOKE = ["-p", "backbones", "[mobilenet, vgg19]", "-p", "img_size", "48", "-p", "synthetic_per_class", "8",
-         "-p", "epochs_head", "3", "-p", "epochs_finetune", "1", "-p", "quantize_variants", "[int8]",
-         "-p", "quantize_models", "[mobilenet]", "-p", "n_representative", "16", "-p", "explain_per_class", "1"]
+SMOKE = [
+    "-p",
+    "backbones",
+    "[mobilenet, vgg19]",
+    "-p",
+    "img_size",
+    "48",
+    "-p",
+    "synthetic_per_class",
+    "8",
+    "-p",
+    "epochs_head",
+    "3",
+    "-p",
+    "epochs_finetune",
+    "1",
+    "-p",
+    "quantize_variants",
+    "[int8]",
+    "-p",
+    "quantize_models",
+    "[mobilenet]",
+    "-p",
+    "n_representative",
+    "16",
+    "-p",
+    "explain_per_class",
+    "1",
+]
 # (VGG19 conversions cost minutes; ensemble export is tested in test_export.py)
 
 
-def gc10_run(*args: str, runs_root: Path | str, timeout: int = 900, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gc10lib.cli", "run", *args, "--runs-root", str(runs_root)],
-                          capture_output=True, text=True, timeout=timeout, cwd=cwd,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+def gc10_run(
+    *args: str, runs_root: Path | str, timeout: int = 900, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gc10lib.cli", "run", *args, "--runs-root", str(runs_root)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,21 +72,30 @@ def demo_run(tmp_path_factory):
 
 def test_demo_pipeline_artefacts(demo_run):
     run, r = demo_run
-    for name in ("01_eda.ipynb", "02_finetune_mobilenet.ipynb", "03_finetune_vgg19.ipynb", "04_ensemble.ipynb",
-                 "run.json", "summary.json", "summary.md", "split.csv", "split.json"):
+    for name in (
+        "01_eda.ipynb",
+        "02_finetune_mobilenet.ipynb",
+        "02_finetune_vgg19.ipynb",
+        "03_ensemble.ipynb",
+        "run.json",
+        "summary.json",
+        "summary.md",
+        "split.csv",
+        "split.json",
+    ):
         assert (run / name).is_file(), name
-    for step in ("02_finetune_mobilenet", "03_finetune_vgg19"):
+    for step in ("02_finetune_mobilenet", "02_finetune_vgg19"):
         assert (run / "steps" / step / "model.keras").is_file()
         assert (run / "steps" / step / "curves.png").is_file()
     for method in ("mean", "weighted", "stack", "select"):
-        assert (run / "steps" / "04_ensemble" / "ensembles" / method / "ensemble.keras").is_file()
+        assert (run / "steps" / "03_ensemble" / "ensembles" / method / "ensemble.keras").is_file()
     assert (run / "logs" / "02_finetune_mobilenet.log").stat().st_size > 0
     for f in ("quantization.csv", "quantization.md", "size_vs_accuracy.png"):
-        assert (run / "steps" / "05_quantize" / f).is_file(), f
-    assert (run / "steps" / "05_quantize" / "mobilenet_int8.tflite").is_file()
-    assert (run / "steps" / "06_explain" / "localisation.csv").is_file()
-    assert len(list((run / "steps" / "06_explain").glob("cam_grid_*.png"))) == 2
-    assert "[1/6] 01_eda" in r.stdout and "[6/6] 06_explain" in r.stdout and "min left" in r.stdout
+        assert (run / "steps" / "04_quantize" / f).is_file(), f
+    assert (run / "steps" / "04_quantize" / "mobilenet_int8.tflite").is_file()
+    assert (run / "steps" / "05_explain" / "localization.csv").is_file()
+    assert len(list((run / "steps" / "05_explain").glob("cam_grid_*.png"))) == 2
+    assert "[1/6] 01_eda" in r.stdout and "[6/6] 05_explain" in r.stdout and "min left" in r.stdout
 
 
 def test_run_manifest(demo_run):
@@ -69,8 +112,16 @@ def test_summary_has_sane_metrics_for_every_model(demo_run):
     run, _ = demo_run
     s = json.loads((run / "summary.json").read_text())
     names = {row["model"] for row in s["models"]}
-    assert names == {"mobilenet", "vgg19", "probe_mobilenet", "probe_vgg19", "ensemble_mean", "ensemble_weighted",
-                     "ensemble_stack", "ensemble_select"}
+    assert names == {
+        "mobilenet",
+        "vgg19",
+        "probe_mobilenet",
+        "probe_vgg19",
+        "ensemble_mean",
+        "ensemble_weighted",
+        "ensemble_stack",
+        "ensemble_select",
+    }
     rows = {row["model"]: row for row in s["models"]}
     for bb in ("mobilenet", "vgg19"):
         probe = rows[f"probe_{bb}"]
@@ -78,12 +129,14 @@ def test_summary_has_sane_metrics_for_every_model(demo_run):
         below = [k for k in ("accuracy", "macro_f1") if rows[bb][f"val_{k}"] < probe[f"val_{k}"]]
         assert rows[bb]["vs_probe"] == (f"below: {', '.join(below)}" if below else "ok")
         assert rows[bb]["selected_phase"] in ("probe", "head", "finetune")
-    for row in s["models"]:
-        assert 0.0 <= row["test_accuracy"] <= 1.0 and 0.0 <= row["test_macro_f1"] <= 1.0
+    y_test = pd.read_csv(run / "split.csv").query("subset == 'test'").label.to_numpy()
+    saved = {r.name: np.load(r.dir / "proba_test.npy") for r in records.find_models(run / "steps")}
+    for row in s["models"]:  # every row's figure is the one its saved test probabilities give
+        assert row["test_accuracy"] == pytest.approx(float(np.mean(saved[row["model"]].argmax(1) == y_test)))
         assert row["size_mb"] > 0
     md = (run / "summary.md").read_text()
-    assert "ensemble_weighted" in md and "| 04_ensemble | done |" in md
-    assert "Quantisation (LiteRT" in md and "Localisation against the boxes" in md
+    assert "ensemble_weighted" in md and "| 03_ensemble | done |" in md
+    assert "Quantization (LiteRT" in md and "Localization against the boxes" in md
 
 
 def test_compare_aggregates_runs(demo_run, tmp_path):
@@ -151,14 +204,39 @@ def test_default_names_never_collide(tmp_path):
     assert a != b and not b.exists()
 
 
+@pytest.mark.slow
 def test_resume_after_planted_failure(tmp_path):
     """A step fails (its weights file is missing); after fixing that, --resume skips what finished."""
     import keras
 
     weights = tmp_path / "w" / "mobilenet_custom.weights.h5"
-    args = ["--config", "demo", "-p", "notebooks", "[01_eda, 02_finetune]", "-p", "backbones", "[mobilenet]",
-            "-p", "img_size", "48", "-p", "synthetic_per_class", "6", "-p", "epochs_head", "2",
-            "-p", "epochs_finetune", "0", "-p", "weights", str(weights), "--name", "r"]
+    args = [
+        "--config",
+        "demo",
+        "-p",
+        "notebooks",
+        "[01_eda, 02_finetune]",
+        "-p",
+        "backbones",
+        "[mobilenet]",
+        "-p",
+        "img_size",
+        "48",
+        "-p",
+        "synthetic_per_class",
+        "6",
+        "-p",
+        "epochs_head",
+        "2",
+        "-p",
+        "epochs_finetune",
+        "0",
+        "-p",
+        "weights",
+        str(weights),
+        "--name",
+        "r",
+    ]
     r = gc10_run(*args, runs_root=tmp_path / "runs")
     assert r.returncode == 2
     assert "step 02_finetune_mobilenet failed in cell" in r.stderr and "weights file not found" in r.stderr
@@ -177,3 +255,30 @@ def test_resume_after_planted_failure(tmp_path):
     assert m["steps"]["01_eda"]["end"] == eda_time
     assert m["steps"]["02_finetune_mobilenet"]["status"] == "done"
     assert (run / "steps" / "02_finetune_mobilenet" / "model.keras").is_file()
+
+
+def test_step_verbs_on_a_finished_run(demo_run, tmp_path, capsys):
+    """`gc10 ensemble | quantize | explain RUN` take data and split from the run folder, choose on
+    validation and write what the notebooks' steps write."""
+    from gc10lib import cli
+
+    run, _ = demo_run
+    assert cli.main(["ensemble", str(run), "--methods", "mean", "--out", str(tmp_path / "e")]) == 0
+    assert "chosen on validation: ensemble_mean" in capsys.readouterr().out
+    steps = run / "steps" / "03_ensemble"
+    ours = json.loads((tmp_path / "e" / "ensembles" / "mean" / "metrics.json").read_text())
+    theirs = json.loads((steps / "ensembles" / "mean" / "metrics.json").read_text())
+    assert ours["test"]["accuracy"] == pytest.approx(theirs["test"]["accuracy"])  # the same step, the same figure
+    assert (tmp_path / "e" / "summary_extra.json").is_file() and (tmp_path / "e" / "comparison.png").is_file()
+    args = ["quantize", str(run), "--models", "mobilenet", "--variants", "dynamic", "--max-images", "8"]
+    assert cli.main([*args, "--out", str(tmp_path / "q")]) == 0
+    q = pd.read_csv(tmp_path / "q" / "quantization.csv")
+    assert list(q.variant) == ["keras", "dynamic"] and set(q.policy) == {"stretch"}
+    assert cli.main([*args, "--out", str(tmp_path / "q")]) == 2  # an output folder holding results is refused
+    assert (
+        cli.main(["explain", str(run), "--models", "best_backbone", "--per-class", "1", "--out", str(tmp_path / "x")])
+        == 0
+    )
+    assert len(list((tmp_path / "x").glob("cam_grid_*.png"))) == 1 and (tmp_path / "x" / "localization.csv").is_file()
+    assert cli.main(["explain", str(run), "--models", "nope", "--out", str(tmp_path / "y")]) == 2
+    assert "no model named 'nope'" in capsys.readouterr().err

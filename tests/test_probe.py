@@ -48,9 +48,9 @@ def test_probe_written_into_head_gives_the_same_probabilities():
     xt, yt = _blobs(20, centres, 0)
     xv, yv = _blobs(10, centres, 1)
     adapt_feature_norm(head, xt)
-    p = probe.fit_probe(probe.standardise(head, xt), yt, probe.standardise(head, xv), yv, 3)
+    p = probe.fit_probe(probe.standardize(head, xt), yt, probe.standardize(head, xv), yv, 3)
     probe.set_head(head, p)
-    np.testing.assert_allclose(head.predict(xv, verbose=0), p.predict_proba(probe.standardise(head, xv)), atol=1e-5)
+    np.testing.assert_allclose(head.predict(xv, verbose=0), p.predict_proba(probe.standardize(head, xv)), atol=1e-5)
 
 
 def test_probe_needs_two_classes():

@@ -14,7 +14,9 @@ import pytest
 from conftest import NEU, WEIGHTS, needs_shared, needs_weights
 
 from gc10lib import data, training
-from gc10lib.backbones import REGISTRY, load_model, model_classes
+from gc10lib.backbones import REGISTRY, load_model
+from gc10lib.layers import model_classes
+from gc10lib.predict import predict_proba
 
 
 def test_every_backbone_trains_and_writes_outputs(smoke_models):
@@ -22,13 +24,16 @@ def test_every_backbone_trains_and_writes_outputs(smoke_models):
     assert set(results) == set(REGISTRY)
     for name, m in results.items():
         d = out / name
-        for f in ("model.keras", "metrics.json", "history.csv", "model.json", "proba_val.npy", "proba_test.npy"):
+        for f in ("model.keras", "metrics.json", "history.csv", "proba_val.npy", "proba_test.npy"):
             assert (d / f).is_file(), (name, f)
         saved = json.loads((d / "metrics.json").read_text())
         assert saved["weights_source"] == "random" and saved["seed"] == 3 and saved["img_size"] == 75
         assert saved["split_csv"].endswith("split.csv")
+        man = data.read_split(saved["split_csv"])
         for part in ("val", "test"):
-            assert 0 <= saved[part]["accuracy"] <= 1
+            y = man[man.subset == part].label.to_numpy()
+            proba = np.load(d / f"proba_{part}.npy")
+            assert saved[part]["accuracy"] == pytest.approx(float(np.mean(proba.argmax(1) == y)))
             assert len(saved[part]["confusion_matrix"]) == 10 and set(saved[part]["per_class"]) == set(m["classes"])
         assert {"head_s", "finetune_s", "eval_s", "total_s"} <= set(saved["timings"])
         hist = pd.read_csv(d / "history.csv")
@@ -54,16 +59,28 @@ def test_saved_model_reproduces_recorded_probabilities(smoke_models, smoke_data)
     te = man[man.subset == "test"]
     model = load_model(out / "mobilenet" / "model.keras")
     assert model_classes(model) == results["mobilenet"]["classes"]
-    proba = training.predict_proba(model, te.path)
+    proba = predict_proba(model, te.path)
     np.testing.assert_allclose(proba, np.load(out / "mobilenet" / "proba_test.npy"), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_saved_model_is_the_best_state_across_phases(smoke_data, tmp_path):
     """A fine-tune that diverges (SGD at lr 50, no clipping) must not be what gets saved."""
     root, split = smoke_data
-    cfg = training.TrainConfig(backbone="mobilenet", img_size=75, weights=None, epochs_head=3, epochs_finetune=2,
-                               finetune_fraction=0.3, lr_finetune=50.0, clipnorm=None, warmup_fraction=0.0,
-                               batch_size=16, verbose=0, seed=3)
+    cfg = training.TrainConfig(
+        backbone="mobilenet",
+        img_size=75,
+        weights=None,
+        epochs_head=3,
+        epochs_finetune=2,
+        finetune_fraction=0.3,
+        lr_finetune=50.0,
+        clipnorm=None,
+        warmup_fraction=0.0,
+        batch_size=16,
+        verbose=0,
+        seed=3,
+    )
     m = training.train_backbone(cfg, root, tmp_path / "o", split_csv=split)
     hist = pd.read_csv(tmp_path / "o" / "history.csv")
     ft = hist[hist.phase == "finetune"]
@@ -76,8 +93,7 @@ def test_saved_model_is_the_best_state_across_phases(smoke_data, tmp_path):
     reloaded = load_model(tmp_path / "o" / "model.keras")
     man = data.read_split(split)
     va = man[man.subset == "val"]
-    np.testing.assert_allclose(training.predict_proba(reloaded, va.path), np.load(tmp_path / "o" / "proba_val.npy"),
-                               atol=1e-5)
+    np.testing.assert_allclose(predict_proba(reloaded, va.path), np.load(tmp_path / "o" / "proba_val.npy"), atol=1e-5)
 
 
 def test_train_config_from_notebook_parameters():
@@ -85,10 +101,34 @@ def test_train_config_from_notebook_parameters():
     assert (cfg.backbone, cfg.class_weight, cfg.seed) == ("vgg19", "none", 7)
 
 
+def test_notebook_02_defaults_are_train_config_defaults():
+    """One source of training defaults: every TrainConfig field the 02 parameters cell declares has
+    the TrainConfig default there (configs/*.yaml override them per dataset)."""
+    import ast
+    from dataclasses import fields
+
+    from gc10lib import pipeline
+
+    declared = pipeline.notebook_parameters(pipeline.NOTEBOOK_DIR / "02_finetune.ipynb")
+    defaults = {f.name: f.default for f in fields(training.TrainConfig)}
+    shared = set(declared) & set(defaults)
+    assert len(shared) >= 20
+    wrong = {k: (declared[k], defaults[k]) for k in shared if ast.literal_eval(declared[k]) != defaults[k]}
+    assert not wrong, f"02 parameters differ from TrainConfig (notebook, TrainConfig): {wrong}"
+
+
 def test_feature_cache_is_reused(smoke_models, smoke_data, tmp_path):
     root, split = smoke_data
-    cfg = training.TrainConfig(backbone="mobilenet", img_size=75, weights=None, epochs_head=1, epochs_finetune=0,
-                               batch_size=16, verbose=0, seed=3)
+    cfg = training.TrainConfig(
+        backbone="mobilenet",
+        img_size=75,
+        weights=None,
+        epochs_head=1,
+        epochs_finetune=0,
+        batch_size=16,
+        verbose=0,
+        seed=3,
+    )
     first = training.train_backbone(cfg, root, tmp_path / "a", split_csv=split)
     second = training.train_backbone(cfg, root, tmp_path / "b", split_csv=split)
     assert first["timings"]["features_cached"] is True  # smoke_models computed the same features already
@@ -122,6 +162,7 @@ def test_existing_output_folder_is_refused(smoke_data, tmp_path):
     assert (tmp_path / "x" / "model.keras").read_text() == "previous"
 
 
+@pytest.mark.slow
 @needs_shared
 @needs_weights
 def test_real_neu_mobilenet_frozen_head_reaches_90_percent(tmp_path, monkeypatch):
@@ -131,14 +172,25 @@ def test_real_neu_mobilenet_frozen_head_reaches_90_percent(tmp_path, monkeypatch
     sub = ds.table.groupby("class").sample(40, random_state=0)
     ds.table = sub.reset_index(drop=True)
     man = data.split_dataset(ds, (0.6, 0.2, 0.2), seed=0)
-    cfg = training.TrainConfig(backbone="mobilenet", img_size=224, weights="imagenet", epochs_head=60,
-                               epochs_finetune=0, augment=False, batch_size=32, verbose=0, patience=8, seed=0)
+    cfg = training.TrainConfig(
+        backbone="mobilenet",
+        img_size=224,
+        weights="imagenet",
+        epochs_head=60,
+        epochs_finetune=0,
+        augment=False,
+        batch_size=32,
+        verbose=0,
+        patience=8,
+        seed=0,
+    )
     m = training.train_backbone(cfg, NEU, tmp_path / "neu", manifest=man, classes=ds.classes)
     assert m["weights_source"].startswith("imagenet-file:")
     assert m["test"]["n"] == 48
     assert m["test"]["accuracy"] >= 0.90, m["test"]["accuracy"]
 
 
+@pytest.mark.slow
 @needs_shared
 @needs_weights
 def test_real_neu_saved_model_never_below_the_head_phase(tmp_path, monkeypatch):
@@ -148,8 +200,17 @@ def test_real_neu_saved_model_never_below_the_head_phase(tmp_path, monkeypatch):
     ds = data.discover(NEU)
     ds.table = ds.table.groupby("class").sample(24, random_state=1).reset_index(drop=True)
     man = data.split_dataset(ds, (0.5, 0.25, 0.25), seed=1)
-    cfg = training.TrainConfig(backbone="mobilenet", img_size=160, weights="imagenet", epochs_head=15,
-                               epochs_finetune=1, finetune_fraction=0.2, batch_size=16, verbose=0, seed=1)
+    cfg = training.TrainConfig(
+        backbone="mobilenet",
+        img_size=160,
+        weights="imagenet",
+        epochs_head=15,
+        epochs_finetune=1,
+        finetune_fraction=0.2,
+        batch_size=16,
+        verbose=0,
+        seed=1,
+    )
     m = training.train_backbone(cfg, NEU, tmp_path / "neu", manifest=man, classes=ds.classes)
     hist = pd.read_csv(tmp_path / "neu" / "history.csv")
     head_best = min(hist[hist.phase == "head"].val_loss.min(), m["selected"]["best_by_phase"]["probe"])
@@ -181,11 +242,17 @@ def _result(stdout: str) -> dict:
     return json.loads(line.split(" ", 1)[1])
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(smoke_data, tmp_path):
     root, split = smoke_data
     env = {**os.environ, "N_LOGICAL_CPUS": "2"}
-    r = subprocess.run([sys.executable, "-c", STRATEGY_SCRIPT, str(root), str(split), str(tmp_path / "o"), "mirrored"],
-                       capture_output=True, text=True, timeout=600, env=env)
+    r = subprocess.run(
+        [sys.executable, "-c", STRATEGY_SCRIPT, str(root), str(split), str(tmp_path / "o"), "mirrored"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert _result(r.stdout)["replicas"] == 2
     assert (tmp_path / "o" / "model.keras").is_file()
@@ -197,6 +264,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_multiworker_strategy_two_processes(smoke_data, tmp_path):
     """Two worker processes on 127.0.0.1 train together through TF_CONFIG; bounded in time."""
     root, split = smoke_data
@@ -204,9 +272,15 @@ def test_multiworker_strategy_two_processes(smoke_data, tmp_path):
     procs = []
     for i in range(2):
         env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
-        procs.append(subprocess.Popen([sys.executable, "-c", STRATEGY_SCRIPT, str(root), str(split),
-                                       str(tmp_path / f"w{i}"), "multiworker"],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", STRATEGY_SCRIPT, str(root), str(split), str(tmp_path / f"w{i}"), "multiworker"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        )
     outs = []
     try:
         for p in procs:
@@ -222,5 +296,6 @@ def test_multiworker_strategy_two_processes(smoke_data, tmp_path):
         hist = pd.read_csv(tmp_path / f"w{i}" / "history_finetune.csv")
         assert len(hist) == 1 and np.isfinite(hist["loss"]).all()
     # synchronous training: both workers end with the same weights, hence the same predictions
-    np.testing.assert_allclose(np.load(tmp_path / "w0" / "proba_test.npy"), np.load(tmp_path / "w1" / "proba_test.npy"),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "w0" / "proba_test.npy"), np.load(tmp_path / "w1" / "proba_test.npy"), atol=1e-5
+    )

@@ -1,0 +1,155 @@
+"""The artefacts of a run folder: one :class:`ModelRecord` per saved model, found one way.
+
+Every step that saves a model writes a ``metrics.json`` beside it (``kind``: ``backbone``,
+``probe`` or ``ensemble``). :func:`find_models` reads them all; the ensemble, quantize and explain
+steps, the run summary and the CLI use it. Choosing among models is done on validation only
+(:func:`choose_by_validation`); test figures are reported, never used to choose. A step's lines
+for the run summary go through :func:`write_step_summary`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gc10lib.errors import InputError, NotFoundError
+
+KINDS = ("backbone", "probe", "ensemble")
+STEP_SUMMARY = "summary_extra.json"
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """One saved model and what its step recorded about it (``metrics``: its ``metrics.json``)."""
+
+    name: str
+    kind: str
+    path: Path
+    dir: Path
+    metrics: dict
+
+    @property
+    def backbone(self) -> str | None:
+        return self.metrics.get("backbone")
+
+    @property
+    def val(self) -> dict:
+        return self.metrics.get("val") or {}
+
+    @property
+    def test(self) -> dict:
+        return self.metrics.get("test") or {}
+
+    def proba(self, part: str):
+        """The probabilities this model's step saved for ``part`` (``val`` or ``test``), or ``None``."""
+        f = self.dir / f"proba_{part}.npy"
+        return np.load(f).astype(np.float64) if f.is_file() else None
+
+    def row(self) -> dict:
+        """One comparison-table row: accuracy, balanced accuracy and macro-F1 side by side, val and test."""
+        m = self.metrics
+        row = {
+            "model": self.name,
+            "kind": self.kind,
+            "img_size": m.get("img_size"),
+            "weights": (m.get("weights_source") or "").split(":")[0],
+        }
+        for part in ("test", "val"):
+            for k in ("accuracy", "balanced_accuracy", "macro_f1"):
+                row[f"{part}_{k}"] = (m.get(part) or {}).get(k)
+        row.update(
+            val_log_loss=self.val.get("log_loss"),
+            selected_phase=(m.get("selected") or {}).get("phase"),
+            size_mb=m.get("model_size_mb"),
+            train_s=(m.get("timings") or {}).get("total_s"),
+        )
+        return row
+
+
+def _record(metrics_file: Path) -> ModelRecord | None:
+    m = json.loads(metrics_file.read_text())
+    if m.get("kind") not in KINDS or not m.get("model_path"):
+        return None
+    path = Path(m["model_path"])
+    if not path.is_file():  # a moved or copied run folder: the model sits beside its metrics
+        path = metrics_file.parent / path.name
+    if not path.is_file():
+        return None
+    return ModelRecord(m.get("name", metrics_file.parent.name), m["kind"], path, metrics_file.parent, m)
+
+
+def find_models(run_dir: str | Path, kinds: Sequence[str] = KINDS) -> list[ModelRecord]:
+    """Every saved model of ``kinds`` under ``run_dir``, in path order.
+
+    Attempts kept aside by ``--resume`` (``*.failed-N`` folders) are left out.
+    """
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise NotFoundError(f"{root}: no such run folder")
+    found = []
+    for mf in sorted(root.glob("**/metrics.json")):
+        if any(".failed-" in part for part in mf.relative_to(root).parts):
+            continue
+        rec = _record(mf)
+        if rec is not None and rec.kind in kinds:
+            found.append(rec)
+    return found
+
+
+def records_table(records: Sequence[ModelRecord]) -> pd.DataFrame:
+    """One :meth:`ModelRecord.row` per record."""
+    return pd.DataFrame([r.row() for r in records])
+
+
+def choose_by_validation(table: pd.DataFrame, kind: str = "ensemble", tol: float = 0.005) -> str:
+    """The row of ``kind`` that validation prefers: the highest val macro-F1, where rows within ``tol``
+    of the top tie; ties go to the lowest val log-loss (a small validation split saturates macro-F1
+    and accuracy long before it saturates log-loss). Test columns are never read."""
+    cand = table[table.kind == kind]
+    if cand.empty:
+        raise InputError(f"no {kind} rows to choose from")
+    top = cand.val_macro_f1.max()
+    tied = cand[cand.val_macro_f1 >= top - tol]
+    return str(tied.sort_values(["val_log_loss", "val_macro_f1"], ascending=[True, False]).iloc[0]["model"])
+
+
+def pick_models(run_dir: str | Path, which: Sequence[str] = ("best_backbone", "best_ensemble")) -> list[ModelRecord]:
+    """Models by name, or ``best_backbone`` / ``best_ensemble`` chosen on validation."""
+    found = find_models(run_dir)
+    if not found:
+        raise NotFoundError(f"{run_dir}: no trained models (metrics.json with a model file) found")
+    by_name = {r.name: r for r in found}
+    table = records_table(found)
+    picked: list[ModelRecord] = []
+    for w in which:
+        if w in ("best_backbone", "best_ensemble"):
+            kind = w.removeprefix("best_")
+            if not (table.kind == kind).any():
+                continue  # a run without ensembles still has its best backbone
+            rec = by_name[choose_by_validation(table, kind)]
+        elif w in by_name:
+            rec = by_name[w]
+        else:
+            raise InputError(f"no model named {w!r} in {run_dir}; found: {', '.join(by_name)}")
+        if rec not in picked:
+            picked.append(rec)
+    return picked
+
+
+def write_step_summary(out_dir: str | Path, title: str, markdown: str, **extra) -> Path:
+    """A step's section of the run summary (``summary_extra.json``): a title, a markdown table, extras."""
+    path = Path(out_dir) / STEP_SUMMARY
+    path.write_text(json.dumps({"title": title, "markdown": markdown, **extra}, indent=2, default=str))
+    return path
+
+
+def read_step_summaries(run_dir: str | Path) -> dict[str, dict]:
+    """Every step's section, by step folder name."""
+    return {
+        f.parent.name: json.loads(f.read_text()) for f in sorted((Path(run_dir) / "steps").glob(f"*/{STEP_SUMMARY}"))
+    }

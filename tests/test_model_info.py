@@ -1,0 +1,102 @@
+"""Models describe themselves: a pad-trained model is evaluated, predicted, explained and exported
+with pad geometry without any flag; files saved before the metadata existed still load."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from gc10lib import cli, data, export, training
+from gc10lib.backbones import build_classifier, load_model
+from gc10lib.inputs import ImageCache
+from gc10lib.layers import model_info
+from gc10lib.predict import KerasPredictor, LiteRTPredictor, evaluate_model, predict_files
+
+
+@pytest.fixture(scope="module")
+def pad_model(smoke_data, tmp_path_factory):
+    root, split = smoke_data
+    cfg = training.TrainConfig(
+        backbone="mobilenet",
+        img_size=64,
+        weights=None,
+        policy="pad",
+        epochs_head=3,
+        epochs_finetune=0,
+        batch_size=16,
+        verbose=0,
+        seed=5,
+    )
+    m = training.train_backbone(cfg, root, tmp_path_factory.mktemp("pad") / "m", split_csv=split)
+    return m["model_path"]
+
+
+def test_saved_model_carries_its_metadata(pad_model, smoke_data):
+    info = model_info(load_model(pad_model))
+    assert info.policy == "pad" and info.backbones == ["mobilenet"] and info.input_size == 64
+    assert info.classes == data.split_classes(smoke_data[1]) and info.weights_source == "random"
+
+
+def test_pad_model_is_evaluated_and_predicted_with_pad_geometry(pad_model, smoke_data):
+    root, split = smoke_data
+    va = data.read_split(split).query("subset == 'val'")
+    pred = KerasPredictor(pad_model)
+    padded = pred(ImageCache(64, "pad").load(list(va.path)))
+    stretched = pred(ImageCache(64, "stretch").load(list(va.path)))
+    assert np.abs(padded - stretched).max() > 1e-3  # the geometry matters for this model: the check can fail
+    m = evaluate_model(pad_model, root, split, "val", n_boot=0)
+    assert m["policy"] == "pad"
+    assert m["accuracy"] == pytest.approx(float(np.mean(padded.argmax(1) == va.label.to_numpy())))
+    table = predict_files(pad_model, list(va.path), top_k=1)
+    np.testing.assert_allclose(table.prob_1.to_numpy(), padded.max(1), atol=1e-5)
+    forced = evaluate_model(pad_model, root, split, "val", policy="stretch", n_boot=0)  # an explicit override wins
+    assert forced["policy"] == "stretch"
+    assert forced["accuracy"] == pytest.approx(float(np.mean(stretched.argmax(1) == va.label.to_numpy())))
+
+
+def test_pad_model_exports_and_calibrates_with_pad_geometry(pad_model, smoke_data, tmp_path, monkeypatch):
+    root, split = smoke_data
+    seen = {}
+    real = export.representative_images
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(export, "representative_images", spy)
+    out = tmp_path / "m.tflite"
+    assert (
+        cli.main(
+            [
+                "export",
+                "--model",
+                str(pad_model),
+                "--format",
+                "int8",
+                "--data",
+                str(root),
+                "--split-csv",
+                str(split),
+                "--calibration",
+                "8",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert seen["policy"] == "pad"
+    lite = LiteRTPredictor(out)
+    assert lite.policy == "pad" and json.loads((tmp_path / "m.tflite.json").read_text())["backbones"] == ["mobilenet"]
+    m = evaluate_model(out, root, split, "val", n_boot=0)
+    assert m["policy"] == "pad"
+
+
+def test_file_saved_before_metadata_still_loads(tmp_path):
+    model, _ = build_classifier("mobilenet", ["a", "b"], img_size=48, weights=None, seed=0, policy="pad")
+    model.get_layer("class_names").info = {}  # what files saved before the metadata hold
+    model.save(tmp_path / "old.keras")
+    info = model_info(load_model(tmp_path / "old.keras"))
+    assert info.policy == "stretch" and info.backbones == ["mobilenet"] and info.classes == ["a", "b"]

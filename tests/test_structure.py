@@ -1,0 +1,79 @@
+"""The package's shape: no gc10lib module imports another inside a function (except the CLI and
+lines marked ``# lazy: <reason>``), and the module import graph has no cycles."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "gc10lib"
+
+
+def _imports(path: Path) -> tuple[set[str], list[str]]:
+    """Modules of gc10lib imported at module level, and every unmarked import inside a function."""
+    lines = path.read_text().splitlines()
+    tree = ast.parse("\n".join(lines))
+    top: set[str] = set()
+    inner: list[str] = []
+
+    def names(node) -> list[str]:
+        if isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            if mod == "gc10lib":
+                return [f"gc10lib.{a.name}" for a in node.names]
+            return [mod]
+        return [a.name for a in node.names]
+
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            top |= {n for n in names(node) if n.startswith("gc10lib.")}
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                here, above = lines[node.lineno - 1], lines[node.lineno - 2].strip()
+                if "# lazy:" not in here and not above.startswith("# lazy:"):
+                    inner.append(f"{path.name}:{node.lineno}: {here.strip()}")
+    return top, inner
+
+
+MODULES = {f"gc10lib.{p.stem}": p for p in sorted(PACKAGE.glob("*.py")) if p.stem != "__init__"}
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m != "gc10lib.cli"])
+def test_no_imports_inside_functions(module):
+    _, inner = _imports(MODULES[module])
+    assert not inner, "imports inside functions (move them up or mark '# lazy: <reason>'):\n" + "\n".join(inner)
+
+
+def test_import_graph_has_no_cycles():
+    graph = {
+        m: {d.rsplit(".", 1)[0] if d.rsplit(".", 1)[0] in MODULES else d for d in _imports(p)[0]}
+        for m, p in MODULES.items()
+    }
+    state: dict[str, int] = {}
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = 1
+        for d in sorted(graph.get(m, ())):
+            if d not in MODULES:
+                continue
+            assert state.get(d) != 1, f"import cycle: {' -> '.join([*stack, m, d])}"
+            if d not in state:
+                visit(d, [*stack, m])
+        state[m] = 2
+
+    for m in MODULES:
+        if m not in state:
+            visit(m, [])
+
+
+def test_the_checker_sees_module_and_inner_imports(tmp_path):
+    """The checks above can fail: a planted module's top-level and inner imports are both seen."""
+    f = tmp_path / "planted.py"
+    f.write_text("import gc10lib.data\n\ndef f():\n    from gc10lib import ensemble\n    return ensemble\n")
+    top, inner = _imports(f)
+    assert top == {"gc10lib.data"} and len(inner) == 1
