@@ -17,6 +17,7 @@ Adding a backbone is one :class:`BackboneSpec` entry in :data:`REGISTRY`.
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,6 +209,8 @@ def load_model(path: str | Path):
         raise NotFoundError(f"{p}: model file not found.")
     if p.suffix != ".keras":
         raise InputError(f"{p}: expected a .keras model file.")
+    if not zipfile.is_zipfile(p):
+        raise InputError(f"{p}: not a .keras archive (empty, truncated or another format).")
     try:
         return keras.saving.load_model(p, safe_mode=True)
     except Exception as exc:  # zip errors, unknown layers, ...

@@ -147,6 +147,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from gc10lib.predict import predict_files
 
+    if args.out and Path(args.out).exists():  # checked before inference, not after
+        raise OutputExistsError(f"{args.out}: already exists; choose another --out.")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         df = predict_files(args.model, args.paths, top_k=args.top_k, policy=args.policy)
@@ -370,7 +372,11 @@ def main(argv: list[str] | None = None) -> int:
     except Gc10Error as exc:
         print(f"gc10: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except (PermissionError, NotADirectoryError, IsADirectoryError) as exc:  # the environment, not a bug
+        print(f"gc10: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        print(f"gc10: {exc}" if str(exc) else "gc10: interrupted", file=sys.stderr)
         return 130
 
 

@@ -28,6 +28,11 @@ TABLE_COLUMNS = ["path", "class", "label", "image_id", "width", "height", "xml",
 QUALITY_COLUMNS = ["file", "class", "problem", "detail"]
 
 
+#: What decoding a bad file raises: corrupt data, unknown formats, and headers claiming more pixels
+#: than Pillow's decompression-bomb limit.
+DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
 class DatasetError(InputError):
     """A dataset folder that cannot be used as given; the message says what was expected."""
 
@@ -53,6 +58,11 @@ class Dataset:
 
 
 # --------------------------------------------------------------------------- discovery
+
+
+def _broken_links(folder: Path) -> list[Path]:
+    """Symbolic links that lead nowhere: a loop or a missing target (``is_file`` hides both)."""
+    return sorted(p for p in folder.iterdir() if p.is_symlink() and not p.exists())
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -103,8 +113,20 @@ def detect_layout(root: Path) -> tuple[str, Path, Path | None]:
     return "folder", parent, xml
 
 
+def _number(path: Path, element, key: str) -> int:
+    text = element.findtext(key, "0")
+    try:
+        return int(float(text))
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: <{key}> is not a number ({text!r})") from None
+
+
 def parse_voc(path: Path) -> tuple[list[list[int]], list[str], tuple[int, int] | None]:
-    """Read a Pascal-VOC XML file: ``(boxes [xmin,ymin,xmax,ymax], raw tags, (w, h) or None)``."""
+    """Read a Pascal-VOC XML file: ``(boxes [xmin,ymin,xmax,ymax], raw tags, (w, h) or None)``.
+
+    A malformed file raises ``xml.etree.ElementTree.ParseError``, a non-numeric coordinate an
+    :class:`~gc10lib.errors.InputError`; both name the file.
+    """
     root = ET.parse(path).getroot()
     boxes, tags = [], []
     for obj in root.iter("object"):
@@ -112,22 +134,33 @@ def parse_voc(path: Path) -> tuple[list[list[int]], list[str], tuple[int, int] |
         bb = obj.find("bndbox")
         if bb is None:
             continue
-        box = [int(float(bb.findtext(k, "0"))) for k in ("xmin", "ymin", "xmax", "ymax")]
+        box = [_number(path, bb, k) for k in ("xmin", "ymin", "xmax", "ymax")]
         boxes.append(box)
         tags.append(tag)
     size = root.find("size")
     wh = None
     if size is not None and size.findtext("width"):
-        wh = (int(float(size.findtext("width", "0"))), int(float(size.findtext("height", "0"))))
+        wh = (_number(path, size, "width"), _number(path, size, "height"))
     return boxes, tags, wh
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """Width and height from the header, after checking the file is a readable image."""
+def _image_header(path: Path) -> tuple[int, int, str]:
+    """Width, height and mode from the header, after checking the file is a readable image."""
     with Image.open(path) as im:
         im.verify()
     with Image.open(path) as im:
-        return im.size
+        return im.size[0], im.size[1], im.mode
+
+
+#: Modes that load, with a note in the quality table of what loading does to them.
+MODE_NOTES = {
+    "RGBA": ("alpha_dropped", "RGBA image: the alpha channel is dropped"),
+    "LA": ("alpha_dropped", "grayscale+alpha image: the alpha channel is dropped"),
+    "PA": ("alpha_dropped", "palette+alpha image: the alpha channel is dropped"),
+    **{m: ("high_bit_depth", "16-bit image: scaled to 8 bit (value / 257)") for m in ("I;16", "I;16B", "I;16L", "I")},
+}
+#: Quality-table problems whose image is left out of the dataset.
+EXCLUDED_PROBLEMS = ("unreadable", "broken_link")
 
 
 def discover(root: str | Path, check_images: bool = True) -> Dataset:
@@ -163,6 +196,11 @@ def discover(root: str | Path, check_images: bool = True) -> Dataset:
     quality: list[dict] = []
     rows: list[dict] = []
     for d, cls in folder_class.items():
+        for link in _broken_links(d):
+            quality.append(
+                dict(file=str(link), **{"class": cls}, problem="broken_link", detail="symlink loop or missing target")
+            )
+            warnings.warn(f"{link}: symlink loop or missing target; excluded", SkippedImageWarning, stacklevel=2)
         files = _image_files(d)
         for other in _other_files(d):
             quality.append(
@@ -183,8 +221,8 @@ def discover(root: str | Path, check_images: bool = True) -> Dataset:
             width = height = -1
             if check_images:
                 try:
-                    width, height = _image_size(p)
-                except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+                    width, height, mode = _image_header(p)
+                except DECODE_ERRORS as exc:
                     quality.append(
                         dict(file=str(p), **{"class": cls}, problem="unreadable", detail=f"{type(exc).__name__}: {exc}")
                     )
@@ -192,6 +230,9 @@ def discover(root: str | Path, check_images: bool = True) -> Dataset:
                         f"{p}: unreadable or corrupt image ({exc}); excluded", SkippedImageWarning, stacklevel=2
                     )
                     continue
+                if mode in MODE_NOTES:
+                    problem, detail = MODE_NOTES[mode]
+                    quality.append(dict(file=str(p), **{"class": cls}, problem=problem, detail=detail))
             rows.append(
                 dict(
                     path=str(p),
@@ -241,7 +282,7 @@ def _attach_boxes(table: pd.DataFrame, xml_dir: Path | None, is_gc10: bool, qual
             continue
         try:
             boxes, tags, wh = parse_voc(xml)
-        except ET.ParseError as exc:
+        except (ET.ParseError, InputError) as exc:
             quality.append(dict(file=str(xml), **{"class": r["class"]}, problem="bad_xml", detail=str(exc)))
             continue
         names = []
@@ -366,10 +407,17 @@ def write_split(
     overwrite: bool = False,
 ) -> Path:
     """Write the manifest as CSV (paths relative to ``data_root``) plus a ``.json`` sidecar
-    recording the class order, seed and fractions. Refuses to overwrite unless asked."""
+    recording the class order, seed and fractions. Both files are checked before either is
+    written; neither is overwritten unless asked."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path}: split manifest already exists; choose another --out or delete it.")
+    sidecar = path.with_suffix(".json")
+    if sidecar == path:
+        raise InputError(f"{path}: the manifest is a CSV file and its sidecar is {sidecar.name}; choose a .csv name.")
+    for f in (path, sidecar):
+        if f.exists() and not overwrite:
+            raise OutputExistsError(
+                f"{f}: already exists (the split writes {path.name} and {sidecar.name}); choose another --out."
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     out = manifest[["path", "class", "label", "image_id", "subset"]].copy()
     root = Path(data_root).resolve()
@@ -382,7 +430,7 @@ def write_split(
         "fractions": list(map(float, fractions)),
         "counts": {s: int((out.subset == s).sum()) for s in SUBSETS},
     }
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    sidecar.write_text(json.dumps(meta, indent=2))
     return path
 
 

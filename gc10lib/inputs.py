@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from gc10lib import settings
+from gc10lib.data import DECODE_ERRORS
 from gc10lib.errors import InputError
 
 POLICIES = ("stretch", "pad")
@@ -70,13 +71,26 @@ def resize_geometry(width: int, height: int, size: int, policy: str = "stretch")
     raise InputError(f"unknown resize policy {policy!r}; expected one of {POLICIES}")
 
 
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def to_rgb8(im: Image.Image) -> np.ndarray:
+    """A Pillow image as uint8 RGB. 16-bit grayscale (common in industrial cameras) is scaled to
+    8 bit (``round(v / 257)``), not clipped as ``convert("RGB")`` would; alpha is dropped."""
+    if im.mode in HIGH_BIT_MODES:
+        a = np.asarray(im, dtype=np.float64)
+        gray = np.clip(np.round(a / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    return np.asarray(im.convert("RGB"))
+
+
 def load_rgb(path: str | Path) -> np.ndarray:
     """Decode an image file to uint8 RGB, raising :class:`ImageReadError` naming the file."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(f"{path}: cannot decode image ({exc})") from exc
+            return to_rgb8(im)
+    except DECODE_ERRORS as exc:
+        raise ImageReadError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
 
 
 def resize_array(img: np.ndarray, size: int, policy: str = "stretch") -> np.ndarray:
@@ -92,6 +106,19 @@ def resize_array(img: np.ndarray, size: int, policy: str = "stretch") -> np.ndar
     return out
 
 
+PNG_END = b"IEND\xaeB`\x82"
+
+
+def _complete_png(path: Path) -> bool:
+    """Whether a cache entry ends like a whole PNG (a zero-byte or cut-off file is rebuilt, not trusted)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(-len(PNG_END), os.SEEK_END)
+            return fh.read() == PNG_END
+    except OSError:
+        return False
+
+
 def _cache_key(path: Path) -> str:
     st = path.stat()
     ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
@@ -105,8 +132,10 @@ class ImageCache:
         if policy not in POLICIES:
             raise InputError(f"unknown resize policy {policy!r}; expected one of {POLICIES}")
         self.size, self.policy = int(size), policy
-        self.dir = Path(cache_dir or settings.cache_dir()) / "images" / f"{policy}_{self.size}"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = settings.writable_dir(
+            Path(cache_dir or settings.cache_dir()) / "images" / f"{policy}_{self.size}",
+            "the image cache (set GC10_CACHE_DIR to a writable folder)",
+        )
         self.hits = self.misses = 0
 
     def cached_path(self, src: str | Path) -> Path:
@@ -118,7 +147,7 @@ class ImageCache:
 
     def _ensure_one(self, src: str) -> str:
         dst = self.cached_path(src)
-        if dst.is_file():
+        if dst.is_file() and _complete_png(dst):
             self.hits += 1
             return str(dst)
         self.misses += 1

@@ -14,6 +14,7 @@ backbone, ``03_ensemble`` and any later notebooks, each with only the parameters
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import copy
 import json
@@ -34,6 +35,7 @@ import yaml
 from gc10lib import data, synth
 from gc10lib.errors import Gc10Error, NotFoundError
 from gc10lib.records import choose_by_validation, find_models, read_step_summaries
+from gc10lib.settings import writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,16 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 CONFIG_DIR = REPO_ROOT / "configs"
 
 #: Keys that only the runner reads (not forwarded to notebooks).
-RUNNER_KEYS = {"name", "description", "backbones", "notebooks", "synthetic_per_class", "fractions", "img_sizes"}
+RUNNER_DEFAULTS = {
+    "name": "",
+    "description": "",
+    "backbones": [],
+    "notebooks": [],
+    "synthetic_per_class": 30,
+    "fractions": [0.7, 0.15, 0.15],
+    "img_sizes": {},
+}
+RUNNER_KEYS = set(RUNNER_DEFAULTS)
 
 
 class PipelineError(Gc10Error, RuntimeError):
@@ -76,13 +87,45 @@ def load_config(path: str | Path) -> dict:
     return cfg
 
 
-def parse_value(text: str):
-    """Parse a ``-p`` value the way papermill does for YAML-ish input: numbers, bools, lists, None."""
+def parse_value(text: str, key: str = "value"):
+    """Parse a ``-p`` value as YAML (numbers, bools, lists, ``null``/``None``); unparsable text is an error."""
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+    except yaml.YAMLError as exc:
+        problem = str(exc).splitlines()[0]
+        raise PipelineError(f"-p {key} {text!r}: not a valid value ({problem}); lists look like '[a, b]'") from None
     return None if value in ("None", "none") else value
+
+
+def _literal(source: str | None):
+    """A notebook parameter's default value, when its source is a plain literal (else ``None``)."""
+    try:
+        return ast.literal_eval(source) if source is not None else None
+    except (ValueError, SyntaxError):
+        return None
+
+
+def typed_value(key: str, raw: str, default):
+    """``raw`` parsed and checked against the type of ``default``, so that ``-p backbones mobilenet``
+    (a string where a list is expected) fails at once instead of planning one step per letter."""
+    value = parse_value(raw, key)
+    if value is None or default is None:
+        return value
+    if isinstance(default, str):
+        return value if isinstance(value, str) else raw  # -p data_dir 2024 is a folder name, not a number
+    if isinstance(default, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise PipelineError(f"-p {key} {raw!r}: expected true or false")
+        return value  # some switches also take a list or a name (augment: [flip]; mixed_precision: a policy)
+    if isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PipelineError(f"-p {key} {raw!r}: expected a number")
+        return value
+    if isinstance(default, list) and not isinstance(value, list):
+        raise PipelineError(f"-p {key} {raw!r}: expected a list, e.g. -p {key} '[{raw}]'")
+    if isinstance(default, dict) and not isinstance(value, dict):
+        raise PipelineError(f"-p {key} {raw!r}: expected a mapping, e.g. -p {key} '{{a: 1}}'")
+    return value
 
 
 def notebook_parameters(notebook: str | Path) -> dict[str, str]:
@@ -96,24 +139,34 @@ def notebooks_for(cfg: dict) -> list[str]:
     return list(cfg.get("notebooks") or sorted(p.stem for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb")))
 
 
-def valid_keys(cfg: dict) -> set[str]:
-    """Every name a ``-p`` override may use: the config's keys, runner keys and notebook parameters."""
-    keys = set(cfg) | RUNNER_KEYS
+def parameter_defaults(cfg: dict) -> dict:
+    """Every name a ``-p`` override may use, with the value it has without one: the config's own
+    value, else the notebook parameter's default (``None`` where neither says)."""
+    defaults: dict = copy.deepcopy(RUNNER_DEFAULTS)
     for nb in notebooks_for(cfg):
         path = NOTEBOOK_DIR / f"{nb}.ipynb"
         if path.is_file():
-            keys |= set(notebook_parameters(path))
-    return keys - {"out_dir", "split_csv", "run_dir"}
+            for k, source in notebook_parameters(path).items():
+                defaults.setdefault(k, _literal(source))
+    defaults.update(cfg)
+    for k in ("out_dir", "split_csv", "run_dir"):
+        defaults.pop(k, None)
+    return defaults
+
+
+def valid_keys(cfg: dict) -> set[str]:
+    """Every name a ``-p`` override may use: the config's keys, runner keys and notebook parameters."""
+    return set(parameter_defaults(cfg))
 
 
 def apply_overrides(cfg: dict, overrides: Sequence[tuple[str, str]]) -> dict:
     """Apply ``-p KEY VALUE`` pairs, rejecting unknown names before anything runs."""
     cfg = copy.deepcopy(cfg)
-    allowed = valid_keys(cfg)
+    defaults = parameter_defaults(cfg)
     for key, raw in overrides:
-        if key not in allowed:
-            raise PipelineError(f"unknown parameter {key!r}; valid names: {', '.join(sorted(allowed))}")
-        cfg[key] = parse_value(raw) if isinstance(raw, str) else raw
+        if key not in defaults:
+            raise PipelineError(f"unknown parameter {key!r}; valid names: {', '.join(sorted(defaults))}")
+        cfg[key] = typed_value(key, raw, defaults[key]) if isinstance(raw, str) else raw
     return cfg
 
 
@@ -193,6 +246,11 @@ def choose_run_dir(runs_root: Path, name: str | None, default: str, resume: bool
             if not (d / "run.json").is_file():
                 raise PipelineError(f"{d}: nothing to resume (no run.json).")
             return d
+        if d.exists() and not (d / "run.json").is_file():
+            raise PipelineError(
+                f"{d}: exists but holds no run.json (not a gc10 run, or one that failed before it started); "
+                "choose another --name or remove the folder."
+            )
         if d.exists():
             raise PipelineError(
                 f"{d}: run folder already exists; pass --resume to continue it or choose another --name."
@@ -221,15 +279,45 @@ class Run:
         tmp.replace(self.manifest_path)
 
 
-def _prepare_data(cfg: dict, run_dir: Path) -> None:
-    """Resolve ``data_dir`` (generating synthetic data) and write the run's split manifest."""
+def _prepare_data(cfg: dict):
+    """Resolve ``data_dir`` (generating synthetic data), read the dataset and split it, in memory.
+
+    Runs before the run folder exists, so a bad ``data_dir`` leaves nothing behind. Returns a
+    function that writes the split manifest into a run folder.
+    """
     seed = int(cfg.get("seed", 42))
     root = synth.resolve_data_dir(cfg["data_dir"], per_class=int(cfg.get("synthetic_per_class", 30)), seed=0)
     cfg["data_dir"] = str(root.resolve())
     ds = data.discover(root)
     fractions = cfg.get("fractions") or (0.7, 0.15, 0.15)
     man = data.split_dataset(ds, fractions, seed)
-    data.write_split(man, run_dir / "split.csv", ds.root, classes=ds.classes, seed=seed, fractions=fractions)
+    return lambda run_dir: data.write_split(
+        man, run_dir / "split.csv", ds.root, classes=ds.classes, seed=seed, fractions=fractions
+    )
+
+
+def _keep_aside(paths: Sequence[Path]) -> None:
+    """Rename an earlier attempt's outputs to ``<name>.failed-K`` (one K for all), never deleting them."""
+    present = [p for p in paths if p.exists()]
+    if not present:
+        return
+    k = 1
+    while any(_aside(p, k).exists() for p in paths):
+        k += 1
+    for p in present:
+        p.rename(_aside(p, k))
+
+
+def _aside(path: Path, k: int) -> Path:
+    return (
+        path.with_name(f"{path.stem}.failed-{k}{path.suffix}")
+        if path.suffix
+        else path.with_name(f"{path.name}.failed-{k}")
+    )
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says how to resume it."""
 
 
 def execute_run(
@@ -244,9 +332,10 @@ def execute_run(
     else:
         if cfg.get("data_dir") in (None, ""):
             raise PipelineError("data_dir is not set: pass -p data_dir PATH (or set GC10_DATA for gc10.yaml).")
-        run_dir.mkdir(parents=True)
-        (run_dir / "logs").mkdir()
-        _prepare_data(cfg, run_dir)
+        write_split = _prepare_data(cfg)
+        writable_dir(runs_root, "runs (--runs-root)")
+        writable_dir(run_dir / "logs", "the run")
+        write_split(run_dir)
         run = Run(run_dir)
         run.manifest = {
             "name": run_dir.name,
@@ -274,13 +363,10 @@ def execute_run(
                 echo(f"[{i}/{len(steps)}] {step.id}: done earlier, skipped")
                 continue
             out_dir = run_dir / "steps" / step.id
-            if out_dir.exists():  # a failed or interrupted attempt: keep it aside, never delete it
-                k = 1
-                while (aside := out_dir.with_name(f"{out_dir.name}.failed-{k}")).exists():
-                    k += 1
-                out_dir.rename(aside)
-            params = step_parameters(step, cfg, run_dir)
             nb_out = run_dir / f"{step.id}.ipynb"
+            log = run_dir / "logs" / f"{step.id}.log"
+            _keep_aside([out_dir, nb_out, log])  # a failed or interrupted attempt: kept, never overwritten
+            params = step_parameters(step, cfg, run_dir)
             eta = ""
             if durations:
                 remaining = sum(
@@ -293,7 +379,6 @@ def execute_run(
             rec = {"status": "running", "notebook": str(nb_out), "params": params, "start": time.time()}
             run.manifest["steps"][step.id] = rec
             run.save()
-            log = run_dir / "logs" / f"{step.id}.log"
             try:
                 with open(log, "w") as fh:
                     pm.execute_notebook(
@@ -313,6 +398,12 @@ def execute_run(
                 raise PipelineError(
                     f"step {step.id} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue}).\n"
                     f"  executed notebook: {nb_out}\n  log: {log}\n  resume with: gc10 run --resume --name {run_dir.name}"
+                ) from None
+            except KeyboardInterrupt:
+                rec.update(status="failed", end=time.time(), error="interrupted")
+                run.save()
+                raise RunInterrupted(
+                    f"interrupted in step {step.id}; resume with: gc10 run --resume --name {run_dir.name}"
                 ) from None
             except BaseException:
                 rec.update(status="failed", end=time.time(), error="interrupted")
@@ -343,6 +434,8 @@ def collect_rows(run_dir: Path) -> list[dict]:
     A trained backbone whose validation accuracy or macro-F1 is below its own probe's is flagged in
     ``vs_probe`` (``below: accuracy, macro_f1``); ``ok`` otherwise.
     """
+    if not (run_dir / "steps").is_dir():  # no step has written anything yet
+        return []
     records = [r for r in find_models(run_dir / "steps") if r.test]
     probes = {r.backbone: r for r in records if r.kind == "probe"}
     rows = []

@@ -46,7 +46,10 @@ class KerasPredictor:
     def __init__(self, model, batch_size: int = 32):
         self.path = Path(model) if isinstance(model, (str, Path)) else None
         self.model = load_model(model) if self.path is not None else model
-        info = model_info(self.model)
+        try:
+            info = model_info(self.model)
+        except InputError as exc:
+            raise InputError(f"{self.path or self.model.name}: {exc}") from None
         self.classes, self.input_size, self.policy = info.classes, info.input_size, info.policy
         self.info, self.batch_size = info, batch_size
 
@@ -237,6 +240,7 @@ def labelled_subset(
     else:
         ds = data.discover(data_dir)
         table, ds_classes = ds.table, ds.classes
+        table.attrs["n_excluded"] = int(ds.quality.problem.isin(data.EXCLUDED_PROBLEMS).sum())
     if table.empty:
         raise InputError(f"{split_csv or data_dir}: no images in subset {subset!r}")
     return table, map_labels(ds_classes, model_classes, sorted(set(table["class"])))
@@ -258,6 +262,7 @@ def evaluate_model(
     pred = load_predictor(model_path)
     policy = policy or pred.policy
     table, mapping = labelled_subset(data_dir, split_csv, pred.classes, subset)
+    excluded = table.attrs.get("n_excluded", 0)  # left out by discovery (corrupt, broken links)
     ok = readable(list(table.path), pred.input_size, policy)
     proba = predict_proba(pred, ok, policy=policy)
     kept = table.set_index(table.path.map(str)).loc[[str(p) for p in ok]]
@@ -268,6 +273,6 @@ def evaluate_model(
         data=str(data_dir),
         subset=subset if split_csv else "all",
         policy=policy,
-        n_skipped=len(table) - len(ok),
+        n_skipped=len(table) - len(ok) + excluded,
     )
     return m

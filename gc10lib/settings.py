@@ -9,12 +9,28 @@ from pathlib import Path
 
 import numpy as np
 
-from gc10lib.errors import OutputExistsError
+from gc10lib.errors import InputError, OutputExistsError
 
 
 def cache_dir() -> Path:
     """The gc10lib cache folder: ``$GC10_CACHE_DIR`` or ``~/.cache/gc10lib``."""
     return Path(os.environ.get("GC10_CACHE_DIR", Path.home() / ".cache" / "gc10lib")).expanduser()
+
+
+def writable_dir(path: str | Path, what: str) -> Path:
+    """Create ``path`` if needed and return it; a file in the way or a folder that cannot be created
+    is a one-line error naming the path and ``what`` it is for."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise InputError(f"{blocking}: is a file, expected a folder for {what}.") from None
+        raise InputError(f"{path}: cannot create the folder for {what} ({exc.strerror or exc}).") from None
+    if not os.access(path, os.W_OK):
+        raise InputError(f"{path}: folder for {what} is not writable.")
+    return path
 
 
 def weights_dir() -> Path | None:
@@ -34,8 +50,7 @@ def new_output_dir(path: str | Path | None, prefix: str = "run") -> Path:
     path = Path(path).expanduser()
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise OutputExistsError(f"{path}: output folder already holds results; choose a new out_dir.")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return writable_dir(path, "the results")
 
 
 def save_json(obj: object, path: str | Path) -> Path:

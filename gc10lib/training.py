@@ -30,7 +30,7 @@ from gc10lib.evaluation import compute_metrics
 from gc10lib.inputs import AUG_OPS, ImageCache, aug_ops, augmenter, make_dataset
 from gc10lib.layers import model_classes
 from gc10lib.predict import predict_proba
-from gc10lib.settings import cache_dir, file_size_mb, new_output_dir, save_json
+from gc10lib.settings import cache_dir, file_size_mb, new_output_dir, save_json, writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -358,14 +358,19 @@ def extract_features(
         backbone, _weights_identity(weights_source, seed), size, policy, [Path(f).name for f in files], view, seed, ops
     )
     if path.is_file():
-        return np.load(path), True
+        try:
+            feats = np.load(path)
+            if feats.shape[0] == len(paths):
+                return feats, True
+        except (OSError, ValueError, EOFError):
+            pass  # a cut-off or corrupt entry is rebuilt below, never trusted
     extractor = keras.Model(model.inputs, model.get_layer("pool").output)
     ds = make_dataset(paths, None, size, policy=policy, batch_size=batch_size, cache=cache)
     if view:
         aug = augmenter(seed + 1000 * view, ops)
         ds = ds.map(lambda x: aug(x, training=True))
     feats = np.asarray(extractor.predict(ds, verbose=verbose), dtype=np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    writable_dir(path.parent, "the feature cache (set GC10_CACHE_DIR to a writable folder)")
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
     np.save(tmp, feats)
     tmp.replace(path)
@@ -856,6 +861,6 @@ def handover_check(model, tr: pd.DataFrame, plain_features: np.ndarray, *, size:
 
 def _save_lean(model, path: Path) -> None:
     """Save weights and config only: a compiled model (or its compiled head) would also store optimizer state."""
-    clean = keras.models.clone_model(model)
+    clean = model.__class__.from_config(model.get_config())  # the architecture alone: no compile state
     clean.set_weights(model.get_weights())
     clean.save(path)

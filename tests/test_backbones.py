@@ -128,8 +128,14 @@ def test_load_model_errors(tmp_path):
         B.load_model(tmp_path / "missing.keras")
     bad = tmp_path / "bad.keras"
     bad.write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="bad.keras: cannot load"):
+    with pytest.raises(ValueError, match="bad.keras: not a .keras archive"):
         B.load_model(bad)
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "other.keras", "w") as z:  # a zip, but not a Keras model
+        z.writestr("readme.txt", "hello")
+    with pytest.raises(ValueError, match="other.keras: cannot load as a Keras model"):
+        B.load_model(tmp_path / "other.keras")
     with pytest.raises(ValueError, match="expected a .keras"):
         (tmp_path / "m.h5").write_bytes(b"")
         B.load_model(tmp_path / "m.h5")

@@ -1,0 +1,241 @@
+"""Bad input never loses data, never shows a traceback, never passes silently (one test per case)."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from gc10lib import cli, data, pipeline
+from gc10lib.backbones import build_classifier
+from gc10lib.classes import GC10_CLASSES
+from gc10lib.errors import Gc10Error, InputError, SkippedImageWarning
+from gc10lib.inputs import ImageCache, load_rgb
+from gc10lib.predict import KerasPredictor, evaluate_model
+from gc10lib.settings import new_output_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A GC10-class classifier at 32 px (random weights): enough to run evaluate and predict."""
+    model, _ = build_classifier("mobilenet", GC10_CLASSES, img_size=32, weights=None, seed=0)
+    path = tmp_path_factory.mktemp("tiny") / "tiny.keras"
+    model.save(path)
+    return path
+
+
+def _png_claiming(path: Path, width: int, height: int) -> None:
+    """A 1x1 PNG whose header claims ``width x height`` pixels (CRC fixed, so only the size is wrong)."""
+    Image.new("L", (1, 1)).save(path)
+    raw = bytearray(path.read_bytes())
+    ihdr = raw[12:29]  # b"IHDR" + 13 bytes of fields
+    ihdr[4:12] = struct.pack(">II", width, height)
+    raw[12:29] = ihdr
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    path.write_bytes(bytes(raw))
+
+
+# --------------------------------------------------------------------------- 1. data loss
+
+
+def test_split_never_overwrites_its_sidecar_or_writes_the_manifest_over_it(synth_root, tmp_path, capsys):
+    (tmp_path / "keep.json").write_text('{"mine": 1}')
+    assert cli.main(["data", "split", str(synth_root), "--out", str(tmp_path / "keep.csv")]) == 2
+    assert "keep.json: already exists" in capsys.readouterr().err
+    assert (tmp_path / "keep.json").read_text() == '{"mine": 1}' and not (tmp_path / "keep.csv").exists()
+    assert cli.main(["data", "split", str(synth_root), "--out", str(tmp_path / "man.json")]) == 2
+    assert "choose a .csv name" in capsys.readouterr().err and not (tmp_path / "man.json").exists()
+
+
+# --------------------------------------------------------------------------- 2. Ctrl-C and --resume
+
+
+def test_ctrl_c_says_how_to_resume_and_resume_keeps_the_interrupted_attempt(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fake_execute(src, out, parameters, stdout_file, **_kw):
+        calls.append(Path(out).stem)
+        stdout_file.write(f"attempt {len(calls)} of {Path(out).stem}\n")
+        Path(out).write_text("{}")
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.pm, "execute_notebook", fake_execute)
+    base = ["--config", "demo", "-p", "backbones", "[mobilenet]", "-p", "synthetic_per_class", "6"]
+    args = ["run", *base, "--name", "r", "--runs-root", str(tmp_path)]
+    assert cli.main(args) == 130
+    err = capsys.readouterr().err
+    assert "interrupted in step 02_finetune_mobilenet; resume with: gc10 run --resume --name r" in err
+    assert "Traceback" not in err
+    run = tmp_path / "r"
+    assert json.loads((run / "run.json").read_text())["steps"]["02_finetune_mobilenet"]["error"] == "interrupted"
+    assert cli.main(["run", "--resume", "--name", "r", "--runs-root", str(tmp_path)]) == 0
+    kept = run / "logs" / "02_finetune_mobilenet.failed-1.log"
+    assert kept.read_text() == "attempt 2 of 02_finetune_mobilenet\n"  # the interrupted attempt's log, untouched
+    assert (run / "02_finetune_mobilenet.failed-1.ipynb").is_file()
+    assert (run / "logs" / "02_finetune_mobilenet.log").read_text().startswith("attempt 3")
+    assert calls.count("01_eda") == 1  # finished steps are not run again
+
+
+# --------------------------------------------------------------------------- silent wrong results
+
+
+def test_16_bit_grayscale_is_scaled_not_saturated(tmp_path):
+    ramp = np.tile(np.linspace(0, 65535, 256).round().astype(np.uint16), (8, 1))
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    assert Image.open(tmp_path / "ramp.png").mode.startswith("I")  # really 16 bit on disk
+    rgb = load_rgb(tmp_path / "ramp.png")
+    assert rgb.dtype == np.uint8 and rgb.shape == (8, 256, 3)
+    np.testing.assert_allclose(rgb[..., 0], ramp / 257.0, atol=0.51)
+    assert (rgb == 255).mean() < 0.01  # convert("RGB") made 99.5% of these pixels 255
+
+
+def test_evaluate_counts_the_images_discovery_left_out(tiny_model, synth_copy, capsys):
+    (synth_copy / "images" / "images" / "crease" / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.warns(SkippedImageWarning, match="broken.jpg"):
+        m = evaluate_model(tiny_model, synth_copy, n_boot=0)
+    assert m["n_skipped"] == 1 and m["n"] == 120
+    assert cli.main(["evaluate", "--model", str(tiny_model), "--data", str(synth_copy), "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["n_skipped"] == 1 and "broken.jpg" in out.err
+
+
+def test_symlink_loops_are_reported_not_dropped(synth_copy):
+    folder = synth_copy / "images" / "images" / "crease"
+    (folder / "a.jpg").symlink_to(folder / "b.jpg")
+    (folder / "b.jpg").symlink_to(folder / "a.jpg")
+    with pytest.warns(SkippedImageWarning, match="symlink loop"):
+        ds = data.discover(synth_copy)
+    q = ds.quality[ds.quality.problem == "broken_link"]
+    assert sorted(Path(f).name for f in q.file) == ["a.jpg", "b.jpg"]
+
+
+def test_p_values_are_checked_against_their_type_before_anything_runs(tmp_path, capsys):
+    assert cli.main(["run", "-p", "backbones", "mobilenet", "--runs-root", str(tmp_path)]) == 2
+    assert "expected a list, e.g. -p backbones '[mobilenet]'" in capsys.readouterr().err
+    assert cli.main(["run", "-p", "epochs_head", "[1,", "--runs-root", str(tmp_path)]) == 2
+    assert "-p epochs_head '[1,': not a valid value" in capsys.readouterr().err
+    assert cli.main(["run", "-p", "epochs_head", "three", "--runs-root", str(tmp_path)]) == 2
+    assert "expected a number" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+    cfg = pipeline.apply_overrides(pipeline.load_config("demo"), [("data_dir", "2024"), ("seed", "7")])
+    assert cfg["data_dir"] == "2024" and cfg["seed"] == 7  # a folder named 2024 stays a name
+
+
+# --------------------------------------------------------------------------- tracebacks instead of messages
+
+
+def test_decompression_bomb_header_is_excluded_and_named(synth_copy, tmp_path):
+    bomb = synth_copy / "images" / "images" / "crease" / "bomb.png"
+    _png_claiming(bomb, 50000, 50000)
+    with pytest.warns(SkippedImageWarning, match="bomb.png"):
+        ds = data.discover(synth_copy)
+    row = ds.quality[ds.quality.file.str.endswith("bomb.png")].iloc[0]
+    assert row.problem == "unreadable" and "DecompressionBomb" in row.detail
+    with pytest.raises(InputError, match="bomb.png"):
+        load_rgb(bomb)
+
+
+def test_cache_dir_that_is_a_file_is_one_line(tiny_model, synth_root, tmp_path, monkeypatch, capsys):
+    (tmp_path / "cache").write_text("a file")
+    monkeypatch.setenv("GC10_CACHE_DIR", str(tmp_path / "cache"))
+    image = next((synth_root / "images" / "images" / "crease").iterdir())
+    assert cli.main(["predict", "--model", str(tiny_model), str(image)]) == 2
+    err = capsys.readouterr().err
+    assert "cache" in err and "is a file, expected a folder" in err and "Traceback" not in err
+
+
+def test_runs_root_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "runs").write_text("a file")
+    args = ["run", "-p", "synthetic_per_class", "6", "--runs-root", str(tmp_path / "runs")]
+    assert cli.main(args) == 2
+    assert f"{tmp_path / 'runs'}: is a file, expected a folder" in capsys.readouterr().err
+
+
+def test_permission_errors_name_the_path(tmp_path, monkeypatch, capsys):
+    """Read-only folders cannot be made here (the tests may run as root), so the OS error is planted."""
+
+    def denied(self, *a, **k):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", denied)
+    with pytest.raises(Gc10Error, match="cannot create the folder for the results .Permission denied"):
+        new_output_dir(tmp_path / "out")
+    monkeypatch.undo()
+
+    def unreadable(*_a, **_k):
+        raise PermissionError(13, "Permission denied", "/data/locked")
+
+    monkeypatch.setattr(data, "discover", unreadable)
+    assert cli.main(["data", "summary", "/data/locked"]) == 2
+    assert capsys.readouterr().err.strip() == "gc10: error: /data/locked: Permission denied"
+
+
+def test_corrupt_cache_entries_are_rebuilt_not_trusted(synth_root, tmp_path):
+    image = next((synth_root / "images" / "images" / "crease").iterdir())
+    cache = ImageCache(32, cache_dir=tmp_path)
+    entry = Path(cache.ensure_one(image))
+    expected = entry.read_bytes()
+    for damage in (b"", expected[: len(expected) // 2]):  # zero bytes; cut off half-way
+        entry.write_bytes(damage)
+        assert cache.ensure_one(image) == str(entry)
+        assert entry.read_bytes() == expected
+    assert cache.misses == 3 and cache.load([image]).shape == (1, 32, 32, 3)
+
+
+def test_non_numeric_voc_box_goes_to_the_quality_table(synth_copy):
+    xml = synth_copy / "label" / "label" / "syn_04_00004.xml"
+    xml.write_text(xml.read_text().replace("<xmin>", "<xmin>abc", 1))
+    ds = data.discover(synth_copy)
+    row = ds.quality[ds.quality.file == str(xml)].iloc[0]
+    assert row.problem == "bad_xml" and "syn_04_00004.xml: <xmin> is not a number" in row.detail
+    assert len(ds.table) == 120  # the image stays; only its boxes are unknown
+
+
+# --------------------------------------------------------------------------- stuck state
+
+
+def test_a_run_that_fails_in_data_preparation_leaves_no_folder(tmp_path, capsys):
+    args = ["run", "-p", "data_dir", str(tmp_path / "missing"), "--name", "s", "--runs-root", str(tmp_path / "runs")]
+    assert cli.main(args) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "s").exists()
+    (tmp_path / "runs" / "t").mkdir(parents=True)  # what older versions left behind
+    assert cli.main([*args[:-4], "--name", "t", "--runs-root", str(tmp_path / "runs")]) == 2
+    assert "holds no run.json" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- smaller
+
+
+def test_predict_checks_out_before_inference(tiny_model, synth_root, tmp_path, monkeypatch, capsys):
+    import gc10lib.predict
+
+    (tmp_path / "p.csv").write_text("mine")
+    monkeypatch.setattr(gc10lib.predict, "predict_files", lambda *a, **k: pytest.fail("inference ran"))
+    assert cli.main(["predict", "--model", str(tiny_model), str(synth_root), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "p.csv: already exists" in capsys.readouterr().err and (tmp_path / "p.csv").read_text() == "mine"
+
+
+def test_corrupt_keras_file_and_foreign_model_are_named(tmp_path):
+    (tmp_path / "cut.keras").write_bytes(b"PK\x03\x04 cut off")
+    with pytest.raises(InputError, match="cut.keras: not a .keras archive"):
+        KerasPredictor(tmp_path / "cut.keras")
+    plain = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    plain.save(tmp_path / "plain.keras")
+    with pytest.raises(InputError, match=r"plain.keras: .*carries no class names"):
+        KerasPredictor(tmp_path / "plain.keras")
+
+
+def test_alpha_channel_is_noted_in_the_quality_table(synth_copy):
+    rgba = synth_copy / "images" / "images" / "crease" / "rgba.png"
+    Image.new("RGBA", (64, 32), (10, 20, 30, 128)).save(rgba)
+    ds = data.discover(synth_copy)
+    row = ds.quality[ds.quality.file == str(rgba)].iloc[0]
+    assert row.problem == "alpha_dropped" and str(rgba) in set(ds.table.path)
