@@ -17,6 +17,7 @@ Adding a backbone is one :class:`BackboneSpec` entry in :data:`REGISTRY`.
 
 from __future__ import annotations
 
+import logging
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ import numpy as np
 from gc10lib.errors import InputError, NotFoundError, SetupError
 from gc10lib.layers import BackbonePreprocess, ClassNames, ModelInfo
 from gc10lib.settings import weights_dir as env_weights_dir
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -121,14 +124,15 @@ def get_spec(name: str) -> BackboneSpec:
 def resolve_weights(
     spec: BackboneSpec, weights: str | None, weights_dir: str | Path | None = None
 ) -> tuple[str | None, str]:
-    """Turn ``"imagenet"``/``None``/a path into a Keras ``weights`` argument and a source label.
+    """Turn ``"imagenet"``/``"auto"``/``None``/a path into a Keras ``weights`` argument and a source label.
 
     ``"imagenet"`` first looks for an offline file in ``weights_dir`` (or ``$GC10_WEIGHTS_DIR``),
-    then falls back to the Keras download.
+    then falls back to the Keras download. ``"auto"`` does the same, and :func:`build_classifier`
+    falls back to random init (and says so) where neither works.
     """
     if weights in (None, "", "none", "None", "random"):
         return None, "random"
-    if weights == "imagenet":
+    if weights in ("imagenet", "auto"):
         folder = Path(weights_dir) if weights_dir else env_weights_dir()
         if folder is not None:
             for fname in spec.weight_files:
@@ -178,7 +182,14 @@ def build_classifier(
     if seed is not None:
         keras.utils.set_random_seed(seed)
     w, source = resolve_weights(spec, weights, weights_dir)
-    base = build_backbone(spec, size, w)
+    try:
+        base = build_backbone(spec, size, w)
+    except SetupError as exc:
+        if weights != "auto":
+            raise
+        log.warning("%s: ImageNet weights unavailable (%s); random init instead", spec.name, str(exc).split(". ")[0])
+        w, source = None, "random"
+        base = build_backbone(spec, size, None)
     base.name = "backbone"  # stable name for fine-tuning and Grad-CAM
     classes = list(classes)
     inputs = keras.Input((size, size, 3), name="image")

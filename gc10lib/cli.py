@@ -89,8 +89,19 @@ def _data_download(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from gc10lib import pipeline
     from gc10lib.pipeline import main_run
 
+    if args.list_configs:
+        for name, text in pipeline.list_configs().items():
+            print(f"{name:<10} {text}")
+        return 0
+    if args.dry_run:
+        for step in pipeline.dry_run(args.config, args.parameters or [], args.runs_root):
+            print(f"{step.id} ({step.notebook}.ipynb)")
+            for k, v in step.params.items():
+                print(f"    {k} = {v!r}")
+        return 0
     return main_run(
         args.config,
         args.parameters or [],
@@ -253,84 +264,133 @@ def _add_parameter_option(parser: argparse.ArgumentParser, help_text: str) -> No
     )
 
 
-def _step_parser(sub, name: str, help_text: str, func) -> argparse.ArgumentParser:
-    s = sub.add_parser(name, help=help_text)
+def _step_parser(sub, name: str, help_text: str, func, example: str) -> argparse.ArgumentParser:
+    s = _command(sub, name, help_text, example)
     s.add_argument("run", help="run folder holding the trained models (searched for metrics.json)")
-    s.add_argument("--data", help="dataset folder (default: the run's data_dir)")
+    s.add_argument("--data", help="dataset folder (default: the run's data_dir from run.json)")
     s.add_argument("--split-csv", help="split manifest (default: <run>/split.csv)")
-    s.add_argument("--out", help="output folder (default: a fresh runs/<step>-<time>; never overwritten)")
-    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--out", help=f"output folder (default: a fresh runs/{name}-<time>; never overwritten)")
+    s.add_argument("--seed", type=int, default=42, help="seed for sampling and fitting (default 42)")
     s.set_defaults(func=func)
     return s
 
 
+def _command(sub, name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+    """A sub-command whose help ends with examples."""
+    return sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text[0].upper() + help_text[1:] + ".",
+        epilog="examples:\n" + "\n".join(f"  {line}" for line in example.strip().splitlines()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+POLICY_HELP = "override the resize policy the model records (stretch or pad); normally not needed"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gc10", description="GC10-DET defect classification toolkit.")
+    p = argparse.ArgumentParser(
+        prog="gc10",
+        description="GC10-DET defect classification toolkit: data checks, training, ensembles, LiteRT export, "
+        "Grad-CAM, and the notebook pipeline.",
+        epilog="examples:\n  gc10 run                      # the demo pipeline on synthetic data (what `make run` does)\n"
+        "  gc10 run --list-configs       # the configurations and what each is for\n"
+        "  gc10 data summary data/gc10   # what a dataset folder holds, and its data-quality table\n"
+        "Each command has its own --help with examples.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     with contextlib.suppress(PackageNotFoundError):  # a source tree that was never installed has no version
         p.add_argument("--version", action="version", version=f"gc10lib {version('gc10lib')}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("data", help="inspect, split, synthesise or download datasets")
-    dsub = d.add_subparsers(dest="data_command", required=True)
-    s = dsub.add_parser("summary", help="layout, class counts, sizes, boxes and data-quality table")
-    s.add_argument("path")
-    s.add_argument("--json", action="store_true", help="print one JSON object")
+    d = sub.add_parser("data", help="inspect, split, synthesize or download datasets")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    s = _command(
+        dsub,
+        "summary",
+        "layout, class counts, sizes, boxes and data-quality table of a dataset folder",
+        "gc10 data summary ../shared/data/gc10-sample\ngc10 data summary data/gc10 --json > summary.json",
+    )
+    s.add_argument("path", help="dataset folder: a Kaggle GC10 download, the original release, or one folder per class")
+    s.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
     s.set_defaults(func=_data_summary)
-    s = dsub.add_parser("split", help="write a seeded, stratified, grouped split manifest (CSV)")
-    s.add_argument("path")
-    s.add_argument("--out", required=True)
-    s.add_argument("--seed", type=int, default=42)
-    s.add_argument("--fractions", type=float, nargs=3, default=(0.7, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"))
-    s.add_argument("--overwrite", action="store_true")
+    s = _command(
+        dsub,
+        "split",
+        "write a seeded, stratified, grouped split manifest (CSV plus a .json sidecar)",
+        "gc10 data split data/gc10 --out split.csv --seed 42 --fractions 0.7 0.15 0.15",
+    )
+    s.add_argument("path", help="dataset folder")
+    s.add_argument("--out", required=True, help="manifest file to write, ending in .csv (its sidecar is <name>.json)")
+    s.add_argument("--seed", type=int, default=42, help="seed of the split (default 42)")
+    s.add_argument(
+        "--fractions",
+        type=float,
+        nargs=3,
+        default=(0.7, 0.15, 0.15),
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="shares of train, val and test (default 0.7 0.15 0.15)",
+    )
+    s.add_argument("--overwrite", action="store_true", help="replace an existing manifest and sidecar")
     s.set_defaults(func=_data_split)
-    s = dsub.add_parser("synth", help="write a synthetic GC10-like dataset in the Kaggle layout")
-    s.add_argument("out")
-    s.add_argument("--per-class", type=int, default=30)
-    s.add_argument("--seed", type=int, default=0)
+    s = _command(
+        dsub,
+        "synth",
+        "write a synthetic GC10-like dataset in the Kaggle layout (for smoke tests and demos)",
+        "gc10 data synth /tmp/synth --per-class 30 --seed 0",
+    )
+    s.add_argument("out", help="empty folder to write into")
+    s.add_argument("--per-class", type=int, default=30, help="images per class (default 30)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the generator (default 0)")
     s.set_defaults(func=_data_synth)
-    s = dsub.add_parser("download", help="download GC10-DET from Kaggle (needs an API token)")
-    s.add_argument("out")
+    s = _command(
+        dsub,
+        "download",
+        "download GC10-DET from Kaggle (needs an API token and network)",
+        "gc10 data download data/gc10\ngc10 data summary data/gc10",
+    )
+    s.add_argument("out", help="empty folder to unpack the download into")
     s.set_defaults(func=_data_download)
 
-    e = sub.add_parser("evaluate", help="metrics of a .keras/.tflite model on a dataset or split subset")
-    e.add_argument("--model", required=True)
-    e.add_argument("--data", required=True, help="dataset folder (any layout gc10 data reads)")
-    e.add_argument("--split-csv", help="split manifest; with it only --subset is evaluated")
-    e.add_argument("--subset", default="test", choices=["train", "val", "test"])
-    e.add_argument("--policy", choices=["stretch", "pad"], help="override the resize policy the model records")
-    e.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
-    e.set_defaults(func=_evaluate)
-    pr = sub.add_parser("predict", help="top-k classes for image files or folders")
-    pr.add_argument("--model", required=True)
-    pr.add_argument("paths", nargs="+")
-    pr.add_argument("--out", help="CSV file to write (never overwritten)")
-    pr.add_argument("--top-k", type=int, default=3)
-    pr.add_argument("--policy", choices=["stretch", "pad"], help="override the resize policy the model records")
-    pr.set_defaults(func=_predict)
-
-    x = sub.add_parser("export", help="export a .keras model to LiteRT (.tflite)")
-    x.add_argument("--model", required=True)
-    x.add_argument("--format", required=True, choices=["float32", "float16", "dynamic", "int8"])
-    x.add_argument("--data", help="dataset for int8 calibration images")
-    x.add_argument("--split-csv", help="split manifest: calibrate on its train subset")
-    x.add_argument("--calibration", type=int, default=200, help="number of calibration images (default 200)")
-    x.add_argument("--out", required=True, help="output .tflite file (never overwritten)")
-    x.add_argument("--policy", choices=["stretch", "pad"], help="override the model's resize policy for calibration")
-    x.set_defaults(func=_export)
-
-    t = sub.add_parser("train", help="train one backbone (what notebook 02 does)")
-    t.add_argument("--backbone", required=True, help="a registry name, e.g. mobilenet, inception_v3")
+    t = _command(
+        sub,
+        "train",
+        "train one backbone, as notebook 02 does",
+        "gc10 train --backbone mobilenet --data synthetic -p epochs_head 3\n"
+        "gc10 train --backbone mobilenet --data ../shared/data/neu-det --config neu --out runs/neu-mobilenet",
+    )
+    t.add_argument(
+        "--backbone",
+        required=True,
+        help="a registry name: efficientnet_b5, resnet50_v2, inception_v3, mobilenet, mobilenet_v2, vgg19",
+    )
     t.add_argument("--data", required=True, help="dataset folder, or 'synthetic'")
     t.add_argument("--split-csv", help="split manifest (default: a seeded 70/15/15 split in memory)")
     t.add_argument("--out", help="output folder (default: a fresh runs/train-<backbone>-<time>)")
     t.add_argument("--config", help="take training values from this YAML config (a path or a name in configs/)")
     _add_parameter_option(t, "a TrainConfig field (YAML-parsed), e.g. -p epochs_head 3 -p augment '[flip]'")
     t.set_defaults(func=_train)
-    s = _step_parser(sub, "ensemble", "build, save and compare every ensemble method over a run's backbones", _ensemble)
-    s.add_argument("--methods", nargs="+", default=["mean", "weighted", "stack", "select"])
+    s = _step_parser(
+        sub,
+        "ensemble",
+        "build, save and compare every ensemble method over a run's backbones",
+        _ensemble,
+        "gc10 ensemble runs/neu\ngc10 ensemble runs/neu --methods mean stack --probes",
+    )
+    s.add_argument(
+        "--methods",
+        nargs="+",
+        default=["mean", "weighted", "stack", "select"],
+        help="ensemble methods to build (default: all four)",
+    )
     s.add_argument("--probes", action="store_true", help="also use each backbone's probe as a member")
     s = _step_parser(
-        sub, "quantize", "LiteRT variants of a run's models against Keras: size, accuracy, speed", _quantize
+        sub,
+        "quantize",
+        "LiteRT variants of a run's models against Keras: size, accuracy, speed",
+        _quantize,
+        "gc10 quantize runs/neu\ngc10 quantize runs/neu --models mobilenet --variants int8",
     )
     s.add_argument(
         "--models",
@@ -338,25 +398,98 @@ def build_parser() -> argparse.ArgumentParser:
         default=["best_backbone", "best_ensemble"],
         help="model names, or best_backbone / best_ensemble (chosen on validation)",
     )
-    s.add_argument("--variants", nargs="+", default=["float32", "float16", "dynamic", "int8"])
-    s.add_argument("--max-images", type=int, help="cap on test images")
-    s = _step_parser(sub, "explain", "Grad-CAM localization of a run's models against the boxes", _explain)
-    s.add_argument("--models", nargs="+", default=["best_backbone", "best_ensemble"])
-    s.add_argument("--per-class", type=int, default=5, help="test images per class")
+    s.add_argument(
+        "--variants",
+        nargs="+",
+        default=["float32", "float16", "dynamic", "int8"],
+        help="LiteRT variants to export and score (default: all four)",
+    )
+    s.add_argument("--max-images", type=int, help="cap on test images (default: all)")
+    s = _step_parser(
+        sub,
+        "explain",
+        "Grad-CAM localization of a run's models against the boxes",
+        _explain,
+        "gc10 explain runs/neu --per-class 5\ngc10 explain runs/neu --models mobilenet ensemble_mean",
+    )
+    s.add_argument(
+        "--models",
+        nargs="+",
+        default=["best_backbone", "best_ensemble"],
+        help="model names, or best_backbone / best_ensemble (chosen on validation)",
+    )
+    s.add_argument("--per-class", type=int, default=5, help="test images per class (default 5)")
 
-    r = sub.add_parser("run", help="run the notebook pipeline headless with papermill")
+    e = _command(
+        sub,
+        "evaluate",
+        "metrics of a .keras or .tflite model on a dataset or one split subset",
+        "gc10 evaluate --model runs/neu/steps/02_finetune_mobilenet/model.keras --data ../shared/data/neu-det\n"
+        "gc10 evaluate --model m.tflite --data data/gc10 --split-csv runs/x/split.csv --subset test --json",
+    )
+    e.add_argument("--model", required=True, help="a .keras or .tflite file written by gc10lib")
+    e.add_argument("--data", required=True, help="dataset folder (any layout gc10 data reads)")
+    e.add_argument("--split-csv", help="split manifest; with it only --subset is evaluated")
+    e.add_argument("--subset", default="test", choices=["train", "val", "test"], help="subset of --split-csv")
+    e.add_argument("--policy", choices=["stretch", "pad"], help=POLICY_HELP)
+    e.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    e.set_defaults(func=_evaluate)
+    pr = _command(
+        sub,
+        "predict",
+        "top-k classes for image files or folders",
+        "gc10 predict --model model.keras images/ more.jpg --top-k 3 --out preds.csv",
+    )
+    pr.add_argument("--model", required=True, help="a .keras or .tflite file written by gc10lib")
+    pr.add_argument("paths", nargs="+", help="image files and folders (searched recursively)")
+    pr.add_argument("--out", help="CSV file to write (never overwritten); default: print CSV")
+    pr.add_argument("--top-k", type=int, default=3, help="classes per image (default 3)")
+    pr.add_argument("--policy", choices=["stretch", "pad"], help=POLICY_HELP)
+    pr.set_defaults(func=_predict)
+    x = _command(
+        sub,
+        "export",
+        "export a .keras model to LiteRT (.tflite)",
+        "gc10 export --model model.keras --format float16 --out model_f16.tflite\n"
+        "gc10 export --model model.keras --format int8 --data data/gc10 --split-csv split.csv --out m_int8.tflite",
+    )
+    x.add_argument("--model", required=True, help="a .keras file written by gc10lib")
+    x.add_argument(
+        "--format",
+        required=True,
+        choices=["float32", "float16", "dynamic", "int8"],
+        help="float32, float16 (half-size weights), dynamic (int8 weights) or int8 (full integer)",
+    )
+    x.add_argument("--data", help="dataset for int8 calibration images")
+    x.add_argument("--split-csv", help="split manifest: calibrate on its train subset")
+    x.add_argument("--calibration", type=int, default=200, help="number of calibration images (default 200)")
+    x.add_argument("--out", required=True, help="output .tflite file (never overwritten; its sidecar is <out>.json)")
+    x.add_argument("--policy", choices=["stretch", "pad"], help=POLICY_HELP)
+    x.set_defaults(func=_export)
+
+    r = _command(
+        sub,
+        "run",
+        "run the notebook pipeline headless with papermill",
+        "gc10 run                                        # configs/demo.yaml\n"
+        "gc10 run --config neu -p data_dir ../shared/data/neu-det --name neu\n"
+        "gc10 run --config demo -p backbones '[mobilenet, vgg19]' --dry-run\n"
+        "gc10 run --resume --name neu                     # after a failure or Ctrl-C",
+    )
     r.add_argument("--config", default="demo", help="YAML config, or a name in configs/ (default: demo)")
     _add_parameter_option(r, "override a config value (YAML-parsed), e.g. -p data_dir ../data -p epochs_head 3")
-    r.add_argument("--name", help="run folder name under runs/ (default: <config>-<time>)")
+    r.add_argument("--name", help="run folder name under --runs-root (default: <config>-<time>)")
     r.add_argument("--resume", action="store_true", help="continue the run --name: skip finished steps")
-    r.add_argument("--runs-root", default="runs")
+    r.add_argument("--runs-root", default="runs", help="folder holding the run folders (default: runs)")
+    r.add_argument("--dry-run", action="store_true", help="print the steps and their parameters; run nothing")
+    r.add_argument("--list-configs", action="store_true", help="list the configurations in configs/ and exit")
     r.set_defaults(func=_run)
-
-    c = sub.add_parser(
+    c = _command(
+        sub,
         "compare",
-        help="mean and std per model over finished runs (e.g. one per seed)",
-        epilog="example: for s in 42 43 44; do gc10 run --config xsdd -p seed $s --name xsdd-s$s; done; "
-        "gc10 compare runs/xsdd-s42 runs/xsdd-s43 runs/xsdd-s44",
+        "mean and std per model over finished runs (e.g. one per seed)",
+        "for s in 42 43 44; do gc10 run --config xsdd -p seed $s --name xsdd-s$s; done\n"
+        "gc10 compare runs/xsdd-s42 runs/xsdd-s43 runs/xsdd-s44 --out seeds.csv",
     )
     c.add_argument("runs", nargs="+", help="run folders holding summary.json")
     c.add_argument("--out", help="also write the table as CSV (never overwritten)")

@@ -34,6 +34,7 @@ import yaml
 
 from gc10lib import data, synth
 from gc10lib.errors import Gc10Error, NotFoundError
+from gc10lib.modelcard import write_model_card
 from gc10lib.records import choose_by_validation, find_models, read_step_summaries
 from gc10lib.settings import writable_dir
 
@@ -55,6 +56,8 @@ RUNNER_DEFAULTS = {
     "img_sizes": {},
 }
 RUNNER_KEYS = set(RUNNER_DEFAULTS)
+#: Kernel start-up arguments: no "Kernel is running over TCP without encryption" warning per step.
+KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 
 
 class PipelineError(Gc10Error, RuntimeError):
@@ -375,6 +378,7 @@ def execute_run(
                 eta = f", about {sum(durations) / len(durations) * remaining / 60:.1f} min left"
             echo(
                 f"[{i}/{len(steps)}] {step.id} ({step.notebook}) — elapsed {(time.time() - t_start) / 60:.1f} min{eta}"
+                f" — log {log.relative_to(run_dir.parent)}"
             )
             rec = {"status": "running", "notebook": str(nb_out), "params": params, "start": time.time()}
             run.manifest["steps"][step.id] = rec
@@ -391,6 +395,7 @@ def execute_run(
                         stdout_file=fh,
                         stderr_file=fh,
                         log_output=False,
+                        extra_arguments=KERNEL_ARGS,
                     )
             except pm.PapermillExecutionError as exc:
                 rec.update(status="failed", end=time.time(), error=f"{exc.ename}: {exc.evalue}", cell=exc.exec_count)
@@ -483,6 +488,7 @@ def write_summary(run_dir: Path) -> dict:
         if isinstance(v, dict) and v.get("markdown"):
             lines += ["", f"## {v.get('title', k)}", "", v["markdown"]]
     (run_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    write_model_card(run_dir)
     return summary
 
 
@@ -514,6 +520,28 @@ def aggregate_runs(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
     return out.reset_index()
 
 
+def list_configs() -> dict[str, str]:
+    """Each config in ``configs/`` with its one-line ``description``."""
+    return {
+        p.stem: str((yaml.safe_load(p.read_text()) or {}).get("description", "")).strip()
+        for p in sorted(CONFIG_DIR.glob("*.yaml"))
+    }
+
+
+def dry_run(config: str, overrides: Sequence[tuple[str, str]], runs_root: str | Path = "runs") -> list[Step]:
+    """The steps a run would execute, each with the parameters its notebook would get; runs nothing."""
+    cfg = _resolve_config(config, overrides)
+    run_dir = Path(runs_root).resolve() / f"{cfg.get('name', 'run')}-<time>"
+    return [Step(s.id, s.notebook, step_parameters(s, cfg, run_dir)) for s in plan_steps(cfg, run_dir)]
+
+
+def _resolve_config(config: str, overrides: Sequence[tuple[str, str]]) -> dict:
+    cfg = apply_overrides(load_config(config), overrides)
+    if cfg.get("data_dir") and isinstance(cfg["data_dir"], str) and cfg["data_dir"].startswith("$"):
+        cfg["data_dir"] = os.environ.get(cfg["data_dir"][1:])
+    return cfg
+
+
 def main_run(
     config: str,
     overrides: Sequence[tuple[str, str]],
@@ -522,10 +550,8 @@ def main_run(
     runs_root: str = "runs",
     echo=log.info,
 ) -> int:
-    cfg = {} if resume else apply_overrides(load_config(config), overrides)
     if resume and overrides:
         raise PipelineError("--resume continues a run with its recorded config; -p overrides are not allowed.")
-    if not resume and cfg.get("data_dir") and isinstance(cfg["data_dir"], str) and cfg["data_dir"].startswith("$"):
-        cfg["data_dir"] = os.environ.get(cfg["data_dir"][1:])
+    cfg = {} if resume else _resolve_config(config, overrides)
     execute_run(cfg, name=name, resume=resume, runs_root=runs_root, echo=echo)
     return 0

@@ -43,7 +43,7 @@ class TrainConfig:
 
     backbone: str = "mobilenet"
     img_size: int | None = None  # None: the backbone's native size
-    weights: str | None = "imagenet"  # "imagenet", None, or a weights file
+    weights: str | None = "imagenet"  # "imagenet", "auto" (ImageNet if it can be had, else random), None, or a file
     weights_dir: str | None = None  # offline ImageNet weights (default $GC10_WEIGHTS_DIR)
     policy: str = "stretch"  # resize policy, see gc10lib.inputs
     epochs_head: int = 10

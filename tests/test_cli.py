@@ -128,3 +128,37 @@ def test_a_bug_shows_its_traceback_bad_input_does_not(monkeypatch, capsys):
     monkeypatch.undo()
     assert main(["data", "summary", "/no/such/folder"]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def _subparsers(parser):
+    for action in parser._actions:
+        if isinstance(action, __import__("argparse")._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                yield from ((f"{name} {n}", s) for n, s in _subparsers(sub))
+
+
+def test_every_argument_has_help_and_every_command_an_example():
+    from gc10lib.cli import build_parser
+
+    commands = dict(_subparsers(build_parser()))
+    assert {"run", "train", "ensemble", "quantize", "explain", "data split", "export"} <= set(commands)
+    for name, sub in commands.items():
+        if name == "data":
+            continue
+        assert sub.epilog and "examples:" in sub.epilog, name
+        missing = [a.dest for a in sub._actions if a.dest != "help" and not a.help]
+        assert not missing, (name, missing)
+
+
+def test_version_list_configs_and_dry_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("gc10lib ")
+    assert main(["run", "--list-configs"]) == 0
+    out = capsys.readouterr().out
+    assert "demo" in out and "elpv" in out and "Synthetic GC10-like data" in out
+    assert main(["run", "--dry-run", "-p", "backbones", "[mobilenet]", "--runs-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "02_finetune_mobilenet (02_finetune.ipynb)" in out and "    backbone = 'mobilenet'" in out
+    assert "05_explain (05_explain.ipynb)" in out and not any(tmp_path.iterdir())  # nothing ran, nothing written

@@ -96,6 +96,22 @@ def test_demo_pipeline_artefacts(demo_run):
     assert (run / "steps" / "05_explain" / "localization.csv").is_file()
     assert len(list((run / "steps" / "05_explain").glob("cam_grid_*.png"))) == 2
     assert "[1/6] 01_eda" in r.stdout and "[6/6] 05_explain" in r.stdout and "min left" in r.stdout
+    assert "log smoke/logs/02_finetune_mobilenet.log" in r.stdout  # each step line names its log
+    assert "without encryption" not in r.stderr + r.stdout  # the ipykernel warning is silenced
+
+
+def test_model_card(demo_run):
+    run, _ = demo_run
+    card = (run / "MODEL_CARD.md").read_text()
+    s = json.loads((run / "summary.json").read_text())
+    table = pd.DataFrame(s["models"])
+    chosen = records.choose_by_validation(table, "ensemble")
+    test = json.loads(next((run / "steps").glob(f"*/ensembles/{chosen.split('_', 1)[1]}/metrics.json")).read_text())[
+        "test"
+    ]
+    assert f"**{chosen}** (ensemble)" in card and "Synthetic" in card and "Known limitations" in card
+    assert f"| accuracy | {test['accuracy']:.4f} | [{test['ci95']['accuracy'][0]:.3f}" in card
+    assert "| crease |" in card and "int8" in card  # per-class table and the quantized variant
 
 
 def test_run_manifest(demo_run):
