@@ -499,7 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # other libraries: warnings only
+    logging.getLogger("gc10lib").setLevel(logging.INFO)
     try:
         return int(args.func(args) or 0)
     except Gc10Error as exc:
