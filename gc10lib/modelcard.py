@@ -26,6 +26,8 @@ LIMITATIONS = [
 
 
 def _chosen(records: list[ModelRecord]) -> ModelRecord | None:
+    if not records:
+        return None
     table = records_table(records)
     for kind in ("ensemble", "backbone"):
         if (table.kind == kind).any():
