@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 import papermill as pm
 import yaml
+from jupyter_client.manager import AsyncKernelManager
 
 from gc10lib import data, synth
 from gc10lib.errors import Gc10Error, NotFoundError
@@ -58,6 +59,22 @@ RUNNER_DEFAULTS = {
 RUNNER_KEYS = set(RUNNER_DEFAULTS)
 #: Kernel start-up arguments: no "Kernel is running over TCP without encryption" warning per step.
 KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
+
+
+class _StepKernelManager(AsyncKernelManager):
+    """A kernel whose own stderr goes to the step's log, not the terminal: TensorFlow's start-up
+    lines, and the ZMQ traceback a kernel prints when Ctrl-C stops the run under it."""
+
+    log_file = None  # set on a per-step subclass (:func:`_kernel_manager_for`)
+
+    async def start_kernel(self, **kw):
+        if self.log_file is not None:
+            kw.setdefault("stderr", self.log_file)
+        return await super().start_kernel(**kw)
+
+
+def _kernel_manager_for(log_file) -> type[AsyncKernelManager]:
+    return type("StepKernelManager", (_StepKernelManager,), {"log_file": log_file})
 
 
 class PipelineError(Gc10Error, RuntimeError):
@@ -384,7 +401,7 @@ def execute_run(
             run.manifest["steps"][step.id] = rec
             run.save()
             try:
-                with open(log, "w") as fh:
+                with open(log, "a") as fh:
                     pm.execute_notebook(
                         str(NOTEBOOK_DIR / f"{step.notebook}.ipynb"),
                         str(nb_out),
@@ -396,6 +413,7 @@ def execute_run(
                         stderr_file=fh,
                         log_output=False,
                         extra_arguments=KERNEL_ARGS,
+                        kernel_manager_class=_kernel_manager_for(fh),
                     )
             except pm.PapermillExecutionError as exc:
                 rec.update(status="failed", end=time.time(), error=f"{exc.ename}: {exc.evalue}", cell=exc.exec_count)

@@ -239,3 +239,34 @@ def test_alpha_channel_is_noted_in_the_quality_table(synth_copy):
     ds = data.discover(synth_copy)
     row = ds.quality[ds.quality.file == str(rgba)].iloc[0]
     assert row.problem == "alpha_dropped" and str(rgba) in set(ds.table.path)
+
+
+@pytest.mark.slow
+def test_a_real_ctrl_c_prints_one_line_and_no_kernel_traceback(tmp_path):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C does: the kernel's own ZMQ
+    traceback and TensorFlow's start-up lines go to the step log, the terminal gets one line."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["run", "--config", "demo", "-p", "backbones", "[mobilenet]", "-p", "synthetic_per_class", "6"]
+    args += ["-p", "img_size", "48", "--name", "c", "--runs-root", str(tmp_path)]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "gc10lib.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    log = tmp_path / "c" / "logs" / "02_finetune_mobilenet.log"
+    deadline = time.time() + 240
+    while not (log.is_file() and log.stat().st_size > 0) and time.time() < deadline:  # the training step runs
+        time.sleep(1)
+    time.sleep(3)
+    os.killpg(p.pid, signal.SIGINT)
+    _, err = p.communicate(timeout=240)
+    assert p.returncode == 130, err[-2000:]
+    assert err.strip() == "gc10: interrupted in step 02_finetune_mobilenet; resume with: gc10 run --resume --name c"
