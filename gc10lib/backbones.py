@@ -102,13 +102,31 @@ REGISTRY: dict[str, BackboneSpec] = {
             ("vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",),
             cam_layer="block5_conv4",
         ),  # the output is block5_pool, one max-pool past the last conv
+        # Newer families; keras.applications puts their input scaling inside the model, hence "none".
+        BackboneSpec(
+            "efficientnet_v2_s", "EfficientNetV2S", "efficientnet_v2", 384, "none", ("efficientnetv2-s_notop.h5",)
+        ),
+        BackboneSpec("convnext_tiny", "ConvNeXtTiny", "convnext", 224, "none", ("convnext_tiny_notop.h5",)),
+        BackboneSpec(
+            "mobilenet_v3_large",
+            "MobileNetV3Large",
+            "mobilenet_v3",
+            224,
+            "none",
+            ("weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5",),
+        ),
     ]
 }
+#: The six backbones of the original project (the others are newer additions).
+ORIGINAL = ("efficientnet_b5", "resnet50_v2", "inception_v3", "mobilenet", "mobilenet_v2", "vgg19")
 ALIASES = {
     "efficientnetb5": "efficientnet_b5",
     "resnet50v2": "resnet50_v2",
     "inceptionv3": "inception_v3",
     "mobilenetv2": "mobilenet_v2",
+    "efficientnetv2s": "efficientnet_v2_s",
+    "convnexttiny": "convnext_tiny",
+    "mobilenetv3large": "mobilenet_v3_large",
 }
 
 

@@ -14,14 +14,14 @@ import pytest
 from conftest import NEU, WEIGHTS, needs_shared, needs_weights
 
 from gc10lib import data, training
-from gc10lib.backbones import REGISTRY, load_model
+from gc10lib.backbones import ORIGINAL, load_model
 from gc10lib.layers import model_classes
 from gc10lib.predict import predict_proba
 
 
 def test_every_backbone_trains_and_writes_outputs(smoke_models):
     out, results = smoke_models
-    assert set(results) == set(REGISTRY)
+    assert set(results) == set(ORIGINAL)
     for name, m in results.items():
         d = out / name
         for f in ("model.keras", "metrics.json", "history.csv", "proba_val.npy", "proba_test.npy"):
