@@ -12,7 +12,7 @@ export GC10_WEIGHTS_DIR ?= $(shell [ -d ../shared/weights ] && cd ../shared/weig
 export MPLBACKEND ?= Agg
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install run test test-fast lint clean-cache
+.PHONY: install run gc10 test test-fast lint clean-cache
 
 install: $(STAMP)
 
@@ -25,6 +25,11 @@ $(STAMP): pyproject.toml
 
 run: install
 	$(BIN)/gc10 run --config $(CONFIG)
+
+# Real GC10-DET on a CPU: download it into data/gc10 when missing (needs network), then configs/gc10-cpu.yaml.
+gc10: install
+	[ -d data/gc10/images ] || $(BIN)/gc10 data download data/gc10
+	$(BIN)/gc10 run --config gc10-cpu -p data_dir data/gc10
 
 test: install lint
 	$(BIN)/pytest -n 2 --dist loadgroup

@@ -1,4 +1,9 @@
-"""Download GC10-DET from Kaggle through the official ``kaggle`` package, failing fast offline."""
+"""Download GC10-DET from Kaggle, failing fast offline.
+
+GC10-DET is a public dataset (CC BY 4.0), so ``kagglehub`` fetches it without a login. Where
+``kagglehub`` is missing or fails, the official ``kaggle`` package is tried with an API token.
+Without a route to Kaggle the error says so at once, names the manual steps, and writes nothing.
+"""
 
 from __future__ import annotations
 
@@ -38,20 +43,37 @@ def _reachable(host: str = "www.kaggle.com", port: int = 443, timeout: float = 5
         return f"{type(exc).__name__}: {exc}"
 
 
+def _with_kagglehub(dataset: str, out: Path) -> str | None:
+    """Download with ``kagglehub`` (no login for public datasets); ``None`` on success, else why not."""
+    try:
+        # lazy: optional dependency ([kaggle] extra)
+        import kagglehub
+    except ImportError:
+        return "kagglehub is not installed (pip install 'gc10lib[kaggle]')"
+    try:
+        kagglehub.dataset_download(dataset, output_dir=str(out))
+    except Exception as exc:  # network, HTTP or API errors: fall back to the kaggle package
+        return f"kagglehub failed ({type(exc).__name__}: {exc})"
+    return None
+
+
 def download_gc10(out: str | Path, dataset: str = KAGGLE_DATASET) -> Path:
-    """Download and unzip the Kaggle GC10-DET dataset into ``out`` (must be empty or absent)."""
+    """Download and unpack the Kaggle GC10-DET dataset into ``out`` (must be empty or absent)."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise DownloadError(f"{out}: folder is not empty; choose an empty folder for the download.")
+    reason = _reachable()
+    if reason is not None:
+        raise DownloadError(f"Kaggle is not reachable from this machine ({reason}). " + MANUAL_STEPS)
+    hub_failure = _with_kagglehub(dataset, out)
+    if hub_failure is None:
+        return out
     if not _has_token():
         raise DownloadError(
             "No Kaggle API token found. Create one at https://www.kaggle.com/settings (API > "
             "Create New Token) and save it as ~/.kaggle/kaggle.json (chmod 600), or set "
-            "KAGGLE_USERNAME and KAGGLE_KEY. " + MANUAL_STEPS
+            f"KAGGLE_USERNAME and KAGGLE_KEY ({hub_failure}). " + MANUAL_STEPS
         )
-    reason = _reachable()
-    if reason is not None:
-        raise DownloadError(f"Kaggle is not reachable from this machine ({reason}). " + MANUAL_STEPS)
     try:
         # lazy: optional dependency ([kaggle] extra)
         from kaggle.api.kaggle_api_extended import KaggleApi

@@ -61,31 +61,52 @@ def test_bad_path_is_clear_error():
     assert "no such folder" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_download_without_token_fails_fast(tmp_path):
-    env = {
-        "HOME": str(tmp_path),
-        "KAGGLE_CONFIG_DIR": str(tmp_path / ".kaggle"),
-        "KAGGLE_USERNAME": "",
-        "KAGGLE_KEY": "",
-        "KAGGLE_API_TOKEN": "",
-    }
-    r = run_cli("data", "download", str(tmp_path / "out"), env=env, timeout=60)
-    assert r.returncode == 2
-    assert "kaggle.json" in r.stderr and "download the zip by hand" in r.stderr
-    assert not (tmp_path / "out").exists()
-
-
-def test_download_offline_fails_fast(tmp_path, monkeypatch):
-    """With a token but no route to Kaggle the error says so instead of hanging."""
+def test_download_offline_is_one_clear_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """No route to Kaggle: the error says so at once, with the manual steps, before anything is written."""
     from gc10lib import download
 
-    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
-    monkeypatch.setenv("KAGGLE_KEY", "0" * 32)
     monkeypatch.setattr(download, "_reachable", lambda *a, **k: "gaierror: Name or service not known")
-    with pytest.raises(download.DownloadError, match="not reachable"):
+    assert main(["data", "download", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "Kaggle is not reachable" in err and "download the zip by hand" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    assert download._reachable("127.0.0.1", 9, timeout=2) is not None  # the real check answers quickly
+
+
+def test_download_uses_kagglehub_without_a_token(tmp_path, monkeypatch):
+    """GC10 is public: kagglehub fetches it with no login, and the kaggle package is not needed."""
+    import kagglehub
+
+    from gc10lib import download
+
+    seen = {}
+
+    def fake_download(handle, output_dir=None, **_kw):
+        seen.update(handle=handle, output_dir=output_dir)
+        (Path(output_dir) / "images" / "images").mkdir(parents=True)
+        return output_dir
+
+    monkeypatch.setattr(download, "_reachable", lambda *a, **k: None)
+    monkeypatch.setattr(kagglehub, "dataset_download", fake_download)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-token"))
+    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    out = download.download_gc10(tmp_path / "gc10")
+    assert seen == {"handle": download.KAGGLE_DATASET, "output_dir": str(tmp_path / "gc10")}
+    assert (out / "images" / "images").is_dir()
+
+
+def test_download_without_kagglehub_or_token_says_what_to_do(tmp_path, monkeypatch):
+    from gc10lib import download
+
+    monkeypatch.setattr(download, "_reachable", lambda *a, **k: None)
+    monkeypatch.setattr(download, "_with_kagglehub", lambda *a: "kagglehub failed (HTTPError: 503)")
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-token"))
+    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(download.DownloadError, match=r"kaggle.json.*kagglehub failed \(HTTPError: 503\)"):
         download.download_gc10(tmp_path / "out")
-    # and the real check returns a reason quickly on a closed port
-    assert download._reachable("127.0.0.1", 9, timeout=2) is not None
+    assert not (tmp_path / "out").exists()
 
 
 def test_download_refuses_non_empty(tmp_path):
