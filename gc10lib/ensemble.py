@@ -363,6 +363,9 @@ def _write_outputs(table: pd.DataFrame, results: dict, out: Path) -> None:
     if shown:
         fig = plots.per_class_f1(shown)
         fig.savefig(out / "per_class_f1.png", dpi=100)
+    if best_ens:  # the chosen ensemble's pictures, as PNGs beside the table
+        plots.confusion(results[best_ens]).savefig(out / f"confusion_{best_ens}.png", dpi=100)
+        plots.reliability(results[best_ens]).savefig(out / f"reliability_{best_ens}.png", dpi=100)
     plots.close_all()
     write_step_summary(
         out,

@@ -323,6 +323,8 @@ def explain_run(
         ["model", "class", "images", "no_boxes", "accuracy", "pointing", "energy", "box_fraction"]
     ]
     table.to_csv(out / "localization.csv", index=False)
+    plots.localization_bars(table[table["class"] != "overall"]).savefig(out / "localization.png", dpi=100)
+    plots.close_all()
     write_step_summary(
         out, "Localization against the boxes (Grad-CAM, test split)", table.to_markdown(index=False, floatfmt=".3f")
     )

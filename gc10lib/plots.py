@@ -172,13 +172,42 @@ def reliability(metrics: dict, ax=None):
 
 
 def comparison_bars(table: pd.DataFrame, metrics: Sequence[str] = ("test_accuracy", "test_macro_f1")):
-    """Bar plot of a comparison table (one row per model or ensemble)."""
-    df = table.melt(id_vars="model", value_vars=list(metrics), var_name="metric", value_name="value")
+    """Bar plot of a comparison table (one row per model or ensemble), with the bootstrap 95%
+    intervals as error bars where the table has them (``<metric>_ci_lo`` / ``<metric>_ci_hi``)."""
     fig, ax = plt.subplots(figsize=(max(6, 0.8 * table.shape[0] + 2), 3.8))
-    sns.barplot(data=df, x="model", y="value", hue="metric", ax=ax)
-    lo = max(0.0, float(df["value"].min()) - 0.1)
-    ax.set(ylim=(lo, 1.0), xlabel="", ylabel="", title="Test split")
-    ax.tick_params(axis="x", rotation=40)
+    x = np.arange(len(table))
+    width = 0.8 / len(metrics)
+    lows = []
+    for i, metric in enumerate(metrics):
+        values = table[metric].to_numpy(float)
+        yerr = None
+        if f"{metric}_ci_lo" in table and table[f"{metric}_ci_lo"].notna().all():
+            lo, hi = table[f"{metric}_ci_lo"].to_numpy(float), table[f"{metric}_ci_hi"].to_numpy(float)
+            yerr = np.vstack([np.clip(values - lo, 0, None), np.clip(hi - values, 0, None)])
+            lows.append(lo.min())
+        ax.bar(x + (i - (len(metrics) - 1) / 2) * width, values, width, yerr=yerr, capsize=2, label=metric)
+        lows.append(values.min())
+    ax.set_xticks(x, table["model"], rotation=40, ha="right")
+    ax.set(ylim=(max(0.0, float(min(lows)) - 0.1), 1.0), ylabel="", title="Test split (bars: bootstrap 95% intervals)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def localization_bars(table: pd.DataFrame):
+    """Pointing game and energy in the boxes per class and model, against the box share (what a
+    uniform map would score), from :func:`gc10lib.explain.localization_summary` rows with ``model``."""
+    models = list(dict.fromkeys(table["model"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.8), squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], models, strict=True):
+        t = table[(table.model == name) & table.pointing.notna()]
+        x = np.arange(len(t))
+        ax.bar(x - 0.2, t.pointing, 0.4, label="pointing game")
+        ax.bar(x + 0.2, t.energy, 0.4, label="energy in boxes")
+        ax.scatter(x + 0.2, t.box_fraction, marker="_", s=200, color="black", label="box share (uniform map)", zorder=3)
+        ax.set_xticks(x, t["class"], rotation=40, ha="right")
+        ax.set(ylim=(0, 1.05), title=name)
+    axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -62,6 +62,10 @@ class ModelRecord:
         for part in ("test", "val"):
             for k in ("accuracy", "balanced_accuracy", "macro_f1"):
                 row[f"{part}_{k}"] = (m.get(part) or {}).get(k)
+        ci = self.test.get("ci95") or {}
+        for k in ("accuracy", "macro_f1"):  # bootstrap 95% intervals, for error bars
+            lo, hi = ci.get(k) or (None, None)
+            row[f"test_{k}_ci_lo"], row[f"test_{k}_ci_hi"] = lo, hi
         row.update(
             val_log_loss=self.val.get("log_loss"),
             selected_phase=(m.get("selected") or {}).get("phase"),

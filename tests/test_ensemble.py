@@ -148,6 +148,9 @@ def test_every_method_saves_and_reloads_in_fresh_process(smoke_models, smoke_dat
     assert list(table.model) == members + probes + [f"ensemble_{m}" for m in ensemble.METHODS]
     assert set(table[table.kind == "probe"].model) == set(probes)
     assert (tmp_path / "ens" / "comparison.csv").is_file() and (tmp_path / "ens" / "comparison.md").is_file()
+    chosen = table.attrs["best_ensemble"]
+    for png in ("comparison.png", "per_class_f1.png", f"confusion_{chosen}.png", f"reliability_{chosen}.png"):
+        assert (tmp_path / "ens" / png).stat().st_size > 0, png
     y_test = data.read_split(split).query("subset == 'test'").label.to_numpy()
     x = np.random.default_rng(2).uniform(0, 255, (4, 75, 75, 3)).astype("float32")
     np.save(tmp_path / "x.npy", x)

@@ -296,5 +296,6 @@ def test_step_verbs_on_a_finished_run(demo_run, tmp_path, capsys):
         == 0
     )
     assert len(list((tmp_path / "x").glob("cam_grid_*.png"))) == 1 and (tmp_path / "x" / "localization.csv").is_file()
+    assert (tmp_path / "x" / "localization.png").stat().st_size > 0
     assert cli.main(["explain", str(run), "--models", "nope", "--out", str(tmp_path / "y")]) == 2
     assert "no model named 'nope'" in capsys.readouterr().err
