@@ -248,12 +248,39 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _gpus() -> list[dict]:
+    """NVIDIA GPUs with driver and CUDA versions, from ``nvidia-smi`` (empty where there is none).
+
+    Asked of ``nvidia-smi`` rather than TensorFlow, so the runner never imports TensorFlow."""
+    fields = "name,driver_version,memory.total"
+    try:
+        r = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        )
+        head = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    cuda = next(
+        (line.split("CUDA Version:")[1].split()[0] for line in head.splitlines() if "CUDA Version:" in line), None
+    )
+    return (
+        [
+            dict(zip(("name", "driver", "memory"), (x.strip() for x in line.split(",")), strict=False), cuda=cuda)
+            for line in r.stdout.splitlines()
+            if line.strip()
+        ]
+        if r.returncode == 0
+        else []
+    )
+
+
 def _machine() -> dict:
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "hostname": platform.node(),
+        "gpus": _gpus(),
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -62,6 +63,7 @@ class TrainConfig:
     aug_views: int = 2  # feature fast path: 1 plain + (aug_views - 1) augmented views per train image
     head_mode: str = "features"  # "features" (cached-feature fast path) or "fit" (frozen backbone every epoch)
     monitor: str = "val_loss"  # or "val_macro_f1"
+    tensorboard: bool = False  # TensorBoard logs in <out_dir>/tensorboard/<phase> (`tensorboard --logdir runs`)
     patience: int = 4
     seed: int = 42
     mixed_precision: bool | str = False  # True -> "mixed_float16"; or a policy name
@@ -304,6 +306,8 @@ def callbacks(
             )
         )
     cbs.append(keras.callbacks.CSVLogger(str(csv_path)))
+    if cfg.tensorboard:  # one folder per phase: <out>/tensorboard/head, <out>/tensorboard/finetune
+        cbs.append(keras.callbacks.TensorBoard(log_dir=str(csv_path.parent / "tensorboard" / phase)))
     return cbs
 
 
@@ -477,6 +481,8 @@ def train_backbone(
         raise InputError(f"unknown monitor {cfg.monitor!r}; expected 'val_loss' or 'val_macro_f1'")
     if cfg.finetune_optimizer not in FINETUNE_OPTIMIZERS:
         raise InputError(f"unknown finetune_optimizer {cfg.finetune_optimizer!r}; expected {FINETUNE_OPTIMIZERS}")
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise SetupError("tensorboard=True needs the tensorboard package: pip install 'gc10lib[tensorboard]'")
     if manifest is None:
         manifest, classes, split_path = load_manifest(data_dir, split_csv, cfg.seed)
     else:

@@ -299,3 +299,25 @@ def test_step_verbs_on_a_finished_run(demo_run, tmp_path, capsys):
     assert (tmp_path / "x" / "localization.png").stat().st_size > 0
     assert cli.main(["explain", str(run), "--models", "nope", "--out", str(tmp_path / "y")]) == 2
     assert "no model named 'nope'" in capsys.readouterr().err
+
+
+def test_run_json_records_gpus_from_nvidia_smi(monkeypatch):
+    import subprocess as sp
+
+    def fake_run(cmd, **_kw):
+        if any(a.startswith("--query-gpu") for a in cmd):
+            return sp.CompletedProcess(cmd, 0, stdout="NVIDIA H100 80GB HBM3, 550.54.15, 81559 MiB\n", stderr="")
+        return sp.CompletedProcess(
+            cmd, 0, stdout="| NVIDIA-SMI 550.54.15   Driver Version: 550.54.15   CUDA Version: 12.4 |\n", stderr=""
+        )
+
+    monkeypatch.setattr(pipeline.subprocess, "run", fake_run)
+    assert pipeline._machine()["gpus"] == [
+        {"name": "NVIDIA H100 80GB HBM3", "driver": "550.54.15", "memory": "81559 MiB", "cuda": "12.4"}
+    ]
+
+    def missing(cmd, **_kw):
+        raise FileNotFoundError(2, "No such file or directory", cmd[0])
+
+    monkeypatch.setattr(pipeline.subprocess, "run", missing)
+    assert pipeline._machine()["gpus"] == []  # a CPU machine: nothing to record, no error

@@ -299,3 +299,28 @@ def test_multiworker_strategy_two_processes(smoke_data, tmp_path):
     np.testing.assert_allclose(
         np.load(tmp_path / "w0" / "proba_test.npy"), np.load(tmp_path / "w1" / "proba_test.npy"), atol=1e-5
     )
+
+
+@pytest.mark.slow
+def test_tensorboard_logs_per_phase(smoke_data, tmp_path):
+    root, split = smoke_data
+    cfg = training.TrainConfig(
+        backbone="mobilenet",
+        img_size=48,
+        weights=None,
+        epochs_head=1,
+        epochs_finetune=1,
+        finetune_fraction=0.05,
+        batch_size=16,
+        verbose=0,
+        seed=3,
+        tensorboard=True,
+    )
+    training.train_backbone(cfg, root, tmp_path / "m", split_csv=split)
+    for phase in ("head", "finetune"):
+        events = list((tmp_path / "m" / "tensorboard" / phase).rglob("events.out.tfevents.*"))
+        assert events and all(e.stat().st_size > 0 for e in events), phase
+    off = training.train_backbone(
+        training.TrainConfig(**{**cfg.__dict__, "tensorboard": False}), root, tmp_path / "n", split_csv=split
+    )
+    assert off["config"]["tensorboard"] is False and not (tmp_path / "n" / "tensorboard").exists()
