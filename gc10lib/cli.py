@@ -92,6 +92,10 @@ def _run(args: argparse.Namespace) -> int:
     from gc10lib import pipeline
     from gc10lib.pipeline import main_run
 
+    # papermill/nbclient and asyncio report a dying kernel (e.g. on Ctrl-C) as log records and as
+    # "Task exception was never retrieved"; the run's own message says what happened and what to do.
+    for name in ("papermill", "nbclient", "asyncio", "traitlets"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     if args.list_configs:
         for name, text in pipeline.list_configs().items():
             print(f"{name:<10} {text}")

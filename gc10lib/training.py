@@ -867,6 +867,16 @@ def handover_check(model, tr: pd.DataFrame, plain_features: np.ndarray, *, size:
 
 def _save_lean(model, path: Path) -> None:
     """Save weights and config only: a compiled model (or its compiled head) would also store optimizer state."""
-    clean = model.__class__.from_config(model.get_config())  # the architecture alone: no compile state
+    clean = model.__class__.from_config(_without_compile(model.get_config()))  # the architecture alone
     clean.set_weights(model.get_weights())
     clean.save(path)
+
+
+def _without_compile(config):
+    """A model config with every nested ``compile_config`` removed (a compiled sub-model, such as the
+    head after phase 1, would otherwise come back compiled and save its optimizer state)."""
+    if isinstance(config, dict):
+        return {k: _without_compile(v) for k, v in config.items() if k != "compile_config"}
+    if isinstance(config, list):
+        return [_without_compile(v) for v in config]
+    return config

@@ -61,6 +61,14 @@ def test_saved_model_reproduces_recorded_probabilities(smoke_models, smoke_data)
     assert model_classes(model) == results["mobilenet"]["classes"]
     proba = predict_proba(model, te.path)
     np.testing.assert_allclose(proba, np.load(out / "mobilenet" / "proba_test.npy"), atol=1e-5)
+    import warnings
+
+    for name in results:  # weights and architecture only: no optimizer state to skip on loading
+        for path in (out / name / "model.keras", out / name / "probe" / "model.keras"):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                load_model(path)
+            assert not [w for w in caught if "Skipping variable loading" in str(w.message)], path
 
 
 @pytest.mark.slow
