@@ -434,6 +434,16 @@ def write_split(
     return path
 
 
+def split_counts(manifest: pd.DataFrame, classes: Sequence[str] | None = None) -> pd.DataFrame:
+    """Images per class (rows, in ``classes`` order) and subset (columns train/val/test), with totals."""
+    order = list(classes) if classes is not None else sorted(manifest["class"].unique())
+    counts = pd.crosstab(manifest["class"], manifest["subset"]).reindex(index=order, columns=list(SUBSETS))
+    counts = counts.fillna(0).astype(int)
+    counts.loc["total"] = counts.sum()
+    counts["total"] = counts.sum(axis=1)
+    return counts
+
+
 def read_split(path: str | Path, data_root: str | Path | None = None) -> pd.DataFrame:
     """Read a split manifest, resolving paths against ``data_root`` (default: the sidecar's)."""
     path = Path(path)

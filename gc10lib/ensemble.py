@@ -270,7 +270,9 @@ def ensemble_run(
     """The ensemble step: build, save and evaluate every method over a run's backbone models.
 
     Member probabilities on the test split are computed once, through the ensemble's own shared
-    input and resize (so decoding and resizing match the shipped model); each method's output is
+    input and resize (so decoding and resizing match the shipped model); so are those on the
+    validation split that fits the methods, when some member is resized inside the ensemble
+    (otherwise the members' own validation probabilities are reused). Each method's output is
     then combined exactly as its layer does, and checked against the saved ``.keras`` model on
     ``check_n`` test images. Writes ``<out>/ensembles/<method>/{ensemble.keras,metrics.json}``,
     ``<out>/comparison.{csv,md,png}``, ``per_class_f1.png`` and the step's summary section; returns
@@ -286,7 +288,6 @@ def ensemble_run(
     man = data.read_split(split_csv, data_root=data_dir)
     va, te = man[man.subset == "val"], man[man.subset == "test"]
     y_val, y_test = va.label.to_numpy(), te.label.to_numpy()
-    val_probas = [r.proba("val") for r in members]
     models = [load_model(r.path) for r in members]
     info = check_members(models)
     classes = info.classes
@@ -294,9 +295,17 @@ def ensemble_run(
     t0 = time.perf_counter()
     inp, outs = branch_outputs(models)  # the ensemble's own shared input and resizes
     branches = keras.Model(inp, outs)
-    batches = make_dataset(list(te.path), None, int(inp.shape[1]), policy=info.policy, batch_size=batch_size)
-    test_probas = branches.predict(batches, verbose=0)
-    test_probas = [np.asarray(p, np.float64) for p in (test_probas if len(models) > 1 else [test_probas])]
+
+    def through_branches(paths: Sequence) -> list[np.ndarray]:
+        batches = make_dataset(list(paths), None, int(inp.shape[1]), policy=info.policy, batch_size=batch_size)
+        out = branches.predict(batches, verbose=0)
+        return [np.asarray(p, np.float64) for p in (out if len(models) > 1 else [out])]
+
+    test_probas = through_branches(te.path)
+    # A member resized inside the ensemble (from the largest input size) sees other pixels than it
+    # saw alone; the weights are then fitted on what the shipped ensemble will actually compute.
+    resized = any(model_info(m).input_size != int(inp.shape[1]) for m in models)
+    val_probas = through_branches(va.path) if resized else [r.proba("val") for r in members]
     members_s = time.perf_counter() - t0
 
     shown = members + [r for r in found if r not in members]

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from gc10lib import data, plots
+from gc10lib import data, plots, progress
 from gc10lib.backbones import REGISTRY, load_model
 from gc10lib.errors import InputError
 from gc10lib.inputs import ImageCache, resize_geometry
@@ -233,7 +233,7 @@ def explain_split(
         )
     cache = ImageCache(size, policy)
     rows, kept, counts = [], {}, {}
-    for start in range(0, len(table), batch_size):
+    for start in progress.bar(range(0, len(table), batch_size), desc="Grad-CAM", unit="batch"):
         chunk = table.iloc[start : start + batch_size]
         images = cache.load(list(chunk.path))
         y = np.array([mapping[int(label)] for label in chunk.label])

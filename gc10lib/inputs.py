@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gc10lib import settings
+from gc10lib import progress, settings
 from gc10lib.data import DECODE_ERRORS
 from gc10lib.errors import InputError
 
@@ -159,8 +159,9 @@ class ImageCache:
 
     def ensure(self, paths: Sequence[str | Path], workers: int = PARALLEL) -> list[str]:
         """Cached PNG paths for ``paths``, decoding and resizing only those not yet cached."""
+        desc = f"caching {self.policy} {self.size}px images"
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(self._ensure_one, map(str, paths)))
+            return list(progress.bar(pool.map(self._ensure_one, map(str, paths)), total=len(paths), desc=desc))
 
     def load(self, paths: Sequence[str | Path]) -> np.ndarray:
         """All images as one uint8 array ``(n, size, size, 3)``."""

@@ -11,7 +11,7 @@ import seaborn as sns
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from gc10lib.data import Dataset, box_table
+from gc10lib.data import Dataset, box_table, split_counts
 from gc10lib.inputs import load_rgb
 
 
@@ -25,6 +25,26 @@ def class_counts(ds: Dataset, ax=None):
     present = counts[counts > 0]
     ratio = present.max() / present.min() if len(present) else float("nan")
     ax.set(xlabel="images", ylabel="", title=f"Images per class (imbalance {ratio:.1f}:1)")
+    fig.tight_layout()
+    return fig
+
+
+def split_composition(manifest: pd.DataFrame, classes: Sequence[str] | None = None):
+    """Stacked bars of each class's images in train / val / test, annotated with the val and test
+    counts (the images every reported score rests on)."""
+    counts = split_counts(manifest, classes).drop(index="total", columns="total")
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(counts) + 1.2))
+    left = np.zeros(len(counts))
+    for subset, color in zip(counts.columns, ("steelblue", "darkorange", "seagreen"), strict=True):
+        ax.barh(counts.index, counts[subset], left=left, color=color, label=subset)
+        left += counts[subset].to_numpy()
+    for i, (_, row) in enumerate(counts.iterrows()):
+        ax.text(left[i], i, f" val {row['val']} · test {row['test']}", va="center", fontsize=7)
+    ax.invert_yaxis()
+    totals = counts.sum()
+    ax.set(xlabel="images", title=" · ".join(f"{s} {totals[s]}" for s in counts.columns))
+    ax.set_xlim(0, left.max() * 1.35 if len(left) else 1)
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gc10lib import plots
+from gc10lib import plots, progress
 from gc10lib.errors import OutputExistsError
 from gc10lib.evaluation import compute_metrics
 from gc10lib.export import VARIANTS, export_litert, representative_images
@@ -125,7 +125,7 @@ def quantize_table(
         rep = representative_images(
             data_dir, split_csv, keras_pred.input_size, n=n_representative, seed=seed, policy=policy
         )
-    for variant in variants:
+    for variant in progress.bar(variants, desc=f"{name}: convert and time", unit="variant"):
         path = export_litert(
             keras_pred.model,
             out_dir / f"{name}_{variant}.tflite",

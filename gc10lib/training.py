@@ -23,7 +23,7 @@ import pandas as pd
 import tensorflow as tf
 from sklearn.metrics import f1_score
 
-from gc10lib import data
+from gc10lib import data, progress
 from gc10lib import probe as probes
 from gc10lib.backbones import build_classifier, get_spec
 from gc10lib.errors import InputError, SetupError
@@ -373,7 +373,8 @@ def extract_features(
     if view:
         aug = augmenter(seed + 1000 * view, ops)
         ds = ds.map(lambda x: aug(x, training=True))
-    feats = np.asarray(extractor.predict(ds, verbose=verbose), dtype=np.float32)
+    bar = progress.predict_callback(int(np.ceil(len(paths) / batch_size)), f"{backbone} features, view {view}")
+    feats = np.asarray(extractor.predict(ds, verbose=verbose, callbacks=[bar]), dtype=np.float32)
     writable_dir(path.parent, "the feature cache (set GC10_CACHE_DIR to a writable folder)")
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
     np.save(tmp, feats)

@@ -126,6 +126,30 @@ def test_probes_can_be_ensemble_members(smoke_models, smoke_data, tmp_path):
     assert list(table.model) == ["mobilenet", "probe_mobilenet", "ensemble_mean"]
 
 
+def test_mixed_sizes_are_fitted_on_what_the_shipped_ensemble_computes(smoke_models, smoke_data, tmp_path):
+    """A 64-px member inside a 75-px ensemble sees the image resized twice; the validation numbers the
+    methods are fitted and chosen on must be those of the saved ensemble, not of the member alone."""
+    import shutil
+
+    out, _ = smoke_models
+    root, split = smoke_data
+    run = tmp_path / "run"
+    shutil.copytree(out / "mobilenet", run / "mobilenet")
+    cfg = training.TrainConfig(
+        backbone="mobilenet_v2", img_size=64, weights=None, epochs_head=1, epochs_finetune=0, verbose=0, seed=3
+    )
+    training.train_backbone(cfg, root, run / "mobilenet_v2", split_csv=split)
+    ensemble.ensemble_run(run, ["mean"], tmp_path / "ens", root, split, backbones=["mobilenet", "mobilenet_v2"])
+    m = json.loads((tmp_path / "ens" / "ensembles" / "mean" / "metrics.json").read_text())
+    va = data.read_split(split, data_root=root).query("subset == 'val'")
+    shipped = predict_proba(load_model(m["model_path"]), list(va.path))
+    alone = np.mean([np.load(run / b / "proba_val.npy") for b in ("mobilenet", "mobilenet_v2")], axis=0)
+    assert np.abs(shipped - alone).max() > 1e-4  # the double resize does change the 64-px member's output
+    p = np.clip(shipped, 1e-7, 1)
+    p /= p.sum(1, keepdims=True)
+    assert m["val"]["log_loss"] == pytest.approx(float(-np.log(p[np.arange(len(va)), va.label]).mean()), abs=1e-4)
+
+
 def test_members_must_agree_on_resize_policy(members):
     padded, _ = build_classifier("mobilenet", model_classes(members[0]), img_size=75, weights=None, policy="pad")
     with pytest.raises(ValueError, match="disagree on the resize policy"):

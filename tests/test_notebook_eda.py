@@ -30,7 +30,7 @@ def test_eda_on_synthetic(synth_root, tmp_path):
     out = _run(tmp_path, data_dir=str(synth_root))
     s = json.loads((out / "eda_summary.json").read_text())
     assert s["n_images"] == 120 and s["n_classes"] == 10
-    for f in ("class_counts.png", "boxes.png", "samples.png", "quality.csv"):
+    for f in ("class_counts.png", "split.png", "boxes.png", "samples.png", "quality.csv"):
         assert (out / f).stat().st_size > 0
 
 

@@ -40,3 +40,19 @@ def test_localization_bars_one_panel_per_model():
     assert [ax.get_title() for ax in fig.axes] == ["mobilenet", "ensemble_mean"]
     assert len(fig.axes[0].patches) == 6  # pointing and energy for three classes
     plots.close_all()
+
+
+def test_split_composition_counts_every_class_and_subset():
+    from gc10lib import data
+
+    man = pd.DataFrame(
+        {"class": ["a"] * 7 + ["b"] * 3, "subset": ["train"] * 5 + ["val", "test"] + ["train", "val", "test"]}
+    )
+    counts = data.split_counts(man, ["b", "a", "c"])  # a class with no images is a row of zeros
+    assert counts.loc["a"].tolist() == [5, 1, 1, 7] and counts.loc["c"].tolist() == [0, 0, 0, 0]
+    assert counts.loc["total"].tolist() == [6, 2, 2, 10] and list(counts.columns) == ["train", "val", "test", "total"]
+    ax = plots.split_composition(man, ["b", "a", "c"]).axes[0]
+    widths = [p.get_width() for p in ax.patches]  # three subsets x three classes, stacked
+    assert widths == [1, 5, 0, 1, 1, 0, 1, 1, 0]
+    assert ax.get_title() == "train 6 · val 2 · test 2"
+    plots.close_all()
