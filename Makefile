@@ -39,7 +39,7 @@ test-fast: install lint
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check gc10lib tests benchmarks notebooks
+	$(BIN)/ruff format --check gc10lib tests benchmarks notebooks docs
 
 clean-cache:
 	rm -rf .cache/gc10lib

@@ -231,8 +231,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _ensemble(args: argparse.Namespace) -> int:
-    from gc10lib.ensemble import ensemble_run
+    from gc10lib.ensemble import ensemble_run, find_recipe, materialize
 
+    if args.materialize:
+        path = materialize(find_recipe(args.run, args.materialize))
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+        return 0
     data_dir, split = _run_inputs(args)
     table, _ = ensemble_run(args.run, args.methods, args.out, data_dir, split, seed=args.seed, probes=args.probes)
     print(table.to_markdown(index=False, floatfmt=".4f"))
@@ -380,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
         "ensemble",
         "build, save and compare every ensemble method over a run's backbones",
         _ensemble,
-        "gc10 ensemble runs/neu\ngc10 ensemble runs/neu --methods mean stack --probes",
+        "gc10 ensemble runs/neu\ngc10 ensemble runs/neu --methods mean stack --probes\n"
+        "gc10 ensemble runs/neu --materialize mean    # build a .keras from a method's recipe",
     )
     s.add_argument(
         "--methods",
@@ -389,6 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="ensemble methods to build (default: all four)",
     )
     s.add_argument("--probes", action="store_true", help="also use each backbone's probe as a member")
+    s.add_argument(
+        "--materialize",
+        metavar="METHOD",
+        choices=["mean", "weighted", "stack", "select"],
+        help="build the .keras of a method the run kept as a recipe (only the method chosen on validation "
+        "is saved as a model); fits and evaluates nothing",
+    )
     s = _step_parser(
         sub,
         "quantize",

@@ -16,6 +16,7 @@ by one of:
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,8 +30,8 @@ from sklearn.metrics import f1_score, log_loss
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from gc10lib import data, plots
-from gc10lib.backbones import load_model
-from gc10lib.errors import InputError
+from gc10lib.backbones import load_model, save_model
+from gc10lib.errors import InputError, NotFoundError, OutputExistsError
 from gc10lib.evaluation import compute_metrics
 from gc10lib.inputs import make_dataset
 from gc10lib.layers import EPS, ClassNames, ModelInfo, ResizeTo, SafeLog, WeightedAverage, model_info
@@ -53,8 +54,9 @@ def weighted_sum(probas: Sequence[np.ndarray], weights: Sequence[float]) -> np.n
     return sum(w * p for w, p in zip(weights, probas, strict=True))
 
 
-def fit_weights(probas: Sequence[np.ndarray], y: np.ndarray) -> np.ndarray:
-    """Simplex weights minimising log-loss of the combined validation probabilities."""
+def fit_weights(probas: Sequence[np.ndarray], y: np.ndarray, min_weight: float = 1e-3) -> np.ndarray:
+    """Simplex weights minimising log-loss of the combined validation probabilities; weights below
+    ``min_weight`` are set to 0 (and the rest renormalized), so those members can be left out."""
     k, n_classes = len(probas), probas[0].shape[1]
 
     def loss(z):
@@ -65,6 +67,8 @@ def fit_weights(probas: Sequence[np.ndarray], y: np.ndarray) -> np.ndarray:
 
     res = minimize(loss, np.zeros(k), method="Nelder-Mead" if k <= 3 else "Powell", options={"maxiter": 2000})
     w = np.exp(res.x - res.x.max())
+    w /= w.sum()
+    w[w < min_weight] = 0.0  # members this light are left out of the shipped ensemble
     return w / w.sum()
 
 
@@ -212,6 +216,36 @@ def build_ensemble(
     return keras.Model(inp, out, name=name or f"ensemble_{method}")
 
 
+def fit_method(method: str, val_probas: Sequence[np.ndarray], y_val: np.ndarray, seed: int = 42) -> dict:
+    """Fit ``method`` on the members' validation probabilities.
+
+    Returns ``{"method", "weights"}`` for ``weighted``/``select``, ``{"method", "stacker"}`` for
+    ``stack`` (with its honest out-of-fold validation probabilities under ``oof_val_proba``), and
+    ``{"method"}`` for ``mean``. :func:`combine` applies it; :func:`build_fitted` ships it.
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown ensemble method {method!r}; expected one of {METHODS}")
+    fitted: dict = {"method": method}
+    if method == "weighted":
+        fitted["weights"] = [float(w) for w in fit_weights(val_probas, y_val)]
+    elif method == "select":
+        fitted["weights"] = [float(w) for w in caruana_select(val_probas, y_val)]
+    elif method == "stack":
+        stacker = fit_stacker(val_probas, y_val, seed=seed)
+        fitted["stacker"] = {"coef": stacker["coef"], "intercept": stacker["intercept"]}
+        fitted["oof_val_proba"] = stacker["oof_proba"]
+    return fitted
+
+
+def build_fitted(models: Sequence, fitted: dict, input_size: int | None = None):
+    """The Keras ensemble of a fitted method; members with zero weight are left out of it."""
+    method, weights = fitted["method"], fitted.get("weights")
+    if weights is not None:
+        keep = [i for i, w in enumerate(weights) if w > 0]
+        models, weights = [models[i] for i in keep], [weights[i] for i in keep]
+    return build_ensemble(models, method, weights=weights, stacker=fitted.get("stacker"), input_size=input_size)
+
+
 def fit_and_build(
     models: Sequence,
     method: str,
@@ -220,23 +254,9 @@ def fit_and_build(
     seed: int = 42,
     input_size: int | None = None,
 ):
-    """Fit ``method`` on validation predictions and build the ensemble; returns ``(model, info)``.
-
-    ``info`` holds the fitted weights and, for ``stack``, the honest out-of-fold validation probabilities.
-    """
-    info: dict = {"method": method}
-    weights = stacker = None
-    if method == "weighted":
-        weights = fit_weights(val_probas, y_val)
-    elif method == "select":
-        weights = caruana_select(val_probas, y_val)
-    elif method == "stack":
-        stacker = fit_stacker(val_probas, y_val, seed=seed)
-        info["oof_val_proba"] = stacker["oof_proba"]
-    if weights is not None:
-        info["weights"] = [float(w) for w in weights]
-    model = build_ensemble(models, method, weights=weights, stacker=stacker, input_size=input_size)
-    return model, info
+    """:func:`fit_method` then :func:`build_fitted`; returns ``(model, fitted)``."""
+    fitted = fit_method(method, val_probas, y_val, seed)
+    return build_fitted(models, fitted, input_size), fitted
 
 
 # --------------------------------------------------------------------------- a run folder's ensembles
@@ -267,14 +287,17 @@ def ensemble_run(
     check_n: int = 16,
     probes: bool = False,
 ) -> tuple[pd.DataFrame, dict]:
-    """The ensemble step: build, save and evaluate every method over a run's backbone models.
+    """The ensemble step: fit and evaluate every method over a run's backbone models, and save the
+    one chosen on validation.
 
     Member probabilities on the test split are computed once, through the ensemble's own shared
     input and resize (so decoding and resizing match the shipped model); so are those on the
     validation split that fits the methods, when some member is resized inside the ensemble
     (otherwise the members' own validation probabilities are reused). Each method's output is
-    then combined exactly as its layer does, and checked against the saved ``.keras`` model on
-    ``check_n`` test images. Writes ``<out>/ensembles/<method>/{ensemble.keras,metrics.json}``,
+    then combined exactly as its layer does. Every method gets ``recipe.json`` (method, members,
+    fitted weights or stacker) and ``metrics.json``; only the method chosen on validation is built
+    as ``ensemble.keras`` (members with zero weight left out), checked against the table on
+    ``check_n`` test images. :func:`materialize` builds any other. Writes ``<out>/ensembles/<method>/``,
     ``<out>/comparison.{csv,md,png}``, ``per_class_f1.png`` and the step's summary section; returns
     ``(table, {name: test metrics})``. Every backbone's probe (``probe_<backbone>``) is a row of the
     table; with ``probes=True`` the probes are members too. The chosen ensemble and single model
@@ -311,23 +334,14 @@ def ensemble_run(
     shown = members + [r for r in found if r not in members]
     results: dict[str, dict] = {r.name: r.test for r in shown}
     rows = [r.row() for r in shown]
+    ensembles: dict[str, tuple[dict, dict, np.ndarray]] = {}
     for method in methods:
         t0 = time.perf_counter()
-        model, fitted = fit_and_build(models, method, val_probas, y_val, seed=seed)
-        if method == "stack":
-            dense = model.get_layer("stacker")
-            fitted["stacker"] = {"coef": dense.get_weights()[0], "intercept": dense.get_weights()[1]}
+        fitted = fit_method(method, val_probas, y_val, seed=seed)
         d = out / "ensembles" / method
         d.mkdir(parents=True)
-        path = d / "ensemble.keras"
-        model.save(path)
+        recipe = save_json(_recipe(fitted, members, int(inp.shape[1])), d / "recipe.json")
         proba = combine(method, test_probas, fitted)
-        n = min(check_n, len(te)) if method == methods[0] else 0
-        if n:  # the saved file reproduces the table's numbers (checked once per run: loading is slow)
-            reloaded = predict_proba(load_model(path), list(te.path[:n]), batch_size=batch_size)
-            gap = float(np.abs(reloaded - proba[:n]).max())
-            if gap > 1e-4:
-                raise RuntimeError(f"{path}: reloaded ensemble differs from its evaluation by {gap:.2e}")
         val_combined = fitted.get("oof_val_proba")
         if val_combined is None:
             val_combined = combine(method, val_probas, fitted)
@@ -339,8 +353,9 @@ def ensemble_run(
             "img_size": int(inp.shape[1]),
             "policy": info.policy,
             "weights_source": info.weights_source,
-            "model_path": str(path),
-            "model_size_mb": file_size_mb(path),
+            "model_path": None,
+            "recipe_path": str(recipe),
+            "model_size_mb": None,
             "seed": seed,
             "classes": classes,
             "fitted": {"weights": fitted.get("weights")},
@@ -352,10 +367,91 @@ def ensemble_run(
         np.save(d / "proba_test.npy", proba.astype(np.float32))
         save_json(metrics, d / "metrics.json")
         results[metrics["name"]] = metrics["test"]
-        rows.append(ModelRecord(metrics["name"], "ensemble", path, d, metrics).row())
+        rows.append(ModelRecord(metrics["name"], "ensemble", recipe, d, metrics).row())
+        ensembles[method] = (fitted, metrics, proba)
     table = pd.DataFrame(rows)
+    if ensembles:  # only the method chosen on validation is written as a .keras; the others stay recipes
+        chosen = choose_by_validation(table, "ensemble").removeprefix("ensemble_")
+        fitted, metrics, proba = ensembles[chosen]
+        model = build_fitted(models, fitted)
+        path = _save_materialized(model, metrics, out / "ensembles" / chosen)
+        n = min(check_n, len(te))
+        if n:  # the saved file reproduces the table's numbers
+            reloaded = predict_proba(load_model(path), list(te.path[:n]), batch_size=batch_size)
+            gap = float(np.abs(reloaded - proba[:n]).max())
+            if gap > 1e-4:
+                raise RuntimeError(f"{path}: reloaded ensemble differs from its evaluation by {gap:.2e}")
+        table.loc[table.model == metrics["name"], "size_mb"] = metrics["model_size_mb"]
     _write_outputs(table, results, out)
     return table, results
+
+
+def _recipe(fitted: dict, members: Sequence[ModelRecord], input_size: int) -> dict:
+    """What :func:`materialize` needs to build the ensemble again: method, members, fitted numbers."""
+    recipe = {
+        "method": fitted["method"],
+        "input_size": input_size,
+        "members": [{"name": r.name, "path": str(r.path)} for r in members],
+    }
+    if "weights" in fitted:
+        recipe["weights"] = fitted["weights"]
+    if "stacker" in fitted:
+        recipe["stacker"] = {k: np.asarray(v).tolist() for k, v in fitted["stacker"].items()}
+    return recipe
+
+
+def _save_materialized(model, metrics: dict, d: Path) -> Path:
+    """Save ``model`` as ``d/ensemble.keras`` (never over an existing file) and point its metrics at it."""
+    path = d / "ensemble.keras"
+    if path.exists():
+        raise OutputExistsError(f"{path} already exists; remove it to build it again")
+    save_model(model, path)
+    metrics.update(model_path=str(path), model_size_mb=file_size_mb(path))
+    save_json(metrics, d / "metrics.json")
+    return path
+
+
+def find_recipe(run_dir: str | Path, method: str) -> Path:
+    """The one ``ensembles/<method>/recipe.json`` under ``run_dir`` (a run folder or an ensemble step's)."""
+    root = Path(run_dir)
+    if (root / "recipe.json").is_file():
+        return root / "recipe.json"
+    hits = [p for p in sorted(root.glob(f"**/ensembles/{method}/recipe.json")) if ".failed-" not in str(p)]
+    if not hits:
+        raise NotFoundError(f"{root}: no ensemble recipe for method {method!r} (run `gc10 ensemble {root}` first)")
+    if len(hits) > 1:
+        raise InputError(f"{root}: several {method!r} recipes, name one: " + ", ".join(map(str, hits)))
+    return hits[0]
+
+
+def materialize(recipe_path: str | Path) -> Path:
+    """Build the ``.keras`` of an ensemble kept as a recipe, beside it; returns its path.
+
+    Members are loaded from the paths the recipe names, or found by name in the run folder when the
+    folder was moved. The new file's metrics are those already recorded (the same numbers).
+    """
+    recipe_path = Path(recipe_path)
+    if not recipe_path.is_file():
+        raise NotFoundError(f"{recipe_path}: no such ensemble recipe")
+    recipe = json.loads(recipe_path.read_text())
+    d = recipe_path.parent
+    by_name = None
+    models = []
+    for member in recipe["members"]:
+        path = Path(member["path"])
+        if not path.is_file():
+            if by_name is None:  # a moved run folder: the run is four levels up (run/steps/03_*/ensembles/m)
+                by_name = {r.name: r.path for r in find_models(d.parents[min(3, len(d.parents) - 1)])}
+            if member["name"] not in by_name:
+                raise NotFoundError(f"{recipe_path}: member {member['name']!r} not found at {path} nor in its run")
+            path = by_name[member["name"]]
+        models.append(load_model(path))
+    fitted = {"method": recipe["method"], "weights": recipe.get("weights"), "stacker": recipe.get("stacker")}
+    if fitted["weights"] is None:
+        del fitted["weights"]
+    model = build_fitted(models, fitted, recipe.get("input_size"))
+    metrics = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").is_file() else {}
+    return _save_materialized(model, metrics, d)
 
 
 def _write_outputs(table: pd.DataFrame, results: dict, out: Path) -> None:
@@ -393,8 +489,12 @@ __all__ = [
     "check_members",
     "combine",
     "ensemble_run",
+    "build_fitted",
+    "find_recipe",
     "fit_and_build",
+    "fit_method",
     "fit_stacker",
     "fit_weights",
+    "materialize",
     "weighted_sum",
 ]

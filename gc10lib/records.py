@@ -34,6 +34,11 @@ class ModelRecord:
     metrics: dict
 
     @property
+    def is_recipe(self) -> bool:
+        """An ensemble kept as a recipe (``recipe.json``: method, members, fitted weights), not a model file."""
+        return self.path.name == "recipe.json"
+
+    @property
     def backbone(self) -> str | None:
         return self.metrics.get("backbone")
 
@@ -77,20 +82,23 @@ class ModelRecord:
 
 def _record(metrics_file: Path) -> ModelRecord | None:
     m = json.loads(metrics_file.read_text())
-    if m.get("kind") not in KINDS or not m.get("model_path"):
+    if m.get("kind") not in KINDS:
         return None
-    path = Path(m["model_path"])
-    if not path.is_file():  # a moved or copied run folder: the model sits beside its metrics
-        path = metrics_file.parent / path.name
-    if not path.is_file():
-        return None
-    return ModelRecord(m.get("name", metrics_file.parent.name), m["kind"], path, metrics_file.parent, m)
+    for key in ("model_path", "recipe_path"):  # an ensemble not materialized is found by its recipe
+        if not m.get(key):
+            continue
+        path = Path(m[key])
+        if not path.is_file():  # a moved or copied run folder: the file sits beside its metrics
+            path = metrics_file.parent / path.name
+        if path.is_file():
+            return ModelRecord(m.get("name", metrics_file.parent.name), m["kind"], path, metrics_file.parent, m)
+    return None
 
 
 def find_models(run_dir: str | Path, kinds: Sequence[str] = KINDS) -> list[ModelRecord]:
     """Every saved model of ``kinds`` under ``run_dir``, in path order.
 
-    Attempts kept aside by ``--resume`` (``*.failed-N`` folders) are left out.
+    Ensembles that were not materialized are found by their ``recipe.json`` (``is_recipe``). Attempts kept aside by ``--resume`` (``*.failed-N`` folders) are left out.
     """
     root = Path(run_dir)
     if not root.is_dir():
@@ -140,6 +148,11 @@ def pick_models(run_dir: str | Path, which: Sequence[str] = ("best_backbone", "b
             rec = by_name[w]
         else:
             raise InputError(f"no model named {w!r} in {run_dir}; found: {', '.join(by_name)}")
+        if rec.is_recipe:
+            raise InputError(
+                f"{rec.name} in {run_dir} is kept as a recipe ({rec.path}); build its .keras first with "
+                f"`gc10 ensemble {run_dir} --materialize {rec.metrics.get('method')}`"
+            )
         if rec not in picked:
             picked.append(rec)
     return picked

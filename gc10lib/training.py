@@ -25,7 +25,7 @@ from sklearn.metrics import f1_score
 
 from gc10lib import data, progress
 from gc10lib import probe as probes
-from gc10lib.backbones import build_classifier, get_spec
+from gc10lib.backbones import build_classifier, get_spec, save_model
 from gc10lib.errors import InputError, SetupError
 from gc10lib.evaluation import compute_metrics
 from gc10lib.inputs import AUG_OPS, ImageCache, aug_ops, augmenter, make_dataset
@@ -679,7 +679,7 @@ def train_backbone(
     # ---- evaluation and outputs
     t0 = time.perf_counter()
     model_path = out / "model.keras"
-    _save_lean(model, model_path)
+    save_model(model, model_path)
     history = pd.concat(histories, ignore_index=True)
     history.to_csv(out / "history.csv", index=False)
     metrics: dict = {
@@ -810,7 +810,7 @@ def _save_probe(
     try:
         out.mkdir(parents=True, exist_ok=False)
         path = out / "model.keras"
-        _save_lean(model, path)
+        save_model(model, path)
         m = {
             k: parent[k]
             for k in (
@@ -864,20 +864,3 @@ def handover_check(model, tr: pd.DataFrame, plain_features: np.ndarray, *, size:
         "loss_full": probes.log_loss(y, full),
         "loss_head": probes.log_loss(y, head),
     }
-
-
-def _save_lean(model, path: Path) -> None:
-    """Save weights and config only: a compiled model (or its compiled head) would also store optimizer state."""
-    clean = model.__class__.from_config(_without_compile(model.get_config()))  # the architecture alone
-    clean.set_weights(model.get_weights())
-    clean.save(path)
-
-
-def _without_compile(config):
-    """A model config with every nested ``compile_config`` removed (a compiled sub-model, such as the
-    head after phase 1, would otherwise come back compiled and save its optimizer state)."""
-    if isinstance(config, dict):
-        return {k: _without_compile(v) for k, v in config.items() if k != "compile_config"}
-    if isinstance(config, list):
-        return [_without_compile(v) for v in config]
-    return config

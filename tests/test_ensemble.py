@@ -16,7 +16,7 @@ from gc10lib import data, ensemble, training
 from gc10lib.backbones import build_classifier, load_model
 from gc10lib.layers import ResizeTo, model_classes, model_info
 from gc10lib.predict import predict_proba
-from gc10lib.records import choose_by_validation
+from gc10lib.records import choose_by_validation, find_models, pick_models
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +175,28 @@ def test_every_method_saves_and_reloads_in_fresh_process(smoke_models, smoke_dat
     chosen = table.attrs["best_ensemble"]
     for png in ("comparison.png", "per_class_f1.png", f"confusion_{chosen}.png", f"reliability_{chosen}.png"):
         assert (tmp_path / "ens" / png).stat().st_size > 0, png
-    y_test = data.read_split(split).query("subset == 'test'").label.to_numpy()
+    ens_dir = tmp_path / "ens" / "ensembles"
+    # only the method chosen on validation is a model file; the others are recipes until materialized
+    assert sorted(p.parent.name for p in ens_dir.glob("*/ensemble.keras")) == [chosen.removeprefix("ensemble_")]
+    recipes = {r.name: r for r in find_models(tmp_path / "ens") if r.is_recipe}
+    assert set(recipes) == {f"ensemble_{m}" for m in ensemble.METHODS} - {chosen}
+    with pytest.raises(ValueError, match="--materialize"):
+        pick_models(tmp_path / "ens", [next(iter(recipes))])
+    te = data.read_split(split, data_root=root).query("subset == 'test'")
+    for name in recipes:
+        method = name.removeprefix("ensemble_")
+        path = ensemble.materialize(ensemble.find_recipe(tmp_path / "ens", method))
+        with pytest.raises(FileExistsError):  # never over an existing model file
+            ensemble.materialize(ens_dir / method / "recipe.json")
+        got = predict_proba(load_model(path), list(te.path))  # the recipe rebuilds the table's numbers
+        np.testing.assert_allclose(got, np.load(ens_dir / method / "proba_test.npy"), atol=1e-4)
+        m = json.loads((ens_dir / method / "metrics.json").read_text())
+        assert m["model_path"] == str(path) and m["model_size_mb"] > 0
+        loaded = load_model(path)
+        assert path.stat().st_size <= 1.03 * sum(np.asarray(v).nbytes for v in loaded.weights)  # lean file
+        n_branches = sum(la.name.startswith("branch") for la in loaded.layers)
+        assert n_branches == sum(w > 0 for w in (m["fitted"]["weights"] or [1, 1, 1]))  # zero weights left out
+    y_test = te.label.to_numpy()
     x = np.random.default_rng(2).uniform(0, 255, (4, 75, 75, 3)).astype("float32")
     np.save(tmp_path / "x.npy", x)
     expected = {}

@@ -87,8 +87,11 @@ def test_demo_pipeline_artefacts(demo_run):
     for step in ("02_finetune_mobilenet", "02_finetune_vgg19"):
         assert (run / "steps" / step / "model.keras").is_file()
         assert (run / "steps" / step / "curves.png").is_file()
+    ens = run / "steps" / "03_ensemble" / "ensembles"
     for method in ("mean", "weighted", "stack", "select"):
-        assert (run / "steps" / "03_ensemble" / "ensembles" / method / "ensemble.keras").is_file()
+        assert (ens / method / "recipe.json").is_file() and (ens / method / "metrics.json").is_file()
+    chosen = json.loads((run / "steps" / "03_ensemble" / "summary_extra.json").read_text())["best_ensemble"]
+    assert [p.parent.name for p in ens.glob("*/ensemble.keras")] == [chosen.removeprefix("ensemble_")]
     assert (run / "logs" / "02_finetune_mobilenet.log").stat().st_size > 0
     for f in ("quantization.csv", "quantization.md", "size_vs_accuracy.png"):
         assert (run / "steps" / "04_quantize" / f).is_file(), f

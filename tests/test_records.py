@@ -66,3 +66,16 @@ def test_step_summaries_round_trip(run):
     out = run / "steps" / "03_ensemble"
     records.write_step_summary(out, "Title", "| a |", best="x")
     assert records.read_step_summaries(run) == {"03_ensemble": {"title": "Title", "markdown": "| a |", "best": "x"}}
+
+
+def test_an_ensemble_kept_as_a_recipe_is_found_but_not_loaded(run):
+    d = run / "steps" / "03_ensemble" / "ensembles" / "select"
+    d.mkdir()
+    (d / "recipe.json").write_text(json.dumps({"method": "select", "members": []}))
+    m = {"name": "ensemble_select", "kind": "ensemble", "method": "select", "model_path": None}
+    m |= {"recipe_path": str(d / "recipe.json"), "val": {"macro_f1": 0.5, "log_loss": 1.0}}
+    (d / "metrics.json").write_text(json.dumps(m))
+    found = {r.name: r for r in records.find_models(run)}
+    assert found["ensemble_select"].is_recipe and not found["ensemble_mean"].is_recipe
+    with pytest.raises(Gc10Error, match="gc10 ensemble .* --materialize select"):
+        records.pick_models(run, ["ensemble_select"])

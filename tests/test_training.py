@@ -67,8 +67,10 @@ def test_saved_model_reproduces_recorded_probabilities(smoke_models, smoke_data)
         for path in (out / name / "model.keras", out / name / "probe" / "model.keras"):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                load_model(path)
+                loaded = load_model(path)
             assert not [w for w in caught if "Skipping variable loading" in str(w.message)], path
+            weight_bytes = sum(np.asarray(v).nbytes for v in loaded.weights)
+            assert path.stat().st_size <= 1.03 * weight_bytes, (path, path.stat().st_size, weight_bytes)
 
 
 @pytest.mark.slow
