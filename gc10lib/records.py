@@ -121,13 +121,15 @@ def records_table(records: Sequence[ModelRecord]) -> pd.DataFrame:
 def choose_by_validation(table: pd.DataFrame, kind: str = "ensemble", tol: float = 0.005) -> str:
     """The row of ``kind`` that validation prefers: the highest val macro-F1, where rows within ``tol``
     of the top tie; ties go to the lowest val log-loss (a small validation split saturates macro-F1
-    and accuracy long before it saturates log-loss). Test columns are never read."""
+    and accuracy long before it saturates log-loss); exact ties go to the first name in alphabetical
+    order, so every caller, whatever its row order, makes the same choice. Test columns are never read."""
     cand = table[table.kind == kind]
     if cand.empty:
         raise InputError(f"no {kind} rows to choose from")
     top = cand.val_macro_f1.max()
     tied = cand[cand.val_macro_f1 >= top - tol]
-    return str(tied.sort_values(["val_log_loss", "val_macro_f1"], ascending=[True, False]).iloc[0]["model"])
+    keys = ["val_log_loss", "val_macro_f1", "model"]
+    return str(tied.sort_values(keys, ascending=[True, False, True], kind="mergesort").iloc[0]["model"])
 
 
 def pick_models(run_dir: str | Path, which: Sequence[str] = ("best_backbone", "best_ensemble")) -> list[ModelRecord]:

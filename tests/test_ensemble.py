@@ -101,6 +101,10 @@ def test_choice_by_validation_breaks_ties_by_log_loss_and_never_reads_test():
     assert choose_by_validation(table, "backbone") == "mobilenet"
     with pytest.raises(ValueError, match="no probe rows"):
         choose_by_validation(table, "probe")
+    # an exact tie (weighted and select both kept one member) is decided the same way in any row order,
+    # so the ensemble step and a later pick_models over the run folder agree on the one saved .keras
+    tie = table.assign(val_macro_f1=1.0, val_log_loss=0.01).iloc[[2, 1, 0]]
+    assert choose_by_validation(tie) == choose_by_validation(tie.iloc[::-1]) == "ensemble_mean"
 
 
 def test_stacker_is_trained_and_scored_out_of_fold():
