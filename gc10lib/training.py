@@ -711,7 +711,8 @@ def train_backbone(
             "val": probe_info["proba_val"],
             **({"test": probas["test"]} if best.phase == "probe" and "test" in probas else {}),
         }
-        metrics["probe"] = _save_probe(model, probe_info, out / "probe", va, te, classes, cfg, metrics, known)
+        same = model_path if best.phase == "probe" else None  # the saved model *is* the probe: one file, two names
+        metrics["probe"] = _save_probe(model, probe_info, out / "probe", va, te, classes, cfg, metrics, known, same)
     timings["eval_s"] = round(time.perf_counter() - t0, 2)
     timings["total_s"] = round(time.perf_counter() - t_all, 2)
     metrics["timings"] = timings
@@ -802,15 +803,31 @@ def _fit_probe_into(
 
 
 def _save_probe(
-    model, info: dict, out: Path, va, te, classes, cfg: TrainConfig, parent: dict, known: dict[str, np.ndarray]
+    model,
+    info: dict,
+    out: Path,
+    va,
+    te,
+    classes,
+    cfg: TrainConfig,
+    parent: dict,
+    known: dict[str, np.ndarray],
+    same_as: Path | None = None,
 ) -> dict:
-    """Save the probe as an ordinary classifier in ``out`` with its own ``metrics.json``; returns a short record."""
+    """Save the probe as an ordinary classifier in ``out`` with its own ``metrics.json``; returns a short
+    record. ``same_as``: a file already holding exactly these weights, hard-linked instead of written
+    again (the disk holds it once; either name can be deleted without harming the other)."""
     current = [np.array(w) for w in model.get_weights()]
     model.set_weights(info["weights"])
     try:
         out.mkdir(parents=True, exist_ok=False)
         path = out / "model.keras"
-        save_model(model, path)
+        try:
+            if same_as is None:
+                raise OSError("nothing to link")
+            os.link(same_as, path)
+        except OSError:  # no identical file, or a file system without hard links
+            save_model(model, path)
         m = {
             k: parent[k]
             for k in (

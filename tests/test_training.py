@@ -64,6 +64,9 @@ def test_saved_model_reproduces_recorded_probabilities(smoke_models, smoke_data)
     import warnings
 
     for name in results:  # weights and architecture only: no optimizer state to skip on loading
+        # where the saved state is the probe, the probe's file is the same file (a hard link), not a copy
+        same = (out / name / "model.keras").samefile(out / name / "probe" / "model.keras")
+        assert same == (results[name]["selected"]["phase"] == "probe"), name
         for path in (out / name / "model.keras", out / name / "probe" / "model.keras"):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
