@@ -24,7 +24,6 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, log_loss
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -54,21 +53,27 @@ def weighted_sum(probas: Sequence[np.ndarray], weights: Sequence[float]) -> np.n
     return sum(w * p for w, p in zip(weights, probas, strict=True))
 
 
-def fit_weights(probas: Sequence[np.ndarray], y: np.ndarray, min_weight: float = 1e-3) -> np.ndarray:
-    """Simplex weights minimising log-loss of the combined validation probabilities; weights below
-    ``min_weight`` are set to 0 (and the rest renormalized), so those members can be left out."""
-    k, n_classes = len(probas), probas[0].shape[1]
+def fit_weights(
+    probas: Sequence[np.ndarray], y: np.ndarray, min_weight: float = 1e-3, n_iter: int = 2000, tol: float = 1e-9
+) -> np.ndarray:
+    """Simplex weights minimising the log-loss of the weighted mixture on validation.
 
-    def loss(z):
-        w = np.exp(z - z.max())
-        w /= w.sum()
-        p = np.clip(weighted_sum(probas, w), EPS, 1.0)
-        return log_loss(y, p / p.sum(1, keepdims=True), labels=list(range(n_classes)))
-
-    res = minimize(loss, np.zeros(k), method="Nelder-Mead" if k <= 3 else "Powell", options={"maxiter": 2000})
-    w = np.exp(res.x - res.x.max())
-    w /= w.sum()
-    w[w < min_weight] = 0.0  # members this light are left out of the shipped ensemble
+    The mixture's log-likelihood is concave in the weights, and the EM update for mixture weights
+    (each member's share of the probability it gives the true class) climbs it monotonically to the
+    global optimum, with no step size to tune. Weights below ``min_weight`` are then set to 0 (and the
+    rest renormalized), so those members can be left out of the shipped ensemble.
+    """
+    y = np.asarray(y)
+    lik = np.stack([np.clip(np.asarray(p)[np.arange(len(y)), y], EPS, 1.0) for p in probas], axis=1)  # n x k
+    w = np.full(lik.shape[1], 1.0 / lik.shape[1])
+    for _ in range(n_iter):
+        resp = lik * w
+        new = (resp / resp.sum(1, keepdims=True)).mean(0)
+        done = np.abs(new - w).max() < tol
+        w = new
+        if done:
+            break
+    w[w < min_weight] = 0.0
     return w / w.sum()
 
 

@@ -326,3 +326,26 @@ def test_cli_evaluate_with_split_subset(smoke_models, smoke_data):
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads(r.stdout)
     assert m["subset"] == "val" and m["n"] == (pd.read_csv(split).subset == "val").sum()
+
+
+def test_fitted_weights_reach_the_best_mixture_of_many_members():
+    """Six members, one near-perfect: the fitted mixture must be at least as good as every member alone
+    (the softmax-parameterised Powell search once stopped at a worse member, as in the demo)."""
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(10), 4)
+
+    def member(sharpness, noise):
+        logits = rng.normal(0, noise, (40, 10))
+        logits[np.arange(40), y] += sharpness
+        p = np.exp(logits)
+        return p / p.sum(1, keepdims=True)
+
+    probas = [member(0.2, 1.0), member(5.0, 1.0), member(4.0, 1.5), member(9.0, 1.0), member(1.0, 1.0), member(0.5, 1)]
+    w = ensemble.fit_weights(probas, y)
+
+    def loss(p):
+        return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-7, 1)).mean())
+
+    assert w.sum() == pytest.approx(1) and (w >= 0).all()
+    assert loss(ensemble.weighted_sum(probas, w)) <= min(loss(p) for p in probas) + 1e-6
+    assert loss(ensemble.weighted_sum(probas, w)) <= loss(sum(probas) / 6)
