@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import NEU, SAMPLE, needs_shared
+from conftest import NEU, REPO, SAMPLE, needs_shared
 
 from gc10lib.cli import main
 
@@ -179,6 +179,9 @@ def test_version_list_configs_and_dry_run(tmp_path, capsys):
     assert main(["run", "--list-configs"]) == 0
     out = capsys.readouterr().out
     assert "demo" in out and "elpv" in out and "Synthetic GC10-like data" in out
+    listed = dict(line.split(None, 1) for line in out.strip().splitlines() if len(line.split(None, 1)) == 2)
+    configs = sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
+    assert sorted(listed) == configs, "every config needs a one-line description"
     assert main(["run", "--dry-run", "-p", "backbones", "[mobilenet]", "--runs-root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "02_finetune_mobilenet (02_finetune.ipynb)" in out and "    backbone = 'mobilenet'" in out
