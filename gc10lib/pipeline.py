@@ -100,7 +100,14 @@ def load_config(path: str | Path) -> dict:
         p = CONFIG_DIR / f"{path}.yaml"
     if not p.is_file():
         raise NotFoundError(f"{path}: config not found (looked in {CONFIG_DIR} too).")
-    cfg = yaml.safe_load(p.read_text()) or {}
+    try:
+        cfg = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        hint = " (quote values that contain ': ')" if "mapping values" in str(problem) else ""
+        raise PipelineError(f"{p}: not valid YAML{where}: {problem}{hint}") from None
     if not isinstance(cfg, dict):
         raise PipelineError(f"{p}: a config must be a YAML mapping of parameter names to values.")
     cfg.setdefault("name", p.stem)
@@ -566,11 +573,14 @@ def aggregate_runs(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
 
 
 def list_configs() -> dict[str, str]:
-    """Each config in ``configs/`` with its one-line ``description``."""
-    return {
-        p.stem: str((yaml.safe_load(p.read_text()) or {}).get("description", "")).strip()
-        for p in sorted(CONFIG_DIR.glob("*.yaml"))
-    }
+    """Each config in ``configs/`` with its one-line ``description`` (or what is wrong with the file)."""
+    out = {}
+    for p in sorted(CONFIG_DIR.glob("*.yaml")):
+        try:
+            out[p.stem] = str(load_config(p).get("description", "")).strip()
+        except PipelineError as exc:
+            out[p.stem] = f"(unreadable: {exc})"
+    return out
 
 
 def dry_run(config: str, overrides: Sequence[tuple[str, str]], runs_root: str | Path = "runs") -> list[Step]:

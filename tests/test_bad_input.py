@@ -128,6 +128,20 @@ def test_p_values_are_checked_against_their_type_before_anything_runs(tmp_path, 
     assert cfg["data_dir"] == "2024" and cfg["seed"] == 7  # a folder named 2024 stays a name
 
 
+def test_a_malformed_config_file_is_named_with_the_line(tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("name: mine\ndescription: GC10 on a CPU: fast\nseed: 1\n")  # an unquoted ': ' in a value
+    assert cli.main(["run", "--config", str(bad), "--runs-root", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: not valid YAML at line 2" in err and "quote values" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+    monkeypatch.setattr(pipeline, "CONFIG_DIR", tmp_path)  # --list-configs still lists, and says which is broken
+    assert pipeline.list_configs() == {
+        "mine": f"(unreadable: {bad}: not valid YAML at line 2, column 27: "
+        "mapping values are not allowed here (quote values that contain ': '))"
+    }
+
+
 # --------------------------------------------------------------------------- tracebacks instead of messages
 
 
