@@ -251,19 +251,6 @@ def build_fitted(models: Sequence, fitted: dict, input_size: int | None = None):
     return build_ensemble(models, method, weights=weights, stacker=fitted.get("stacker"), input_size=input_size)
 
 
-def fit_and_build(
-    models: Sequence,
-    method: str,
-    val_probas: Sequence[np.ndarray],
-    y_val: np.ndarray,
-    seed: int = 42,
-    input_size: int | None = None,
-):
-    """:func:`fit_method` then :func:`build_fitted`; returns ``(model, fitted)``."""
-    fitted = fit_method(method, val_probas, y_val, seed)
-    return build_fitted(models, fitted, input_size), fitted
-
-
 # --------------------------------------------------------------------------- a run folder's ensembles
 
 
@@ -496,7 +483,6 @@ __all__ = [
     "ensemble_run",
     "build_fitted",
     "find_recipe",
-    "fit_and_build",
     "fit_method",
     "fit_stacker",
     "fit_weights",

@@ -802,6 +802,15 @@ def _fit_probe_into(
     }
 
 
+def _hard_link(src: Path, dst: Path) -> bool:
+    """Hard-link ``dst`` to ``src``; False where the file system cannot."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        return False
+    return True
+
+
 def _save_probe(
     model,
     info: dict,
@@ -822,11 +831,7 @@ def _save_probe(
     try:
         out.mkdir(parents=True, exist_ok=False)
         path = out / "model.keras"
-        try:
-            if same_as is None:
-                raise OSError("nothing to link")
-            os.link(same_as, path)
-        except OSError:  # no identical file, or a file system without hard links
+        if not (same_as and _hard_link(same_as, path)):
             save_model(model, path)
         m = {
             k: parent[k]
