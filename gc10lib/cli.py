@@ -256,6 +256,32 @@ def _quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distill(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from gc10lib.distill import DistillConfig, distill_run
+    from gc10lib.errors import InputError
+    from gc10lib.pipeline import load_config, parse_value
+
+    known = {f.name for f in fields(DistillConfig)}
+    values = {k: v for k, v in (load_config(args.config) if args.config else {}).items() if k in known}
+    for key, raw in args.parameters or []:
+        if key not in known:
+            raise InputError(f"unknown distillation parameter {key!r}; valid names: {', '.join(sorted(known))}")
+        values[key] = parse_value(raw)
+    values.update(seed=args.seed, verbose=2)
+    data_dir, split = _run_inputs(args)
+    m, table = distill_run(
+        args.run, data_dir, split, args.out, DistillConfig(**values), args.teacher, quantize=not args.no_int8
+    )
+    if table is not None:
+        from gc10lib.distill import DEPLOY_COLUMNS
+
+        print(table[DEPLOY_COLUMNS].to_markdown(index=False, floatfmt=".4g"))
+    print(f"wrote {m['out_dir']} (student test accuracy {m['test']['accuracy']:.4f})")
+    return 0
+
+
 def _explain(args: argparse.Namespace) -> int:
     from gc10lib.explain import explain_run
 
@@ -421,6 +447,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="LiteRT variants to export and score (default: all four)",
     )
     s.add_argument("--max-images", type=int, help="cap on test images (default: all)")
+    s = _step_parser(
+        sub,
+        "distill",
+        "train one small student on a run's chosen ensemble, and its int8 LiteRT file",
+        _distill,
+        "gc10 distill runs/xsdd\n"
+        "gc10 distill runs/xsdd -p student mobilenet -p temperature 4 -p unlabelled_dir data/unlabelled",
+    )
+    s.add_argument(
+        "--teacher", default="best_ensemble", help="model name, or best_ensemble / best_backbone (chosen on validation)"
+    )
+    s.add_argument("--config", help="take distillation values from this YAML config (a path or a name in configs/)")
+    _add_parameter_option(s, "a DistillConfig field (YAML-parsed), e.g. -p epochs_finetune 0 -p alpha 0.9")
+    s.add_argument("--no-int8", action="store_true", help="train and evaluate the student only; no LiteRT table")
     s = _step_parser(
         sub,
         "explain",

@@ -19,7 +19,7 @@ import pandas as pd
 
 from gc10lib.errors import InputError, NotFoundError
 
-KINDS = ("backbone", "probe", "ensemble")
+KINDS = ("backbone", "probe", "ensemble", "student")
 STEP_SUMMARY = "summary_extra.json"
 
 

@@ -703,7 +703,9 @@ def train_backbone(
         "model_path": str(model_path),
         "model_size_mb": file_size_mb(model_path),
     }
-    probas = _evaluate(model, out, va, te, classes, cfg, metrics)
+    probas = evaluate_parts(
+        model, out, va, te, classes, metrics, policy=cfg.policy, batch_size=cfg.batch_size, seed=cfg.seed
+    )
     if probe_info is not None and probas:
         # the probe's val probabilities come from the cached features; when the probe is also the
         # saved state, its test probabilities are the model's own
@@ -738,14 +740,17 @@ def _image_datasets(tr: pd.DataFrame, va: pd.DataFrame, size: int, cfg: TrainCon
     return train_ds, val_ds, val_x
 
 
-def _evaluate(
+def evaluate_parts(
     model,
     out: Path,
     va: pd.DataFrame,
     te: pd.DataFrame,
     classes: list[str],
-    cfg: TrainConfig,
     metrics: dict,
+    *,
+    policy: str,
+    batch_size: int = 32,
+    seed: int = 42,
     known: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Val and test metrics of ``model`` into ``metrics``; probabilities saved as ``proba_<part>.npy``.
@@ -757,8 +762,8 @@ def _evaluate(
         if len(part):
             proba = (known or {}).get(name)
             if proba is None:
-                proba = predict_proba(model, list(part.path), policy=cfg.policy, batch_size=cfg.batch_size)
-            metrics[name] = compute_metrics(part.label.to_numpy(), proba, classes, seed=cfg.seed)
+                proba = predict_proba(model, list(part.path), policy=policy, batch_size=batch_size)
+            metrics[name] = compute_metrics(part.label.to_numpy(), proba, classes, seed=seed)
             np.save(out / f"proba_{name}.npy", proba.astype(np.float32))
             probas[name] = proba
     return probas
@@ -858,7 +863,9 @@ def _save_probe(
                 "n_params": parent["n_params"],
             }
         )
-        _evaluate(model, out, va, te, classes, cfg, m, known)
+        evaluate_parts(
+            model, out, va, te, classes, m, policy=cfg.policy, batch_size=cfg.batch_size, seed=cfg.seed, known=known
+        )
         save_json(m, out / "metrics.json")
     finally:
         model.set_weights(current)

@@ -1,0 +1,533 @@
+"""Distillation: one small student network trained on the chosen ensemble's soft targets.
+
+The teacher (the run's validation-chosen ensemble, or any gc10lib ``.keras`` classifier) runs
+**once** per training image and augmented view. In one pass over each view the teacher's
+probabilities, the student's pooled features and the view itself (uint8) are computed from the
+same tensor and cached together under ``<cache>/distill/``, so the teacher never runs while the
+student trains, and a rerun with the same teacher, student and data reuses them.
+
+Training has the two phases of :mod:`gc10lib.training`: a head on the cached student features,
+then (optionally) fine-tuning the top of the student's backbone on the cached views. The loss is
+Hinton's: ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(label, student)``, each
+image weighted by its class weight. Images from an optional unlabelled folder count through the
+teacher alone. The best validation state over both phases is saved (:class:`BestState`).
+
+The student is an ordinary gc10lib classifier (``model.keras`` with its class names, size and
+resize policy), so ``gc10 evaluate``, ``gc10 predict`` and ``gc10 export`` take it as it is. Its
+``metrics.json`` has ``kind: student`` and names its teacher.
+
+:func:`distill_run` is the step that notebook ``06_distill`` and ``gc10 distill`` call. It also
+writes the deployment table: teacher, student (float) and student (int8 LiteRT), each with
+accuracy, macro-F1, MiB, latency at batch 1 and best throughput.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from gc10lib import data, plots, progress
+from gc10lib.backbones import build_classifier, get_spec, load_model, save_model
+from gc10lib.errors import InputError
+from gc10lib.inputs import ImageCache, aug_ops, augmenter, make_dataset
+from gc10lib.layers import model_info
+from gc10lib.predict import collect_images, readable
+from gc10lib.records import ModelRecord, pick_models, write_step_summary
+from gc10lib.settings import cache_dir, file_size_mb, new_output_dir, save_json, writable_dir
+from gc10lib.training import (
+    BestState,
+    _weights_identity,
+    adapt_feature_norm,
+    evaluate_parts,
+    finetune_optimizer,
+    resolve_verbose,
+    set_finetune_trainable,
+    set_seeds,
+    val_scores,
+)
+
+
+@dataclass
+class DistillConfig:
+    """Everything that shapes one student's training."""
+
+    student: str = "mobilenet_v2"  # any registry backbone; MobileNetV2's weights quantize well
+    img_size: int | None = None  # None: the teacher's input size (then both see the same pixels)
+    weights: str | None = "imagenet"
+    weights_dir: str | None = None
+    temperature: float = 2.0
+    alpha: float = 0.7  # share of the soft-target term for labelled images (unlabelled ones: all of it)
+    class_weight: str = "sqrt"  # balanced | sqrt | none, on the labelled images' classes
+    epochs_head: int = 30
+    epochs_finetune: int = 3
+    finetune_fraction: float = 0.3
+    finetune_optimizer: str = "adam"
+    lr_head: float = 1e-3
+    lr_finetune: float = 3e-5  # peak of warm-up + cosine decay
+    warmup_fraction: float = 0.1
+    clipnorm: float | None = 1.0
+    batch_size: int = 32
+    dropout: float = 0.2
+    augment: bool | list[str] = True
+    aug_views: int = 2  # 1 plain + (aug_views - 1) augmented views per training image
+    patience: int = 5
+    monitor: str = "val_loss"  # or "val_macro_f1"; on the hard labels of the validation split
+    unlabelled_dir: str | None = None  # a folder of extra images without labels, taught by the teacher
+    seed: int = 42
+    verbose: int | str = "auto"
+
+    @classmethod
+    def from_params(cls, params: dict) -> DistillConfig:
+        """The config from a mapping (a notebook's parameters), taking only the names it knows."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in params.items() if k in names})
+
+
+# --------------------------------------------------------------------------- soft targets
+
+
+def soften(proba: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(log(p) / T)``: the probabilities a softmax at temperature ``T`` would give."""
+    logp = np.log(np.clip(np.asarray(proba, np.float64), 1e-12, 1.0)) / float(temperature)
+    logp -= logp.max(1, keepdims=True)
+    e = np.exp(logp)
+    return (e / e.sum(1, keepdims=True)).astype(np.float32)
+
+
+class DistillLoss(keras.losses.Loss):
+    """Hinton's distillation loss on a packed target ``[one-hot label | teacher_T]``.
+
+    Rows with an all-zero label part (unlabelled images) get the soft term alone.
+    """
+
+    def __init__(self, n_classes: int, temperature: float = 2.0, alpha: float = 0.7, **kw):
+        super().__init__(**kw)
+        self.n, self.t, self.alpha = int(n_classes), float(temperature), float(alpha)
+
+    def call(self, y_true, y_pred):
+        hard, soft = y_true[:, : self.n], y_true[:, self.n :]
+        logp = keras.ops.log(keras.ops.clip(keras.ops.cast(y_pred, "float32"), 1e-7, 1.0))
+        logp_t = keras.ops.log_softmax(logp / self.t, axis=-1)
+        kl = keras.ops.sum(soft * (keras.ops.log(keras.ops.clip(soft, 1e-12, 1.0)) - logp_t), axis=-1) * self.t**2
+        ce = -keras.ops.sum(hard * logp, axis=-1)
+        labelled = keras.ops.sum(hard, axis=-1)
+        return labelled * (self.alpha * kl + (1.0 - self.alpha) * ce) + (1.0 - labelled) * kl
+
+
+def pack_targets(labels: np.ndarray, teacher: np.ndarray, temperature: float) -> np.ndarray:
+    """``[one-hot label | softened teacher]`` per row; label ``-1`` (unlabelled) gives a zero one-hot."""
+    n = teacher.shape[1]
+    onehot = np.zeros((len(labels), n), np.float32)
+    known = labels >= 0
+    onehot[np.flatnonzero(known), labels[known]] = 1.0
+    return np.concatenate([onehot, soften(teacher, temperature)], axis=1)
+
+
+def sample_weights(labels: np.ndarray, teacher: np.ndarray, cw: dict[int, float]) -> np.ndarray:
+    """Each image's class weight: its label's, or for an unlabelled image its teacher's top class."""
+    cls = np.where(labels >= 0, labels, teacher.argmax(1))
+    return np.array([cw.get(int(c), 1.0) for c in cls], np.float32)
+
+
+def _file_identity(path: str | Path) -> str:
+    st = Path(path).stat()
+    return f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def teacher_views(
+    teacher,
+    student,
+    paths: list[str],
+    *,
+    size: int,
+    policy: str,
+    view: int,
+    seed: int,
+    ops: tuple[str, ...],
+    key: str,
+    batch_size: int = 32,
+) -> dict[str, np.ndarray]:
+    """``teacher`` probabilities, ``student`` pooled features and the ``images`` (uint8) of one view.
+
+    View 0 is the plain images, view k > 0 an augmented copy (seeded by ``seed`` and ``k``). All
+    three come from the same rounded uint8 tensor, so teacher and student see identical pixels.
+    Cached on disk under ``key`` (teacher file, student weights, size, policy, files, augmentation);
+    images are memory-mapped when read back.
+    """
+    cache = ImageCache(size, policy)
+    files = cache.ensure(paths)
+    parts = [key, size, policy, [Path(f).name for f in files], view, seed if view else 0, list(ops) if view else []]
+    digest = hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:24]
+    folder = cache_dir() / "distill" / f"{size}_{policy}_v{view}_{digest}"
+    names = ("teacher", "features", "images")
+    if all((folder / f"{n}.npy").is_file() for n in names):
+        try:
+            out = {n: np.load(folder / f"{n}.npy", mmap_mode="r" if n == "images" else None) for n in names}
+            if all(len(v) == len(paths) for v in out.values()):
+                return out
+        except (OSError, ValueError, EOFError):
+            pass  # a cut-off entry is rebuilt, never trusted
+    ds = make_dataset(paths, None, size, policy=policy, batch_size=batch_size, cache=cache)
+    if view:
+        aug = augmenter(seed + 1000 * view, ops)
+        ds = ds.map(lambda x: aug(x, training=True))
+    extractor = keras.Model(student.inputs, student.get_layer("pool").output)
+    t_out, f_out, i_out = [], [], []
+    n_batches = int(np.ceil(len(paths) / batch_size))
+    for x in progress.bar(ds, total=n_batches, desc=f"teacher + student features, view {view}", unit="batch"):
+        x8 = np.clip(np.round(np.asarray(x)), 0, 255).astype(np.uint8)
+        xf = x8.astype(np.float32)
+        t_out.append(np.asarray(teacher.predict_on_batch(xf), np.float32))
+        f_out.append(np.asarray(extractor.predict_on_batch(xf), np.float32))
+        i_out.append(x8)
+    out = {"teacher": np.concatenate(t_out), "features": np.concatenate(f_out), "images": np.concatenate(i_out)}
+    writable_dir(folder, "the distillation cache (set GC10_CACHE_DIR to a writable folder)")
+    for n, arr in out.items():
+        tmp = folder / f"{n}.{os.getpid()}.tmp.npy"
+        np.save(tmp, arr)
+        tmp.replace(folder / f"{n}.npy")
+    return out
+
+
+# --------------------------------------------------------------------------- training
+
+
+class ValidationScores(keras.callbacks.Callback):
+    """Puts ``val_loss``/``val_accuracy``/``val_macro_f1`` on the hard validation labels into the epoch
+    logs (the training loss is against soft targets, so Keras' own validation loss would be too),
+    then offers the monitored value to a :class:`BestState`."""
+
+    def __init__(self, predict, y_val: np.ndarray, best: BestState, phase: str):
+        super().__init__()
+        self.predict, self.y_val, self.best, self.phase = predict, np.asarray(y_val), best, phase
+
+    def on_epoch_end(self, epoch, logs=None):
+        scores = val_scores(self.y_val, np.asarray(self.predict(), np.float64))
+        if logs is not None:
+            logs.update(scores)
+        self.best.offer(scores[self.best.monitor], self.phase, epoch)
+
+
+def _callbacks(cfg: DistillConfig, predict, y_val, best: BestState, phase: str, csv: Path) -> list:
+    mode = "max" if cfg.monitor == "val_macro_f1" else "min"
+    return [
+        ValidationScores(predict, y_val, best, phase),
+        keras.callbacks.EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience),
+        keras.callbacks.CSVLogger(str(csv)),
+    ]
+
+
+def _view_dataset(images: np.ndarray, targets: np.ndarray, weights: np.ndarray, batch_size: int, seed: int):
+    """Shuffled batches of cached view images (memory-mapped uint8) with their packed targets."""
+    n, shape = len(images), images.shape[1:]
+
+    def take(idx):
+        idx = np.sort(idx)
+        return images[idx].astype(np.float32), targets[idx], weights[idx]
+
+    def load(idx):
+        x, t, w = tf.numpy_function(take, [idx], [tf.float32, tf.float32, tf.float32])
+        x.set_shape((None, *shape))
+        t.set_shape((None, targets.shape[1]))
+        w.set_shape((None,))
+        return x, t, w
+
+    ds = tf.data.Dataset.from_tensor_slices(np.arange(n)).shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).map(load).prefetch(2)
+
+
+class _ConcatImages:
+    """Row access to several memory-mapped view arrays as if they were one (no copy)."""
+
+    def __init__(self, arrays: list[np.ndarray]):
+        self.arrays = arrays
+        self.offsets = np.cumsum([0] + [len(a) for a in arrays])
+        self.shape = (int(self.offsets[-1]), *arrays[0].shape[1:])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx: np.ndarray) -> np.ndarray:
+        which = np.searchsorted(self.offsets, idx, side="right") - 1
+        return np.stack([self.arrays[w][i - self.offsets[w]] for w, i in zip(which, idx, strict=True)])
+
+
+def train_student(
+    cfg: DistillConfig,
+    teacher_path: str | Path,
+    data_dir: str | Path,
+    split_csv: str | Path,
+    out_dir: str | Path | None,
+    teacher_name: str | None = None,
+) -> dict:
+    """Train one student on ``teacher_path``'s soft targets and write it like any trained model.
+
+    Writes ``model.keras``, ``metrics.json`` (``kind: student``), ``history.csv`` and the
+    probabilities of the val and test splits into ``out_dir``; returns the metrics.
+    """
+    t_all = time.perf_counter()
+    timings: dict[str, float] = {}
+    verbose = resolve_verbose(cfg.verbose)
+    if cfg.monitor not in ("val_loss", "val_macro_f1"):
+        raise InputError(f"unknown monitor {cfg.monitor!r}; expected 'val_loss' or 'val_macro_f1'")
+    if not 0.0 <= cfg.alpha <= 1.0 or cfg.temperature <= 0:
+        raise InputError(f"alpha must be in [0, 1] and temperature > 0 (got {cfg.alpha}, {cfg.temperature})")
+    spec = get_spec(cfg.student)
+    teacher = load_model(teacher_path)
+    tinfo = model_info(teacher)
+    classes = tinfo.classes
+    split_classes = data.split_classes(split_csv)
+    if split_classes is not None and list(split_classes) != list(classes):
+        raise InputError(
+            f"{teacher_path}: the teacher's classes {classes} differ from those of {split_csv} {split_classes}"
+        )
+    size = int(cfg.img_size or tinfo.input_size)
+    policy = tinfo.policy
+    man = data.read_split(split_csv, data_root=data_dir)
+    tr, va, te = (man[man.subset == s] for s in ("train", "val", "test"))
+    if len(tr) == 0 or len(va) == 0:
+        raise InputError(f"{split_csv}: the split has no train or no val images")
+    extra: list[str] = []
+    if cfg.unlabelled_dir:
+        found = collect_images([cfg.unlabelled_dir])
+        if not found:
+            raise InputError(f"{cfg.unlabelled_dir}: no images found for unlabelled_dir")
+        extra = [str(p) for p in readable(found, size, policy)]
+    out = new_output_dir(out_dir, prefix=f"distill-{spec.name}")
+    set_seeds(cfg.seed)
+    cw = data.class_weights(tr.label, len(classes), cfg.class_weight)
+    y_val = va.label.to_numpy()
+
+    student, source = build_classifier(
+        spec.name, classes, size, cfg.weights, cfg.dropout, cfg.weights_dir, cfg.seed, policy=policy
+    )
+    student.get_layer("backbone").trainable = False
+    key = f"{_file_identity(teacher_path)}|{spec.name}|{_weights_identity(source, cfg.seed)}|{keras.__version__}"
+
+    # ---- the teacher, once per image and view, with the student's features of the same pixels
+    t0 = time.perf_counter()
+    ops = aug_ops(cfg.augment)
+    views = max(1, int(cfg.aug_views)) if ops else 1
+    train_paths = list(tr.path) + extra
+    labels = np.concatenate([tr.label.to_numpy(), -np.ones(len(extra), int)])
+    got = [
+        teacher_views(
+            teacher,
+            student,
+            train_paths,
+            size=size,
+            policy=policy,
+            view=v,
+            seed=cfg.seed,
+            ops=ops,
+            key=key,
+            batch_size=cfg.batch_size,
+        )
+        for v in range(views)
+    ]
+    val = teacher_views(
+        teacher,
+        student,
+        list(va.path),
+        size=size,
+        policy=policy,
+        view=0,
+        seed=cfg.seed,
+        ops=(),
+        key=key,
+        batch_size=cfg.batch_size,
+    )
+    del teacher  # not needed again: everything it says is cached
+    timings["teacher_s"] = round(time.perf_counter() - t0, 2)
+    x_feat = np.concatenate([g["features"] for g in got])
+    t_prob = np.concatenate([g["teacher"] for g in got])
+    y_all = np.tile(labels, views)
+    targets = pack_targets(y_all, t_prob, cfg.temperature)
+    weights = sample_weights(y_all, t_prob, cw)
+    teacher_val = val_scores(y_val, val["teacher"].astype(np.float64))
+    loss = DistillLoss(len(classes), cfg.temperature, cfg.alpha)
+
+    # ---- phase 1: the head on cached student features
+    t0 = time.perf_counter()
+    best = BestState(student, cfg.monitor)
+    head = student.get_layer("head")
+    adapt_feature_norm(head, x_feat)
+    head.compile(optimizer=keras.optimizers.Adam(cfg.lr_head), loss=loss)
+    hist = head.fit(
+        x_feat,
+        targets,
+        sample_weight=weights,
+        epochs=cfg.epochs_head,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        callbacks=_callbacks(
+            cfg, lambda: head(val["features"], training=False), y_val, best, "head", out / "history_head.csv"
+        ),
+        verbose=verbose,
+    )
+    best.restore()
+    histories = [pd.DataFrame(hist.history).assign(phase="head", epoch=lambda d: np.arange(len(d)))]
+    timings["head_s"] = round(time.perf_counter() - t0, 2)
+
+    # ---- phase 2: fine-tune the top of the student's backbone on the cached views
+    if cfg.epochs_finetune > 0 and cfg.finetune_fraction > 0:
+        t0 = time.perf_counter()
+        set_finetune_trainable(student, cfg.finetune_fraction)
+        images = _ConcatImages([g["images"] for g in got])
+        ds = _view_dataset(images, targets, weights, cfg.batch_size, cfg.seed)
+        steps = int(np.ceil(len(images) / cfg.batch_size)) * cfg.epochs_finetune
+        student.compile(optimizer=finetune_optimizer(cfg, steps), loss=loss)
+        val_x = val["images"]
+        hist = student.fit(
+            ds,  # shuffled by the dataset itself
+            epochs=cfg.epochs_finetune,
+            shuffle=False,
+            callbacks=_callbacks(
+                cfg,
+                lambda: student.predict(np.asarray(val_x, np.float32), batch_size=cfg.batch_size, verbose=0),
+                y_val,
+                best,
+                "finetune",
+                out / "history_finetune.csv",
+            ),
+            verbose=verbose,
+        )
+        histories.append(pd.DataFrame(hist.history).assign(phase="finetune", epoch=lambda d: np.arange(len(d))))
+        best.restore()
+        student.get_layer("backbone").trainable = False
+        timings["finetune_s"] = round(time.perf_counter() - t0, 2)
+
+    # ---- outputs: an ordinary classifier
+    model_path = out / "model.keras"
+    save_model(student, model_path)
+    pd.concat(histories, ignore_index=True).to_csv(out / "history.csv", index=False)
+    metrics: dict = {
+        "name": f"student_{spec.name}",
+        "kind": "student",
+        "backbone": spec.name,
+        "img_size": size,
+        "policy": policy,
+        "weights": cfg.weights,
+        "weights_source": source,
+        "seed": cfg.seed,
+        "classes": classes,
+        "class_weight_mode": cfg.class_weight,
+        "split_csv": str(split_csv),
+        "teacher": {
+            "name": teacher_name or Path(teacher_path).parent.name,
+            "path": str(teacher_path),
+            "val": teacher_val,
+        },
+        "n_train_labelled": len(tr),
+        "n_train_unlabelled": len(extra),
+        "views": views,
+        "config": asdict(cfg),
+        "n_params": int(student.count_params()),
+        "selected": best.record(),
+        "model_path": str(model_path),
+        "model_size_mb": file_size_mb(model_path),
+    }
+    t0 = time.perf_counter()
+    evaluate_parts(student, out, va, te, classes, metrics, policy=policy, batch_size=cfg.batch_size, seed=cfg.seed)
+    timings["eval_s"] = round(time.perf_counter() - t0, 2)
+    timings["total_s"] = round(time.perf_counter() - t_all, 2)
+    metrics["timings"] = timings
+    save_json(metrics, out / "metrics.json")
+    return metrics
+
+
+# --------------------------------------------------------------------------- the step
+
+
+DEPLOY_COLUMNS = ["model", "role", "variant", "accuracy", "macro_f1", "size_mib", "latency_ms_b1", "throughput_img_s"]
+
+
+def deployment_table(
+    teacher: ModelRecord,
+    student_path: str | Path,
+    data_dir: str | Path,
+    split_csv: str | Path,
+    out_dir: str | Path,
+    *,
+    n_representative: int = 200,
+    seed: int = 42,
+    **table_kwargs,
+) -> pd.DataFrame:
+    """Teacher (Keras), student (Keras) and student (int8 LiteRT) on the test split, one row each."""
+    from gc10lib.quantize import quantize_table  # lazy: LiteRT is only needed here
+
+    out_dir = Path(out_dir)
+    t = quantize_table(teacher.path, data_dir, split_csv, out_dir, (), name=teacher.name, seed=seed, **table_kwargs)
+    s = quantize_table(
+        student_path,
+        data_dir,
+        split_csv,
+        out_dir,
+        ("int8",),
+        name="student",
+        n_representative=n_representative,
+        seed=seed,
+        **table_kwargs,
+    )
+    df = pd.concat([t, s], ignore_index=True)
+    df["role"] = ["teacher", "student", "student"]
+    df["speedup_vs_teacher_b1"] = df.latency_ms_b1.iloc[0] / df.latency_ms_b1
+    return df
+
+
+def distill_run(
+    run_dir: str | Path,
+    data_dir: str | Path,
+    split_csv: str | Path,
+    out_dir: str | Path | None,
+    cfg: DistillConfig,
+    teacher: str = "best_ensemble",
+    *,
+    quantize: bool = True,
+    n_representative: int = 200,
+    **table_kwargs,
+) -> tuple[dict, pd.DataFrame | None]:
+    """The distill step: train a student on ``teacher`` (a model name, or ``best_ensemble`` /
+    ``best_backbone`` chosen on validation) and, with ``quantize``, write the deployment table
+    (``deployment.{csv,md}``, ``deployment.png``) and the step's summary section."""
+    rec = pick_models(run_dir, [teacher])[0]
+    out = new_output_dir(out_dir, prefix="distill")
+    metrics = train_student(cfg, rec.path, data_dir, split_csv, out, teacher_name=rec.name)
+    table = None
+    lines = [
+        f"Student `{metrics['name']}` taught by `{rec.name}` (T={cfg.temperature}, alpha={cfg.alpha}), "
+        f"saved phase {metrics['selected']['phase']!r}."
+    ]
+    if quantize:
+        table = deployment_table(
+            rec,
+            metrics["model_path"],
+            data_dir,
+            split_csv,
+            out,
+            n_representative=n_representative,
+            seed=cfg.seed,
+            **table_kwargs,
+        )
+        table.to_csv(out / "deployment.csv", index=False)
+        md = table[DEPLOY_COLUMNS].to_markdown(index=False, floatfmt=".4g")
+        (out / "deployment.md").write_text(md + "\n")
+        fig = plots.size_vs_accuracy(table.assign(model=table.model + " " + table.variant))
+        fig.savefig(out / "deployment.png", dpi=100)
+        plots.close_all()
+        lines += ["", md]
+    else:
+        m = metrics.get("test") or {}
+        lines.append(f"Test accuracy {m.get('accuracy')}, macro-F1 {m.get('macro_f1')}.")
+    write_step_summary(out, "Distillation: one small model (test split)", "\n".join(lines))
+    metrics["out_dir"] = str(out)
+    return metrics, table
