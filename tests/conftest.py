@@ -46,6 +46,7 @@ SLOW_FIXTURES = {
     "exported": "exported",
     "pad_model": "pad_model",
     "trained": "trained",
+    "distilled": "distilled",
 }
 
 

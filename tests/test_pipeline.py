@@ -98,7 +98,9 @@ def test_demo_pipeline_artefacts(demo_run):
     assert (run / "steps" / "04_quantize" / "mobilenet_int8.tflite").is_file()
     assert (run / "steps" / "05_explain" / "localization.csv").is_file()
     assert len(list((run / "steps" / "05_explain").glob("cam_grid_*.png"))) == 2
-    assert "[1/6] 01_eda" in r.stdout and "[6/6] 05_explain" in r.stdout and "min left" in r.stdout
+    for f in ("model.keras", "metrics.json", "deployment.csv", "deployment.png", "student_int8.tflite"):
+        assert (run / "steps" / "06_distill" / f).is_file(), f
+    assert "[1/7] 01_eda" in r.stdout and "[7/7] 06_distill" in r.stdout and "min left" in r.stdout
     assert "log smoke/logs/02_finetune_mobilenet.log" in r.stdout  # each step line names its log
     assert "without encryption" not in r.stderr + r.stdout  # the ipykernel warning is silenced
 
@@ -140,6 +142,7 @@ def test_summary_has_sane_metrics_for_every_model(demo_run):
         "ensemble_weighted",
         "ensemble_stack",
         "ensemble_select",
+        "student_mobilenet_v2",
     }
     rows = {row["model"]: row for row in s["models"]}
     for bb in ("mobilenet", "vgg19"):
@@ -157,7 +160,7 @@ def test_summary_has_sane_metrics_for_every_model(demo_run):
         assert (row["size_mb"] is None) == found[row["model"]].is_recipe and (row["size_mb"] or 1) > 0
     md = (run / "summary.md").read_text()
     assert "ensemble_weighted" in md and "| 03_ensemble | done |" in md
-    assert "Quantization (LiteRT" in md and "Localization against the boxes" in md
+    assert "Quantization (LiteRT" in md and "Localization against the boxes" in md and "Distillation" in md
 
 
 def test_compare_aggregates_runs(demo_run, tmp_path):
