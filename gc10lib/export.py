@@ -23,6 +23,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -30,10 +31,40 @@ from gc10lib import data
 from gc10lib.backbones import load_model
 from gc10lib.errors import InputError, OutputExistsError
 from gc10lib.inputs import ImageCache
-from gc10lib.layers import model_info
+from gc10lib.layers import ClassNames, model_info
 from gc10lib.predict import sidecar
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
+
+
+def fold_head_normalization(model):
+    """The classifier with its head's feature standardization folded into the final Dense layer.
+
+    ``Dense(W, b)((x - mean) / std)`` equals ``Dense(W / std, b - (mean / std) @ W)(x)``, so the
+    folded model gives the same probabilities (to float rounding). For int8 it matters: the
+    standardized features span a wide range (a few low-variance features reach 25-30 standard
+    deviations), and one per-tensor int8 scale over that range rounds away most of the signal;
+    folded, the Dense reads the pooled features themselves, 0..6 after ReLU6. Measured on X-SDD
+    (161 test images): int8 MobileNetV2 0.926 -> 0.932, int8 distilled student 0.932 -> 0.944.
+    A model without a ``head`` sub-model with ``feature_norm`` (an ensemble) is returned unchanged.
+    """
+    try:
+        head = model.get_layer("head")
+        norm, dense = head.get_layer("feature_norm"), head.get_layer("logits")
+        pooled = model.get_layer("pool").output
+    except ValueError:
+        return model
+    mean = np.asarray(norm.mean, np.float64).reshape(-1)
+    std = np.maximum(np.sqrt(np.asarray(norm.variance, np.float64).reshape(-1)), keras.config.epsilon())
+    kernel, bias = (np.asarray(w, np.float64) for w in dense.get_weights())
+    folded = keras.layers.Dense(kernel.shape[1], activation="softmax", dtype="float32", name="logits_folded")
+    probs = folded(pooled)
+    folded.set_weights([(kernel / std[:, None]).astype(np.float32), (bias - (mean / std) @ kernel).astype(np.float32)])
+    names = model.layers[-1]
+    if not isinstance(names, ClassNames):
+        return model
+    out = ClassNames(names.class_names, names.info, name="class_names", dtype="float32")(probs)
+    return keras.Model(model.inputs, out, name=model.name)
 
 
 def export_litert(
@@ -59,6 +90,7 @@ def export_litert(
     if isinstance(model, (str, Path)):
         model = load_model(model)
     info = model_info(model)
+    model = fold_head_normalization(model)  # exact in float; keeps int8 from rounding the head's input away
     with tempfile.TemporaryDirectory() as tmp:
         model.export(tmp, format="tf_saved_model", verbose=False)
         conv = tf.lite.TFLiteConverter.from_saved_model(tmp)

@@ -128,17 +128,17 @@ def test_unknown_cli_parameter_is_a_clear_error(tmp_path):
 @pytest.fixture(scope="module")
 def distilled(smoke_data, tmp_path_factory):
     """A run folder with one trained MobileNet (the teacher) and a MobileNetV2 student taught by it,
-    with real ImageNet weights from ../shared/weights, at 64 px."""
+    with real ImageNet weights from ../shared/weights, at 75 px."""
     root, split = smoke_data
     base = tmp_path_factory.mktemp("distill")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GC10_WEIGHTS_DIR", str(WEIGHTS))
         teacher_cfg = training.TrainConfig(
-            backbone="mobilenet", img_size=64, epochs_head=8, epochs_finetune=0, batch_size=16, verbose=0, seed=3
+            backbone="mobilenet", img_size=75, epochs_head=10, epochs_finetune=0, batch_size=16, verbose=0, seed=3
         )
         training.train_backbone(teacher_cfg, root, base / "run" / "steps" / "02_finetune_mobilenet", split_csv=split)
         cfg = distill.DistillConfig(
-            student="mobilenet_v2", epochs_head=6, epochs_finetune=1, batch_size=16, aug_views=2, verbose=0, seed=3
+            student="mobilenet_v2", epochs_head=20, epochs_finetune=1, batch_size=16, aug_views=2, verbose=0, seed=3
         )
         metrics, table = distill.distill_run(
             base / "run", root, split, base / "run" / "steps" / "06_distill", cfg, "best_backbone", n_representative=16
@@ -153,7 +153,7 @@ def test_student_is_an_ordinary_classifier_that_reloads_in_a_fresh_process(disti
     out = Path(metrics["out_dir"])
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["kind"] == "student" and saved["teacher"]["name"] == "mobilenet"
-    assert saved["backbone"] == "mobilenet_v2" and saved["img_size"] == 64  # the teacher's input size
+    assert saved["backbone"] == "mobilenet_v2" and saved["img_size"] == 75  # the teacher's input size
     code = (
         "import sys, numpy as np, keras, gc10lib.layers\n"
         "from gc10lib.predict import predict_proba\n"
@@ -190,13 +190,15 @@ def test_the_saved_student_is_the_best_validation_state_over_both_phases(distill
 @needs_weights
 def test_deployment_table_and_int8_student(distilled):
     """Three rows: teacher, student float, student int8. The int8 student agrees with its float self
-    on at least 80% of the 15 test images (measured: 15/15 on this machine); a 64 px MobileNetV2
-    int8 file is under 4 MiB."""
+    on at least 80% of the 20 synthetic test images (measured 19/20 on this 2-core CPU; a student
+    with weak margins, as at 64 px after 6 head epochs, measured 10/20, so the threshold can fail);
+    a 75 px MobileNetV2 int8 file is under 4 MiB."""
     run, metrics, table = distilled
     assert list(table.role) == ["teacher", "student", "student"]
     assert list(table.variant) == ["keras", "keras", "int8"]
     int8 = table.iloc[2]
     assert Path(int8.file).suffix == ".tflite" and int8.size_mib < 4.0
+    print(f"int8 student vs float: agreement {int8.agreement:.3f}, accuracy {int8.accuracy:.3f}")
     assert int8.agreement >= 0.8
     assert table.iloc[1].accuracy == pytest.approx(metrics["test"]["accuracy"])
     out = Path(metrics["out_dir"])

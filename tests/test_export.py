@@ -215,3 +215,30 @@ def test_ensemble_exports_and_matches_keras(smoke_models, smoke_data, tmp_path):
     np.testing.assert_allclose(
         LiteRTPredictor(path)(x, batch_size=4), ens.predict(x.astype("float32"), verbose=0), atol=1e-3
     )
+
+
+def test_folding_the_head_normalization_is_exact_and_leaves_ensembles_alone():
+    """The standardization folded into the Dense gives the same probabilities; a model without a
+    classifier head (as an ensemble's top) is returned unchanged."""
+    import keras
+
+    from gc10lib.backbones import build_classifier
+    from gc10lib.export import fold_head_normalization
+    from gc10lib.layers import model_info
+    from gc10lib.training import adapt_feature_norm
+
+    model, _ = build_classifier("mobilenet", ["a", "b", "c"], 32, None, seed=0)
+    rng = np.random.default_rng(0)
+    head = model.get_layer("head")
+    feats = rng.gamma(0.5, 1.0, size=(64, head.input_shape[-1])).astype("float32")
+    feats[:, :5] *= 1e-3  # low-variance features: the ones that reach tens of standard deviations
+    adapt_feature_norm(head, feats)
+    dense = head.get_layer("logits")
+    dense.set_weights([rng.normal(size=w.shape).astype("float32") for w in dense.get_weights()])
+    x = rng.uniform(0, 255, size=(4, 32, 32, 3)).astype("float32")
+    folded = fold_head_normalization(model)
+    assert folded is not model and "head" not in [la.name for la in folded.layers]
+    np.testing.assert_allclose(folded.predict(x, verbose=0), model.predict(x, verbose=0), atol=2e-5)
+    assert model_info(folded) == model_info(model)
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    assert fold_head_normalization(other) is other
