@@ -259,7 +259,7 @@ def _quantize(args: argparse.Namespace) -> int:
 def _distill(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from gc10lib.distill import DistillConfig, distill_run
+    from gc10lib.distill import DEPLOY_COLUMNS, DistillConfig, distill_run
     from gc10lib.errors import InputError
     from gc10lib.pipeline import load_config, parse_value
 
@@ -275,8 +275,6 @@ def _distill(args: argparse.Namespace) -> int:
         args.run, data_dir, split, args.out, DistillConfig(**values), args.teacher, quantize=not args.no_int8
     )
     if table is not None:
-        from gc10lib.distill import DEPLOY_COLUMNS
-
         print(table[DEPLOY_COLUMNS].to_markdown(index=False, floatfmt=".4g"))
     print(f"wrote {m['out_dir']} (student test accuracy {m['test']['accuracy']:.4f})")
     return 0

@@ -41,6 +41,7 @@ from gc10lib.errors import InputError
 from gc10lib.inputs import ImageCache, aug_ops, augmenter, make_dataset
 from gc10lib.layers import model_info
 from gc10lib.predict import collect_images, readable
+from gc10lib.quantize import quantize_table
 from gc10lib.records import ModelRecord, pick_models, write_step_summary
 from gc10lib.settings import cache_dir, file_size_mb, new_output_dir, save_json, writable_dir
 from gc10lib.training import (
@@ -463,8 +464,6 @@ def deployment_table(
     **table_kwargs,
 ) -> pd.DataFrame:
     """Teacher (Keras), student (Keras) and student (int8 LiteRT) on the test split, one row each."""
-    from gc10lib.quantize import quantize_table  # lazy: LiteRT is only needed here
-
     out_dir = Path(out_dir)
     t = quantize_table(teacher.path, data_dir, split_csv, out_dir, (), name=teacher.name, seed=seed, **table_kwargs)
     s = quantize_table(
