@@ -498,7 +498,13 @@ def distill_run(
     """The distill step: train a student on ``teacher`` (a model name, or ``best_ensemble`` /
     ``best_backbone`` chosen on validation) and, with ``quantize``, write the deployment table
     (``deployment.{csv,md}``, ``deployment.png``) and the step's summary section."""
-    rec = pick_models(run_dir, [teacher])[0]
+    picked = pick_models(run_dir, [teacher])
+    if not picked:
+        raise InputError(
+            f"{run_dir}: no {teacher.removeprefix('best_')} to teach the student; run the ensemble step, "
+            "or pass --teacher best_backbone or a model name"
+        )
+    rec = picked[0]
     out = new_output_dir(out_dir, prefix="distill")
     metrics = train_student(cfg, rec.path, data_dir, split_csv, out, teacher_name=rec.name)
     table = None

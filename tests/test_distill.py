@@ -220,3 +220,41 @@ def test_notebook_06_defaults_are_distill_config_defaults():
     assert len(shared) >= 17
     wrong = {k: (declared[k], defaults[k]) for k in shared if ast.literal_eval(declared[k]) != defaults[k]}
     assert not wrong, f"06 parameters differ from DistillConfig (notebook, DistillConfig): {wrong}"
+
+
+def test_unlabelled_images_count_through_the_teacher(smoke_data, tmp_path):
+    """Images from ``unlabelled_dir`` join the training set with the teacher's targets alone."""
+    import shutil
+
+    from gc10lib import data
+
+    root, split = smoke_data
+    classes = data.split_classes(split)
+    teacher, _ = build_classifier("mobilenet", classes, 32, None, seed=0)
+    teacher_path = save_model(teacher, tmp_path / "teacher.keras")
+    man = data.read_split(split, data_root=root)
+    extra = tmp_path / "unlabelled"
+    extra.mkdir()
+    for p in list(man[man.subset == "test"].path)[:5]:
+        shutil.copy(p, extra / Path(p).name)
+    cfg = distill.DistillConfig(
+        student="mobilenet", weights=None, epochs_head=1, epochs_finetune=0, aug_views=1, verbose=0, seed=1
+    )
+    cfg.unlabelled_dir = str(extra)
+    m = distill.train_student(cfg, teacher_path, root, split, tmp_path / "out")
+    assert m["n_train_unlabelled"] == 5 and m["n_train_labelled"] == int((man.subset == "train").sum())
+    (tmp_path / "empty").mkdir()
+    cfg.unlabelled_dir = str(tmp_path / "empty")
+    with pytest.raises(InputError, match="empty: no images found for unlabelled_dir"):
+        distill.train_student(cfg, teacher_path, root, split, tmp_path / "out2")
+
+
+def test_a_run_without_ensembles_names_what_to_do(tmp_path):
+    (tmp_path / "steps").mkdir()
+    (tmp_path / "steps" / "metrics.json").write_text(
+        json.dumps({"kind": "backbone", "name": "m", "model_path": str(tmp_path / "steps" / "m.keras")})
+    )
+    (tmp_path / "steps" / "m.keras").write_bytes(b"")
+    with pytest.raises(InputError, match="no ensemble to teach the student.*--teacher best_backbone"):
+        distill.distill_run(tmp_path, tmp_path, tmp_path / "split.csv", tmp_path / "out", distill.DistillConfig())
+    assert not (tmp_path / "out").exists()
