@@ -259,20 +259,21 @@ def _quantize(args: argparse.Namespace) -> int:
 def _distill(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from gc10lib.distill import DEPLOY_COLUMNS, DistillConfig, distill_run
+    from gc10lib.distill import DEPLOY_COLUMNS, STUDENT_OWN, DistillConfig, distill_run
     from gc10lib.errors import InputError
     from gc10lib.pipeline import load_config, parse_value
 
-    known = {f.name for f in fields(DistillConfig)}
-    values = {k: v for k, v in (load_config(args.config) if args.config else {}).items() if k in known}
+    params = load_config(args.config) if args.config else {}
+    known = {f.name for f in fields(DistillConfig)} | {f"student_{k}" for k in STUDENT_OWN}
     for key, raw in args.parameters or []:
         if key not in known:
             raise InputError(f"unknown distillation parameter {key!r}; valid names: {', '.join(sorted(known))}")
-        values[key] = parse_value(raw)
-    values.update(seed=args.seed, verbose=2)
+        # on this command a bare name is the student's own: -p epochs_finetune 0 means the student's
+        params[f"student_{key}" if key in STUDENT_OWN else key] = parse_value(raw)
+    params.update(seed=args.seed, verbose=2)
     data_dir, split = _run_inputs(args)
     m, table = distill_run(
-        args.run, data_dir, split, args.out, DistillConfig(**values), args.teacher, quantize=not args.no_int8
+        args.run, data_dir, split, args.out, DistillConfig.from_params(params), args.teacher, quantize=not args.no_int8
     )
     if table is not None:
         print(table[DEPLOY_COLUMNS].to_markdown(index=False, floatfmt=".4g"))

@@ -69,11 +69,11 @@ class DistillConfig:
     alpha: float = 0.7  # share of the soft-target term for labelled images (unlabelled ones: all of it)
     class_weight: str = "sqrt"  # balanced | sqrt | none, on the labelled images' classes
     epochs_head: int = 30
-    epochs_finetune: int = 3
-    finetune_fraction: float = 0.3
+    epochs_finetune: int = 8  # the notebook's student_epochs_finetune
+    finetune_fraction: float = 0.5  # student_finetune_fraction
     finetune_optimizer: str = "adam"
     lr_head: float = 1e-3
-    lr_finetune: float = 3e-5  # peak of warm-up + cosine decay
+    lr_finetune: float = 1e-4  # student_lr_finetune: peak of warm-up + cosine decay
     warmup_fraction: float = 0.1
     clipnorm: float | None = 1.0
     batch_size: int = 32
@@ -88,9 +88,20 @@ class DistillConfig:
 
     @classmethod
     def from_params(cls, params: dict) -> DistillConfig:
-        """The config from a mapping (a notebook's parameters), taking only the names it knows."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in params.items() if k in names})
+        """The config from a mapping of pipeline parameters (a config file, a notebook's globals).
+
+        The student's fine-tune has its own names there, ``student_epochs_finetune``,
+        ``student_finetune_fraction`` and ``student_lr_finetune``: the bare names belong to the
+        backbones' training (notebook 02). Other names the config does not know are ignored.
+        """
+        names = {f.name for f in fields(cls)} - set(STUDENT_OWN)
+        values = {k: v for k, v in params.items() if k in names}
+        values.update({k: params[f"student_{k}"] for k in STUDENT_OWN if f"student_{k}" in params})
+        return cls(**values)
+
+
+#: DistillConfig fields that pipeline configs and notebook 06 spell with a ``student_`` prefix.
+STUDENT_OWN = ("epochs_finetune", "finetune_fraction", "lr_finetune")
 
 
 # --------------------------------------------------------------------------- soft targets

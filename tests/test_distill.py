@@ -217,7 +217,10 @@ def test_notebook_06_defaults_are_distill_config_defaults():
     declared = pipeline.notebook_parameters(pipeline.NOTEBOOK_DIR / "06_distill.ipynb")
     defaults = {f.name: f.default for f in fields(distill.DistillConfig)}
     shared = set(declared) & set(defaults)
-    assert len(shared) >= 17
+    assert len(shared) >= 14
+    # the student's own fine-tune has its own names (02's epochs_finetune etc. are the backbones')
+    shared |= {f"student_{k}" for k in ("epochs_finetune", "finetune_fraction", "lr_finetune")}
+    defaults.update({f"student_{k}": defaults[k] for k in ("epochs_finetune", "finetune_fraction", "lr_finetune")})
     wrong = {k: (declared[k], defaults[k]) for k in shared if ast.literal_eval(declared[k]) != defaults[k]}
     assert not wrong, f"06 parameters differ from DistillConfig (notebook, DistillConfig): {wrong}"
 
@@ -258,3 +261,11 @@ def test_a_run_without_ensembles_names_what_to_do(tmp_path):
     with pytest.raises(InputError, match="no ensemble to teach the student.*--teacher best_backbone"):
         distill.distill_run(tmp_path, tmp_path, tmp_path / "split.csv", tmp_path / "out", distill.DistillConfig())
     assert not (tmp_path / "out").exists()
+
+
+def test_config_names_for_the_students_own_fine_tune():
+    """In a pipeline config the bare fine-tune names are the backbones'; the student reads its own."""
+    params = {"epochs_finetune": 3, "lr_finetune": 3e-5, "student_epochs_finetune": 0, "temperature": 4.0}
+    cfg = distill.DistillConfig.from_params({**params, "backbones": ["mobilenet"]})
+    assert cfg.epochs_finetune == 0 and cfg.temperature == 4.0
+    assert cfg.lr_finetune == distill.DistillConfig().lr_finetune  # not the backbones' 3e-5

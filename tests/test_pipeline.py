@@ -44,6 +44,9 @@ SMOKE = [
     "-p",
     "explain_per_class",
     "1",
+    "-p",
+    "student_epochs_finetune",
+    "1",
 ]
 # (VGG19 conversions cost minutes; ensemble export is tested in test_export.py)
 
