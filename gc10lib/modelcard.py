@@ -62,6 +62,20 @@ def _quantization_lines(run_dir: Path) -> list[str]:
     return [q[[c for c in cols if c in q]].to_markdown(index=False, floatfmt=".4g")]
 
 
+def _student_lines(run_dir: Path) -> list[str]:
+    tables = sorted((run_dir / "steps").glob("*/deployment.csv"))
+    if not tables:
+        return ["_No distill step in this run._"]
+    d = pd.read_csv(tables[0])
+    cols = ["model", "role", "variant", "accuracy", "macro_f1", "size_mib", "latency_ms_b1", "agreement"]
+    return [
+        f"One student network taught by the chosen model (step `{tables[0].parent.name}`), for where the "
+        "ensemble is too big to deploy; weigh its accuracy against the teacher's before choosing it.",
+        "",
+        d[[c for c in cols if c in d]].to_markdown(index=False, floatfmt=".4g"),
+    ]
+
+
 def model_card(run_dir: str | Path) -> str:
     """The model card of a run folder, as markdown."""
     run_dir = Path(run_dir)
@@ -109,6 +123,7 @@ def model_card(run_dir: str | Path) -> str:
     for cls, v in (test.get("per_class") or {}).items():
         lines.append(f"| {cls} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |")
     lines += ["", "## Quantized variants", ""] + _quantization_lines(run_dir)
+    lines += ["", "## One small model (distilled)", ""] + _student_lines(run_dir)
     lines += ["", "## Known limitations", ""] + [f"- {x}" for x in LIMITATIONS]
     return "\n".join(lines) + "\n"
 

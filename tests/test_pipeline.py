@@ -120,6 +120,7 @@ def test_model_card(demo_run):
     assert f"**{chosen}** (ensemble)" in card and "Synthetic" in card and "Known limitations" in card
     assert f"| accuracy | {test['accuracy']:.4f} | [{test['ci95']['accuracy'][0]:.3f}" in card
     assert "| crease |" in card and "int8" in card  # per-class table and the quantized variant
+    assert "## One small model (distilled)" in card and "| student " in card
 
 
 def test_run_manifest(demo_run):
