@@ -398,14 +398,14 @@ def train_student(
         ds = _view_dataset(images, targets, weights, cfg.batch_size, cfg.seed)
         steps = int(np.ceil(len(images) / cfg.batch_size)) * cfg.epochs_finetune
         student.compile(optimizer=finetune_optimizer(cfg, steps), loss=loss)
-        val_x = val["images"]
+        val_x = np.asarray(val["images"], np.float32)  # read and converted once, not every epoch
         hist = student.fit(
             ds,  # shuffled by the dataset itself
             epochs=cfg.epochs_finetune,
             shuffle=False,
             callbacks=_callbacks(
                 cfg,
-                lambda: student.predict(np.asarray(val_x, np.float32), batch_size=cfg.batch_size, verbose=0),
+                lambda: student.predict(val_x, batch_size=cfg.batch_size, verbose=0),
                 y_val,
                 best,
                 "finetune",

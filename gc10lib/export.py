@@ -45,14 +45,17 @@ def fold_head_normalization(model):
     standardized features span a wide range (a few low-variance features reach 25-30 standard
     deviations), and one per-tensor int8 scale over that range rounds away most of the signal;
     folded, the Dense reads the pooled features themselves, 0..6 after ReLU6. Measured on X-SDD
-    (161 test images): int8 MobileNetV2 0.926 -> 0.932, int8 distilled student 0.932 -> 0.944.
+    (161 test images): int8 MobileNetV2 0.926 -> 0.932; int8 distilled students +0.6 to +1.2 points.
     A model without a ``head`` sub-model with ``feature_norm`` (an ensemble) is returned unchanged.
     """
+    names = model.layers[-1] if model.layers else None
     try:
         head = model.get_layer("head")
         norm, dense = head.get_layer("feature_norm"), head.get_layer("logits")
         pooled = model.get_layer("pool").output
     except ValueError:
+        return model
+    if not isinstance(names, ClassNames):
         return model
     mean = np.asarray(norm.mean, np.float64).reshape(-1)
     std = np.maximum(np.sqrt(np.asarray(norm.variance, np.float64).reshape(-1)), keras.config.epsilon())
@@ -60,9 +63,6 @@ def fold_head_normalization(model):
     folded = keras.layers.Dense(kernel.shape[1], activation="softmax", dtype="float32", name="logits_folded")
     probs = folded(pooled)
     folded.set_weights([(kernel / std[:, None]).astype(np.float32), (bias - (mean / std) @ kernel).astype(np.float32)])
-    names = model.layers[-1]
-    if not isinstance(names, ClassNames):
-        return model
     out = ClassNames(names.class_names, names.info, name="class_names", dtype="float32")(probs)
     return keras.Model(model.inputs, out, name=model.name)
 
