@@ -105,7 +105,7 @@ def main() -> None:
     model, source = build_classifier(args.backbone, ds.classes, args.img_size, "imagenet", 0.2, None, args.split_seed)
     model.get_layer("backbone").trainable = False
 
-    # the probe: logistic regression on the last layer's pooled features, as every run fits it
+    # the probe: logistic regression on the last layer's pooled features of the plain images
     kw = dict(size=args.img_size, policy="stretch", weights_source=source, backbone=args.backbone, seed=args.split_seed)
     f_tr, f_va, f_te = (training.extract_features(model, list(d.path), **kw)[0] for d in (tr, va, te))
     head = model.get_layer("head")
