@@ -17,7 +17,7 @@ The cut is the last layer at or below ``1 - --fraction`` of the backbone's depth
 feeds the rest (MobileNet at 0.3: ``conv_pw_9_bn``, 18x18x512 at 300 px). Maps are cached as
 float16 under ``<GC10_CACHE_DIR>/maps/`` (MobileNet at 300 px: about 2 GB for ELPV's 1,469 training
 images and four flips). Seeded 70/15/15 split; ``--seeds`` vary only the head's initialisation and
-the epochs' order.
+the epochs' order. ``--tta`` adds a row per head with its output averaged over the four flips.
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ def main() -> None:
     ap.add_argument("--class-weight", default="sqrt", choices=["balanced", "sqrt", "none"])
     ap.add_argument("--split-seed", type=int, default=42)
     ap.add_argument("--seeds", type=int, nargs="+", default=[42])
+    ap.add_argument("--tta", action="store_true", help="also average each head's val/test output over the four flips")
     args = ap.parse_args()
     t0 = time.perf_counter()
     ds = data.discover(args.data_dir)
@@ -136,6 +137,10 @@ def main() -> None:
     t1 = time.perf_counter()
     train_maps = [cached(f"train{f}", list(tr.path), f) for f in range(4)]
     val_maps, test_maps = (np.asarray(cached(n, list(d.path)), "float32") for n, d in (("val", va), ("test", te)))
+    flipped = {  # val and test maps of flips 1..3, for --tta
+        n: [np.asarray(cached(f"{n}{f}", list(d.path), f), "float32") for f in range(1, 4)] if args.tta else []
+        for n, d in (("val", va), ("test", te))
+    }
     t_maps = time.perf_counter() - t1
     steps = int(np.ceil(len(tr) / 32)) * args.epochs
     for seed in args.seeds:
@@ -153,12 +158,21 @@ def main() -> None:
             pv = net.predict(val_maps, batch_size=64, verbose=0)
             ll = probe.log_loss(y_va, pv)
             if best is None or ll < best[0]:
-                best = (ll, epoch, pv, net.predict(test_maps, batch_size=64, verbose=0))
-        ll, epoch, pv, pt = best
+                best = (ll, epoch, net.get_weights())
+        ll, epoch, weights = best
+        net.set_weights(weights)
+        pv, pt = (net.predict(m, batch_size=64, verbose=0) for m in (val_maps, test_maps))
         print(
             f"| map head, seed {seed} (epoch {epoch + 1} of {args.epochs}) | {ll:.3f} | {scores(y_va, pv)} "
             f"| {scores(y_te, pt)} |"
         )
+        if args.tta:
+            pv = np.mean([pv] + [net.predict(m, batch_size=64, verbose=0) for m in flipped["val"]], axis=0)
+            pt = np.mean([pt] + [net.predict(m, batch_size=64, verbose=0) for m in flipped["test"]], axis=0)
+            print(
+                f"| the same, four flips averaged | {probe.log_loss(y_va, pv):.3f} | {scores(y_va, pv)} "
+                f"| {scores(y_te, pt)} |"
+            )
         print(f"    head training {time.perf_counter() - t1:.0f} s")
     print(f"\ncut at {cut} {tuple(trunk.output.shape[1:])}; maps {t_maps:.0f} s ({folder})")
     print(f"{time.perf_counter() - t0:.0f} s in all")
