@@ -79,7 +79,7 @@ def main() -> None:
         proba = np.concatenate([keras.ops.convert_to_numpy(model(x[i : i + 64])) for i in range(0, len(x), 64)])
         return float(ce(y, proba, sample_weight=sw))
 
-    f0 = pool.predict(x, batch_size=64, verbose=0)
+    f0 = f_tr[tr.index.get_indexer(pick.index)]  # the same images' pooled features, already extracted
     loss0 = loss_all()
     print(
         f"{args.data_dir}: {args.backbone} {args.img_size} px, top {args.fraction:.0%} unfrozen, "

@@ -29,7 +29,6 @@ import time
 
 import keras
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
 
 from gc10lib import data, probe, training
 from gc10lib.backbones import build_classifier
@@ -78,8 +77,8 @@ def map_head(shape, n_classes: int, width: int, seed: int):
 
 
 def scores(y: np.ndarray, proba: np.ndarray) -> str:
-    pred = proba.argmax(1)
-    return f"{accuracy_score(y, pred):.3f} / {f1_score(y, pred, average='macro'):.3f}"
+    s = training.val_scores(y, proba)
+    return f"{s['val_accuracy']:.3f} / {s['val_macro_f1']:.3f}"
 
 
 def main() -> None:

@@ -53,26 +53,31 @@ def _data_lines(run_dir: Path, cfg: dict) -> list[str]:
     return lines
 
 
-def _quantization_lines(run_dir: Path) -> list[str]:
-    tables = sorted((run_dir / "steps").glob("*/quantization.csv"))
+def _step_table(run_dir: Path, file: str, cols: list[str]) -> tuple[str, str] | None:
+    """``(step name, markdown)`` of the first step's ``file`` table, with the ``cols`` it has."""
+    tables = sorted((run_dir / "steps").glob(f"*/{file}"))
     if not tables:
-        return ["_No quantize step in this run._"]
-    q = pd.read_csv(tables[0])
+        return None
+    d = pd.read_csv(tables[0])
+    return tables[0].parent.name, d[[c for c in cols if c in d]].to_markdown(index=False, floatfmt=".4g")
+
+
+def _quantization_lines(run_dir: Path) -> list[str]:
     cols = ["model", "variant", "size_mib", "accuracy", "accuracy_drop", "agreement", "latency_ms_b1"]
-    return [q[[c for c in cols if c in q]].to_markdown(index=False, floatfmt=".4g")]
+    found = _step_table(run_dir, "quantization.csv", cols)
+    return [found[1]] if found else ["_No quantize step in this run._"]
 
 
 def _student_lines(run_dir: Path) -> list[str]:
-    tables = sorted((run_dir / "steps").glob("*/deployment.csv"))
-    if not tables:
-        return ["_No distill step in this run._"]
-    d = pd.read_csv(tables[0])
     cols = ["model", "role", "variant", "accuracy", "macro_f1", "size_mib", "latency_ms_b1", "agreement"]
+    found = _step_table(run_dir, "deployment.csv", cols)
+    if not found:
+        return ["_No distill step in this run._"]
     return [
-        f"One student network taught by the chosen model (step `{tables[0].parent.name}`), for where the "
+        f"One student network taught by the chosen model (step `{found[0]}`), for where the "
         "ensemble is too big to deploy; weigh its accuracy against the teacher's before choosing it.",
         "",
-        d[[c for c in cols if c in d]].to_markdown(index=False, floatfmt=".4g"),
+        found[1],
     ]
 
 
