@@ -25,6 +25,7 @@ from gc10lib.backbones import REGISTRY, load_model
 from gc10lib.errors import InputError
 from gc10lib.inputs import ImageCache, resize_geometry
 from gc10lib.layers import model_info, model_input_size
+from gc10lib.maphead import is_map_head
 from gc10lib.predict import labelled_subset
 from gc10lib.records import pick_models, write_step_summary
 from gc10lib.settings import new_output_dir
@@ -113,9 +114,22 @@ def _feature_model(classifier):
     """Backbone input -> (CAM feature map, backbone output); built once per classifier, not per batch."""
     spec = _spec_of(classifier)
     backbone = classifier.get_layer("backbone")
-    layer = spec.cam_layer if spec is not None else None
+    # a map head reads the cut backbone's maps: they are the CAM's feature map
+    layer = spec.cam_layer if spec is not None and not is_map_head(classifier) else None
     outputs = [backbone.get_layer(layer).output, backbone.output] if layer else [backbone.output]
     return keras.Model(backbone.inputs, outputs), bool(layer)
+
+
+@lru_cache(maxsize=8)
+def _head_body(classifier):
+    """Backbone output -> the input of the head's ``logits`` layer: the head up to its last layer for
+    a map head; pooling and the feature standardization otherwise."""
+    head = classifier.get_layer("head")
+    if is_map_head(classifier):
+        body = keras.Model(head.inputs, head.get_layer("logits").input)
+        return lambda x: body(x, training=False)
+    pool, norm = classifier.get_layer("pool"), head.get_layer("feature_norm")
+    return lambda x: norm(pool(x))
 
 
 def gradcam(classifier, images: np.ndarray, targets: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -127,15 +141,15 @@ def gradcam(classifier, images: np.ndarray, targets: Sequence[int]) -> tuple[np.
     pre-softmax logit.
     """
     feats, layer = _feature_model(classifier)
-    head = classifier.get_layer("head")
-    norm, dense = head.get_layer("feature_norm"), head.get_layer("logits")
-    pre, pool = classifier.get_layer("preprocess"), classifier.get_layer("pool")
+    pre, head = classifier.get_layer("preprocess"), classifier.get_layer("head")
+    body = _head_body(classifier)
+    dense = head.get_layer("logits")
     x = tf.convert_to_tensor(np.asarray(images, np.float32))
     with tf.GradientTape() as tape:
         tape.watch(x)
         out = feats(pre(x), training=False)
         fmap, last = (out[0], out[1]) if layer else (out, out)
-        logits = tf.matmul(norm(pool(last)), dense.kernel) + dense.bias
+        logits = tf.matmul(body(last), dense.kernel) + dense.bias
         score = tf.reduce_sum(tf.gather(logits, np.asarray(targets), axis=1, batch_dims=1))
     grads = tape.gradient(score, fmap)
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)

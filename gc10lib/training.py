@@ -23,7 +23,7 @@ import pandas as pd
 import tensorflow as tf
 from sklearn.metrics import f1_score
 
-from gc10lib import data, progress
+from gc10lib import data, maphead, progress
 from gc10lib import probe as probes
 from gc10lib.backbones import build_classifier, get_spec, save_model
 from gc10lib.errors import InputError, SetupError
@@ -62,6 +62,12 @@ class TrainConfig:
     augment: bool | list[str] = True  # or a list of ops from gc10lib.inputs.AUG_OPS, e.g. ["flip"]
     aug_views: int = 2  # feature fast path: 1 plain + (aug_views - 1) augmented views per train image
     head_mode: str = "features"  # "features" (cached-feature fast path) or "fit" (frozen backbone every epoch)
+    map_head: bool = False  # phase "maps": a new head on cached middle-layer maps (gc10lib.maphead)
+    map_fraction: float = 0.3  # share of the backbone's depth above the cut (MobileNet: conv_pw_9)
+    map_width: int = 128  # channels of the map head's two convolutions
+    map_epochs: int = 25
+    map_lr: float = 1e-3  # peak of the map head's warm-up + cosine schedule (Adam)
+    map_flips: int = 4  # flips cached per training image: 1 plain, 2 + left-right, 4 + up-down and both
     monitor: str = "val_loss"  # or "val_macro_f1"
     tensorboard: bool = False  # TensorBoard logs in <out_dir>/tensorboard/<phase> (`tensorboard --logdir runs`)
     patience: int = 4
@@ -150,7 +156,9 @@ class BestState:
         self.weights: list | None = None
         self.best_by_phase: dict[str, float] = {}
 
-    def offer(self, value, phase: str, epoch: int) -> bool:
+    def offer(self, value, phase: str, epoch: int, snapshot: bool = True) -> bool:
+        """Record ``value``; True (and a snapshot of the model's weights, if ``snapshot``) when it is the
+        best so far. ``snapshot=False`` is for a phase that trains another model (the map head)."""
         if value is None or not np.isfinite(float(value)):
             return False
         value = float(value)
@@ -160,7 +168,8 @@ class BestState:
         if self.value is not None and self.sign * value <= self.sign * self.value:
             return False
         self.value, self.phase, self.epoch = value, phase, int(epoch)
-        self.weights = [np.array(w) for w in self.model.get_weights()]
+        if snapshot:
+            self.weights = [np.array(w) for w in self.model.get_weights()]
         return True
 
     def restore(self) -> None:
@@ -470,7 +479,8 @@ def train_backbone(
     """Train one backbone end to end and write its outputs; returns the metrics dict.
 
     Phases: a logistic-regression probe and a class-weighted head on cached frozen features, then
-    fine-tuning. Every probe/head/fine-tune epoch is a candidate; the one best on validation (by
+    fine-tuning, then (``map_head``) a new head on cached middle-layer maps (:mod:`gc10lib.maphead`).
+    Every probe/head/fine-tune/maps epoch is a candidate; the one best on validation (by
     ``cfg.monitor``) is what gets saved, and ``metrics["selected"]`` says which phase won. The probe
     is also saved on its own, as ``probe/`` (``probe_<backbone>``).
     """
@@ -495,6 +505,8 @@ def train_backbone(
     cw = data.class_weights(tr.label, len(classes), cfg.class_weight)
     if cfg.strategy == "multiworker" and cfg.head_mode != "features":
         raise InputError("strategy 'multiworker' trains the head on cached features: use head_mode='features'")
+    if cfg.strategy == "multiworker" and cfg.map_head:
+        raise InputError("map_head trains in this process only; it does not run under strategy 'multiworker'")
     out = new_output_dir(out_dir, prefix=f"train-{spec.name}")
     set_seeds(cfg.seed)
     timings: dict[str, float] = {}
@@ -676,10 +688,19 @@ def train_backbone(
             model.get_layer("backbone").trainable = False
             timings["finetune_s"] = round(time.perf_counter() - t0, 2)
 
+        # ---- phase 3 (optional): a new head on cached middle-layer maps, competing on validation
+        saved = model
+        map_record: dict | None = None
+        if cfg.map_head:
+            t0 = time.perf_counter()
+            saved, map_record, hist_maps = _map_phase(model, cfg, tr, va, source, spec.name, size, cw, best)
+            histories.append(hist_maps.assign(phase="maps", epoch=lambda d: np.arange(len(d))))
+            timings["maps_s"] = round(time.perf_counter() - t0, 2)
+
     # ---- evaluation and outputs
     t0 = time.perf_counter()
     model_path = out / "model.keras"
-    save_model(model, model_path)
+    save_model(saved, model_path)
     history = pd.concat(histories, ignore_index=True)
     history.to_csv(out / "history.csv", index=False)
     metrics: dict = {
@@ -696,15 +717,16 @@ def train_backbone(
         "class_weights": {classes[k]: v for k, v in cw.items()},
         "split_csv": str(split_path) if split_path else None,
         "config": asdict(cfg),
-        "n_params": int(model.count_params()),
+        "n_params": int(saved.count_params()),
         "n_unfrozen_layers": n_unfrozen,
         "selected": best.record(),
+        "map_head": map_record,
         "handover": handover,
         "model_path": str(model_path),
         "model_size_mb": file_size_mb(model_path),
     }
     probas = evaluate_parts(
-        model, out, va, te, classes, metrics, policy=cfg.policy, batch_size=cfg.batch_size, seed=cfg.seed
+        saved, out, va, te, classes, metrics, policy=cfg.policy, batch_size=cfg.batch_size, seed=cfg.seed
     )
     if probe_info is not None and probas:
         # the probe's val probabilities come from the cached features; when the probe is also the
@@ -719,8 +741,55 @@ def train_backbone(
     timings["total_s"] = round(time.perf_counter() - t_all, 2)
     metrics["timings"] = timings
     save_json(metrics, out / "metrics.json")
-    assert model_classes(model) == classes
+    assert model_classes(saved) == classes
     return metrics
+
+
+def _map_phase(model, cfg: TrainConfig, tr, va, source: str, backbone: str, size: int, cw, best: BestState):
+    """Phase ``maps``: cache the cut backbone's maps, train a map head, offer its best epoch to ``best``.
+
+    Returns ``(the model to save, the phase's record, its history)``: the assembled map-head
+    classifier when it beat every earlier state on validation, else ``model`` unchanged.
+    """
+    if not 1 <= int(cfg.map_flips) <= len(maphead.FLIPS):
+        raise InputError(f"map_flips must be 1 to {len(maphead.FLIPS)}, got {cfg.map_flips}")
+    t0 = time.perf_counter()
+    src, trunk, cut = maphead.map_source(
+        model, cfg.map_fraction, _weights_identity(source, cfg.seed), backbone, size, cfg.policy, cfg.batch_size
+    )
+    train_maps = [src.maps(list(tr.path), c) for c in maphead.FLIPS[: int(cfg.map_flips)]]
+    val_maps = np.asarray(src.maps(list(va.path)), np.float32)
+    t_maps = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    set_seeds(cfg.seed)
+    head = maphead.build_head(train_maps[0].shape[1:], len(model_classes(model)), cfg.map_width, seed=cfg.seed)
+    history, kept = maphead.fit_head(
+        head,
+        train_maps,
+        tr.label.to_numpy(),
+        val_maps,
+        va.label.to_numpy(),
+        epochs=int(cfg.map_epochs),
+        lr=cfg.map_lr,
+        batch_size=cfg.batch_size,
+        class_weight=cw,
+        monitor=cfg.monitor,
+        seed=cfg.seed,
+        scores=val_scores,
+        verbose=resolve_verbose(cfg.verbose),
+    )
+    won = best.offer(kept["scores"][cfg.monitor], "maps", kept["epoch"], snapshot=False)
+    record = {
+        "cut": cut,
+        "map_shape": [int(d) for d in train_maps[0].shape[1:]],
+        "flips": int(cfg.map_flips),
+        "epoch": kept["epoch"],
+        "val_scores": kept["scores"],
+        "won": won,
+        "maps_s": round(t_maps, 2),
+        "fit_s": round(time.perf_counter() - t0, 2),
+    }
+    return (maphead.assemble(model, trunk, head) if won else model), record, history
 
 
 def _image_datasets(tr: pd.DataFrame, va: pd.DataFrame, size: int, cfg: TrainConfig):

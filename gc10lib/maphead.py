@@ -1,0 +1,240 @@
+"""The map head: a new head trained from scratch on cached middle-layer feature maps.
+
+Fine-tuning the pretrained top of a backbone could not beat the frozen-feature probe on ELPV
+(README, "Why fine-tuning hurt"). The map head keeps the pretrained backbone frozen up to a middle
+layer (the *cut*), caches that layer's maps once for every training image and each of its flips,
+and trains a small, well-conditioned head on them::
+
+    maps (h x w x c) -> Conv1x1(width) -> BN -> ReLU -> Conv3x3(width) -> BN -> ReLU
+      -> [GlobalAveragePooling, GlobalMaxPooling] -> Dropout -> Dense softmax ("logits")
+
+Adam with warm-up and cosine decay, class weights as training uses them. Each epoch shows every
+training image once, in a random one of its flips; validation (plain images) chooses the epoch.
+:func:`assemble` then makes an ordinary gc10lib classifier of it: the same preprocessing, the
+backbone cut at that layer (named ``backbone``), the head (named ``head``) and the class names.
+:func:`gc10lib.training.train_backbone` runs it as phase ``maps`` when ``map_head`` is on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from gc10lib import progress
+from gc10lib.errors import InputError
+from gc10lib.inputs import ImageCache
+from gc10lib.layers import ClassNames
+from gc10lib.settings import cache_dir, writable_dir
+
+#: flip codes: bit 1 mirrors left-right, bit 2 up-down (0 plain, 3 both: a 180-degree rotation)
+FLIPS = (0, 1, 2, 3)
+
+
+def split_backbone(base, fraction: float) -> tuple[keras.Model, str]:
+    """``(trunk, cut layer name)``: ``base`` up to the last layer at or below ``1 - fraction`` of its
+    depth whose output alone feeds the rest (so that the cut loses nothing the top would have used)."""
+    if not 0.0 < fraction < 1.0:
+        raise InputError(
+            f"map_fraction must be between 0 and 1 (the share of the backbone above the cut), got {fraction}"
+        )
+    layers = base.layers
+    for i in range(int(round(len(layers) * (1.0 - fraction))) - 1, 0, -1):
+        try:
+            keras.Model(layers[i].output, base.output)
+        except ValueError:  # a skip connection crosses this layer: its output alone does not feed the rest
+            continue
+        trunk = keras.Model(base.input, layers[i].output, name="backbone")
+        return trunk, layers[i].name
+    raise InputError(f"{base.name}: no layer below {1 - fraction:.0%} of its depth feeds the rest on its own")
+
+
+def flip(x: np.ndarray, code: int) -> np.ndarray:
+    """``x`` (n, h, w, c) mirrored by flip ``code`` (see :data:`FLIPS`)."""
+    if code & 1:
+        x = x[:, :, ::-1]
+    if code & 2:
+        x = x[:, ::-1]
+    return x
+
+
+@dataclass
+class MapSource:
+    """Where maps come from: the classifier's preprocessing and the trunk, and what keys their cache."""
+
+    extractor: keras.Model  # raw image -> trunk maps
+    key: list  # backbone, weights identity, size, policy, cut, Keras version
+    size: int
+    policy: str
+    batch_size: int = 32
+
+    def path(self, files: list[str], code: int) -> Path:
+        digest = hashlib.sha1(json.dumps([*self.key, files, code]).encode()).hexdigest()[:24]
+        return cache_dir() / "maps" / str(self.key[0]) / f"{self.size}_{self.policy}_f{code}_{digest}.npy"
+
+    def maps(self, paths: list[str], code: int = 0) -> np.ndarray:
+        """Trunk maps (float16, memory-mapped from the cache) of ``paths`` under flip ``code``."""
+        cache = ImageCache(self.size, self.policy)
+        files = cache.ensure(paths)
+        path = self.path([Path(f).name for f in files], code)
+        if path.is_file():
+            try:
+                out = np.load(path, mmap_mode="r")
+                if out.shape[0] == len(paths):
+                    return out
+            except (OSError, ValueError, EOFError):
+                pass  # a cut-off entry is rebuilt, never trusted
+        chunks = []
+        steps = range(0, len(files), self.batch_size)
+        for i in progress.bar(steps, total=len(steps), desc=f"{self.key[0]} maps, flip {code}"):
+            x = flip(cache.load(files[i : i + self.batch_size]).astype("float32"), code)
+            chunks.append(np.asarray(self.extractor.predict_on_batch(x), np.float16))
+        out = np.concatenate(chunks)
+        writable_dir(path.parent, "the map cache (set GC10_CACHE_DIR to a writable folder)")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, out)
+        tmp.replace(path)
+        return np.load(path, mmap_mode="r")
+
+
+def map_source(model, fraction: float, weights_id: str, backbone: str, size: int, policy: str, batch_size: int = 32):
+    """``(MapSource, trunk, cut)`` for a gc10lib classifier built by ``build_classifier``."""
+    trunk, cut = split_backbone(model.get_layer("backbone"), fraction)
+    inp = keras.Input(model.inputs[0].shape[1:])
+    extractor = keras.Model(inp, trunk(model.get_layer("preprocess")(inp), training=False))
+    key = [backbone, weights_id, size, policy, cut, keras.__version__]
+    return MapSource(extractor, key, size, policy, batch_size), trunk, cut
+
+
+def build_head(shape, n_classes: int, width: int = 128, dropout: float = 0.3, seed: int | None = None):
+    """The map head (see the module docstring), as a functional model named ``head``."""
+    reg = keras.regularizers.L2(1e-4)
+    inp = keras.Input(tuple(shape))
+    x = inp
+    for k in (1, 3):
+        x = keras.layers.Conv2D(width, k, padding="same", use_bias=False, kernel_regularizer=reg)(x)
+        x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    x = keras.layers.Concatenate(name="pooled")(
+        [keras.layers.GlobalAveragePooling2D()(x), keras.layers.GlobalMaxPooling2D()(x)]
+    )
+    x = keras.layers.Dropout(dropout, seed=seed)(x)
+    out = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", kernel_regularizer=reg, name="logits")(x)
+    return keras.Model(inp, out, name="head")
+
+
+class FlipBatches(keras.utils.PyDataset):
+    """Training batches of cached maps: each epoch, every image once, in a random one of its flips."""
+
+    def __init__(
+        self, maps: list[np.ndarray], y: np.ndarray, batch_size: int, class_weight: dict[int, float], seed: int
+    ):
+        super().__init__()
+        self.all_maps, self.y, self.batch_size = maps, np.asarray(y), int(batch_size)
+        self.weights = np.array([float(class_weight.get(int(k), 1.0)) for k in self.y], np.float32)
+        self.rng = np.random.default_rng(seed)
+        self.on_epoch_end()
+
+    def __len__(self) -> int:
+        return int(np.ceil(len(self.y) / self.batch_size))
+
+    def __getitem__(self, i: int):
+        idx = self.order[i * self.batch_size : (i + 1) * self.batch_size]
+        x = np.stack([self.all_maps[self.codes[j]][j] for j in idx]).astype("float32")
+        return x, self.y[idx], self.weights[idx]
+
+    def on_epoch_end(self) -> None:
+        self.order = self.rng.permutation(len(self.y))
+        self.codes = self.rng.integers(0, len(self.all_maps), len(self.y))
+
+
+class _KeepBestEpoch(keras.callbacks.Callback):
+    """Scores the validation maps after each epoch, logs the scores and keeps the best epoch's weights."""
+
+    def __init__(self, val_maps: np.ndarray, y_val: np.ndarray, monitor: str, scores):
+        super().__init__()
+        self.val_maps, self.y_val, self.monitor, self.scores = val_maps, y_val, monitor, scores
+        self.sign = -1.0 if monitor == "val_loss" else 1.0
+        self.best: tuple | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        s = self.scores(self.y_val, np.asarray(self.model.predict(self.val_maps, batch_size=64, verbose=0), np.float64))
+        if logs is not None:
+            logs.update(s)
+        if self.best is None or self.sign * s[self.monitor] > self.sign * self.best[1][self.monitor]:
+            self.best = (epoch, s, [np.array(w) for w in self.model.get_weights()])
+
+
+def fit_head(
+    head,
+    train_maps: list[np.ndarray],
+    y_train: np.ndarray,
+    val_maps: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    class_weight: dict[int, float],
+    monitor: str,
+    seed: int,
+    scores,
+    verbose: int | str = 0,
+) -> tuple[pd.DataFrame, dict]:
+    """Train ``head`` on ``train_maps`` (one array per flip, same images and order) and keep its best epoch.
+
+    ``scores(y, proba)`` returns the validation scores by name (``val_loss``, ``val_accuracy``,
+    ``val_macro_f1``); ``monitor`` names the one that chooses (lower is better for the loss).
+    Returns the per-epoch history and ``{"epoch", "scores"}`` of the epoch kept (its weights are in
+    ``head`` on return).
+    """
+    if epochs < 1:
+        raise InputError(f"map_epochs must be at least 1, got {epochs}")
+    batches = FlipBatches(train_maps, y_train, batch_size, class_weight, seed)
+    steps = len(batches) * epochs
+    sched = keras.optimizers.schedules.CosineDecay(0.0, steps, warmup_target=lr, warmup_steps=max(1, steps // 10))
+    head.compile(optimizer=keras.optimizers.Adam(sched), loss="sparse_categorical_crossentropy")
+    keep = _KeepBestEpoch(val_maps, np.asarray(y_val), monitor, scores)
+    hist = head.fit(batches, epochs=epochs, callbacks=[keep], verbose=verbose)
+    epoch, s, weights = keep.best
+    head.set_weights(weights)
+    return pd.DataFrame(hist.history), {"epoch": int(epoch), "scores": s}
+
+
+def assemble(model, trunk, head, name: str | None = None):
+    """A classifier from ``model``'s preprocessing and class names, ``trunk`` and a map ``head``."""
+    names = model.layers[-1]
+    if not isinstance(names, ClassNames):
+        raise InputError(f"model {model.name!r} does not end in its class names; not a gc10lib classifier")
+    inp = keras.Input(model.inputs[0].shape[1:], name="image")
+    x = model.get_layer("preprocess")(inp)
+    x = trunk(x, training=False)
+    out = ClassNames(names.class_names, names.info, name="class_names", dtype="float32")(head(x))
+    return keras.Model(inp, out, name=name or model.name)
+
+
+def is_map_head(classifier) -> bool:
+    """Whether a gc10lib classifier's head reads maps (this module) rather than pooled features."""
+    try:
+        head = classifier.get_layer("head")
+    except ValueError:
+        return False
+    return len(head.inputs[0].shape) == 4
+
+
+__all__ = [
+    "FLIPS",
+    "MapSource",
+    "assemble",
+    "build_head",
+    "fit_head",
+    "flip",
+    "is_map_head",
+    "map_source",
+    "split_backbone",
+]
