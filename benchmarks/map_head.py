@@ -18,62 +18,21 @@ feeds the rest (MobileNet at 0.3: ``conv_pw_9_bn``, 18x18x512 at 300 px). Maps a
 float16 under ``<GC10_CACHE_DIR>/maps/`` (MobileNet at 300 px: about 2 GB for ELPV's 1,469 training
 images and four flips). Seeded 70/15/15 split; ``--seeds`` vary only the head's initialisation and
 the epochs' order. ``--tta`` adds a row per head with its output averaged over the four flips.
+
+The head, its training and the map cache are :mod:`gc10lib.maphead`, which training runs as phase
+``maps`` with ``map_head: true``; this script adds the seeds, the test rows and the flip averaging.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import time
 
 import keras
 import numpy as np
 
-from gc10lib import data, probe, training
+from gc10lib import data, maphead, probe, training
 from gc10lib.backbones import build_classifier
-from gc10lib.inputs import ImageCache
-from gc10lib.settings import cache_dir
-
-
-def split_at(base, fraction: float):
-    """``(trunk, cut layer name)``: ``base`` up to the last layer at or below ``1 - fraction`` of its depth
-    whose output alone feeds the rest."""
-    layers = base.layers
-    for i in range(int(round(len(layers) * (1.0 - fraction))) - 1, 0, -1):
-        try:
-            top = keras.Model(layers[i].output, base.output)
-        except ValueError:  # that layer's output alone does not feed the rest
-            continue
-        del top
-        return keras.Model(base.input, layers[i].output), layers[i].name
-    raise ValueError(f"{base.name}: no single-tensor cut found")
-
-
-def flip_maps(trunk, pre, cache: ImageCache, paths: list[str], flip: int, batch: int = 32) -> np.ndarray:
-    """Trunk maps (float16) of ``paths``; ``flip`` bit 1 mirrors left-right, bit 2 up-down."""
-    out = []
-    for i in range(0, len(paths), batch):
-        x = cache.load(paths[i : i + batch]).astype("float32")
-        if flip & 1:
-            x = x[:, :, ::-1]
-        if flip & 2:
-            x = x[:, ::-1]
-        out.append(keras.ops.convert_to_numpy(trunk(pre(x), training=False)).astype("float16"))
-    return np.concatenate(out)
-
-
-def map_head(shape, n_classes: int, width: int, seed: int):
-    keras.utils.set_random_seed(seed)
-    reg = keras.regularizers.L2(1e-4)
-    inp = keras.Input(shape)
-    x = inp
-    for k in (1, 3):
-        x = keras.layers.Conv2D(width, k, padding="same", use_bias=False, kernel_regularizer=reg)(x)
-        x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
-    x = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(x), keras.layers.GlobalMaxPooling2D()(x)])
-    x = keras.layers.Dropout(0.3, seed=seed)(x)
-    return keras.Model(inp, keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=reg)(x))
 
 
 def scores(y: np.ndarray, proba: np.ndarray) -> str:
@@ -119,47 +78,35 @@ def main() -> None:
         f"| {scores(y_te, p.predict_proba(z[2]))} |"
     )
 
-    trunk, cut = split_at(model.get_layer("backbone"), args.fraction)
-    key = json.dumps([args.backbone, source, args.img_size, cut, list(man.path)])
-    folder = cache_dir() / "maps" / hashlib.sha1(key.encode()).hexdigest()[:16]
-    folder.mkdir(parents=True, exist_ok=True)
-    cache, pre = ImageCache(args.img_size, "stretch"), model.get_layer("preprocess")
-
-    def cached(name: str, paths: list[str], flip: int = 0) -> np.ndarray:
-        path = folder / f"{name}.npy"
-        if not path.is_file():
-            tmp = folder / f"{name}.tmp.npy"
-            np.save(tmp, flip_maps(trunk, pre, cache, paths, flip))
-            tmp.replace(path)
-        return np.load(path, mmap_mode="r")
-
+    wid = training._weights_identity(source, args.split_seed)  # the key training uses: the two share the map cache
+    src, trunk, cut = maphead.map_source(model, args.fraction, wid, args.backbone, args.img_size, "stretch")
     t1 = time.perf_counter()
-    train_maps = [cached(f"train{f}", list(tr.path), f) for f in range(4)]
-    val_maps, test_maps = (np.asarray(cached(n, list(d.path)), "float32") for n, d in (("val", va), ("test", te)))
+    train_maps = [src.maps(list(tr.path), f) for f in maphead.FLIPS]
+    val_maps, test_maps = (np.asarray(src.maps(list(d.path)), "float32") for d in (va, te))
     flipped = {  # val and test maps of flips 1..3, for --tta
-        n: [np.asarray(cached(f"{n}{f}", list(d.path), f), "float32") for f in range(1, 4)] if args.tta else []
+        n: [np.asarray(src.maps(list(d.path), f), "float32") for f in maphead.FLIPS[1:]] if args.tta else []
         for n, d in (("val", va), ("test", te))
     }
     t_maps = time.perf_counter() - t1
-    steps = int(np.ceil(len(tr) / 32)) * args.epochs
     for seed in args.seeds:
-        net = map_head(train_maps[0].shape[1:], k, args.width, seed)
-        sched = keras.optimizers.schedules.CosineDecay(0.0, steps, warmup_target=args.lr, warmup_steps=steps // 10)
-        net.compile(optimizer=keras.optimizers.Adam(sched), loss="sparse_categorical_crossentropy")
-        rng = np.random.default_rng(seed)
-        best = None
+        keras.utils.set_random_seed(seed)
+        net = maphead.build_head(train_maps[0].shape[1:], k, args.width, seed=seed)
         t1 = time.perf_counter()
-        for epoch in range(args.epochs):
-            flips = rng.integers(0, 4, len(tr))
-            order = rng.permutation(len(tr))
-            x = np.stack([train_maps[flips[i]][i] for i in order]).astype("float32")
-            net.fit(x, y_tr[order], batch_size=32, epochs=1, class_weight=cw, shuffle=False, verbose=0)
-            pv = net.predict(val_maps, batch_size=64, verbose=0)
-            ll = probe.log_loss(y_va, pv)
-            if best is None or ll < best[0]:
-                best = (ll, epoch, net.get_weights())
-        ll, epoch, weights = best
-        net.set_weights(weights)
+        _, kept = maphead.fit_head(
+            net,
+            train_maps,
+            y_tr,
+            val_maps,
+            y_va,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=32,
+            class_weight=cw,
+            monitor="val_loss",
+            seed=seed,
+            scores=training.val_scores,
+        )
+        ll, epoch = kept["scores"]["val_loss"], kept["epoch"]
         pv, pt = (net.predict(m, batch_size=64, verbose=0) for m in (val_maps, test_maps))
         print(
             f"| map head, seed {seed} (epoch {epoch + 1} of {args.epochs}) | {ll:.3f} | {scores(y_va, pv)} "
@@ -173,7 +120,7 @@ def main() -> None:
                 f"| {scores(y_te, pt)} |"
             )
         print(f"    head training {time.perf_counter() - t1:.0f} s")
-    print(f"\ncut at {cut} {tuple(trunk.output.shape[1:])}; maps {t_maps:.0f} s ({folder})")
+    print(f"\ncut at {cut} {tuple(trunk.output.shape[1:])}; maps {t_maps:.0f} s (cached under <GC10_CACHE_DIR>/maps/)")
     print(f"{time.perf_counter() - t0:.0f} s in all")
 
 

@@ -1,0 +1,155 @@
+"""The map head: the cut, the map cache, the flip batches, and the phase that competes on validation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from gc10lib import data, export, maphead, training
+from gc10lib.backbones import build_classifier, load_model
+from gc10lib.errors import InputError
+from gc10lib.explain import gradcam
+from gc10lib.inputs import ImageCache
+from gc10lib.predict import LiteRTPredictor, predict_proba
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "inception_v3"])
+def test_cut_is_where_one_tensor_feeds_the_rest(name):
+    """Both have skip connections or branches: the trunk's output alone must reproduce the backbone."""
+    model, _ = build_classifier(name, ["a", "b"], 96, None, seed=0)
+    base = model.get_layer("backbone")
+    trunk, cut = maphead.split_backbone(base, 0.3)
+    top = keras.Model(base.get_layer(cut).output, base.output)
+    x = np.random.default_rng(0).normal(size=(2, 96, 96, 3)).astype("float32")
+    np.testing.assert_allclose(top(trunk(x)), base(x), rtol=1e-4, atol=1e-4)
+    depth = [la.name for la in base.layers].index(cut) / len(base.layers)
+    assert 0.4 < depth <= 0.7, (cut, depth)
+    with pytest.raises(InputError, match="map_fraction"):
+        maphead.split_backbone(base, 1.0)
+
+
+def test_flip_batches_show_every_image_once_per_epoch_with_its_class_weight():
+    n = 10
+    maps = [np.full((n, 2, 2, 1), code, np.float16) + np.arange(n)[:, None, None, None] * 10 for code in range(4)]
+    y = np.array([0, 1] * 5)
+    batches = maphead.FlipBatches(maps, y, 4, {0: 1.0, 1: 3.0}, seed=0)
+    seen_codes = set()
+    for _ in range(3):
+        xs, ys, ws = zip(*(batches[i] for i in range(len(batches))), strict=True)
+        x, yy, w = np.concatenate(xs), np.concatenate(ys), np.concatenate(ws)
+        image = (x[:, 0, 0, 0] // 10).astype(int)  # which image each row is
+        code = (x[:, 0, 0, 0] % 10).astype(int)  # which flip it came in
+        assert sorted(image) == list(range(n))
+        np.testing.assert_array_equal(yy, y[image])
+        np.testing.assert_array_equal(w, np.where(yy == 1, 3.0, 1.0))
+        seen_codes |= set(code)
+        batches.on_epoch_end()
+    assert seen_codes == {0, 1, 2, 3}
+
+
+def test_maps_are_cached_and_flipped(smoke_data, monkeypatch):
+    root, split = smoke_data
+    paths = list(data.read_split(split).path[:5])
+    model, source = build_classifier("mobilenet", data.split_classes(split), 64, None, seed=0)
+    training.calibrate_batchnorm(model, ImageCache(64, "stretch").load(paths).astype("float32"))  # live random maps
+    src, trunk, cut = maphead.map_source(model, 0.3, source, "mobilenet", 64, "stretch", batch_size=4)
+    plain, flipped = src.maps(paths, 0), src.maps(paths, 1)
+    assert plain.dtype == np.float16 and plain.shape[0] == 5 and plain.shape[1:] == tuple(trunk.output.shape[1:])
+    assert plain.astype("float32").std() > 0.01
+    assert not np.allclose(plain, flipped, atol=1e-3)  # the flip reached the maps
+
+    def no_backbone(*a, **k):
+        raise AssertionError("the backbone ran although the maps were cached")
+
+    monkeypatch.setattr(src.extractor, "predict_on_batch", no_backbone)
+    np.testing.assert_array_equal(src.maps(paths, 0), plain)
+
+
+@pytest.fixture(scope="module")
+def map_run(smoke_data, tmp_path_factory):
+    """A run in which the map head is the only candidate (no probe, no head epochs), so it is saved."""
+    root, split = smoke_data
+    out = tmp_path_factory.mktemp("maps") / "o"
+    cfg = training.TrainConfig(
+        backbone="mobilenet",
+        img_size=64,
+        weights=None,
+        probe=False,
+        epochs_head=0,
+        epochs_finetune=0,
+        map_head=True,
+        map_epochs=3,
+        map_width=16,
+        batch_size=16,
+        verbose=0,
+        seed=3,
+    )
+    return out, training.train_backbone(cfg, root, out, split_csv=split)
+
+
+def test_map_head_that_wins_is_saved_and_recorded(map_run, smoke_data):
+    out, m = map_run
+    assert m["selected"]["phase"] == "maps" and m["map_head"]["won"]
+    assert m["map_head"]["cut"] == "conv_pw_9_bn" and m["map_head"]["flips"] == 4
+    hist = pd.read_csv(out / "history.csv")
+    assert (hist.phase == "maps").sum() == 3
+    kept = hist[hist.phase == "maps"].val_loss.min()
+    assert m["selected"]["value"] == pytest.approx(kept)
+    assert m["val"]["log_loss"] == pytest.approx(kept, abs=1e-3)  # the file holds that epoch
+    model = load_model(out / "model.keras")
+    assert maphead.is_map_head(model) and m["n_params"] == model.count_params()
+    _, split = smoke_data
+    va = data.read_split(split).query("subset == 'val'")
+    np.testing.assert_allclose(predict_proba(model, va.path), np.load(out / "proba_val.npy"), atol=1e-5)
+
+
+def test_map_head_classifier_reloads_in_a_fresh_process(map_run, smoke_data):
+    out, m = map_run
+    _, split = smoke_data
+    va = data.read_split(split).query("subset == 'val'")
+    code = (
+        "import json, keras, numpy as np\n"
+        "from gc10lib.predict import LiteRTPredictor, predict_proba\n"
+        f"m = keras.saving.load_model({str(out / 'model.keras')!r}, safe_mode=True)\n"
+        f"p = predict_proba(m, {list(va.path)!r})\n"
+        f"print(json.dumps(float(np.abs(p - np.load({str(out / 'proba_val.npy')!r})).max())))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) < 1e-5
+
+
+def test_gradcam_and_export_take_a_map_head_classifier(map_run, tmp_path):
+    out, m = map_run
+    model = load_model(out / "model.keras")
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    cams, proba = gradcam(model, x, [0, 1])
+    assert cams.shape == (2, 64, 64) and cams.min() >= 0.0 and cams.max() <= 1.0
+    np.testing.assert_allclose(proba, model.predict(x, verbose=0), atol=1e-5)  # the CAM's logits are the model's
+    assert export.fold_head_normalization(model) is model  # nothing to fold: the head has no standardization
+    path = export.export_litert(model, tmp_path / "m.tflite", "float32")
+    np.testing.assert_allclose(LiteRTPredictor(path)(x), proba, atol=1e-4)
+
+
+def test_map_head_that_loses_leaves_the_model_and_best_state_alone(smoke_data):
+    root, split = smoke_data
+    man = data.read_split(split)
+    tr, va = (man[man.subset == s] for s in ("train", "val"))
+    classes = data.split_classes(split)
+    model, source = build_classifier("mobilenet", classes, 64, None, seed=0)
+    best = training.BestState(model, "val_loss")
+    best.offer(0.0, "probe", 0)  # nothing can beat a log-loss of 0
+    before = [np.array(w) for w in best.weights]
+    cfg = training.TrainConfig(backbone="mobilenet", img_size=64, map_epochs=2, map_width=8, batch_size=16, verbose=0)
+    cw = data.class_weights(tr.label, len(classes), "none")
+    saved, record, history = training._map_phase(model, cfg, tr, va, source, "mobilenet", 64, cw, best)
+    assert saved is model and not record["won"] and len(history) == 2
+    assert best.phase == "probe" and best.best_by_phase["maps"] > 0.0
+    for a, b in zip(before, best.weights, strict=True):
+        np.testing.assert_array_equal(a, b)
