@@ -113,7 +113,7 @@ def size_table(ds: Dataset) -> pd.DataFrame:
 
 
 def training_curves(history: str | pd.DataFrame):
-    """Loss and accuracy per epoch for both phases (``history.csv`` from training)."""
+    """Loss and accuracy per epoch for every phase (``history.csv`` from training), a line where each starts."""
     h = pd.read_csv(history) if not isinstance(history, pd.DataFrame) else history
     h = h.reset_index(drop=True).assign(step=lambda d: np.arange(len(d)) + 1)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -121,9 +121,10 @@ def training_curves(history: str | pd.DataFrame):
         for col, style in ((metric, "-"), (f"val_{metric}", "--")):
             if col in h:
                 ax.plot(h["step"], h[col], style, label=col)
-        if "phase" in h and (h["phase"] == "finetune").any():
-            ax.axvline(h.index[h["phase"] == "finetune"][0] + 0.5, color="grey", lw=0.8)
-        ax.set(xlabel="epoch (head, then fine-tune)", title=metric)
+        phases = list(dict.fromkeys(h["phase"])) if "phase" in h else []
+        for phase in phases[1:]:  # a line where each later phase starts
+            ax.axvline(h.index[h["phase"] == phase][0] + 0.5, color="grey", lw=0.8)
+        ax.set(xlabel=f"epoch ({', then '.join(phases) or 'one phase'})", title=metric)
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

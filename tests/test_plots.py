@@ -56,3 +56,18 @@ def test_split_composition_counts_every_class_and_subset():
     assert widths == [1, 5, 0, 1, 1, 0, 1, 1, 0]
     assert ax.get_title() == "train 6 · val 2 · test 2"
     plots.close_all()
+
+
+def test_training_curves_mark_where_each_phase_starts():
+    hist = pd.DataFrame(
+        {
+            "loss": [1.0, 0.8, 0.7, 0.6, 0.5, 0.4],
+            "val_loss": [1.1, 0.9, 0.8, 0.7, 0.6, 0.5],
+            "phase": ["head", "head", "finetune", "maps", "maps", "maps"],
+        }
+    )
+    ax = plots.training_curves(hist).axes[0]
+    starts = sorted(line.get_xdata()[0] for line in ax.lines if line.get_xdata()[0] == line.get_xdata()[1])
+    assert starts == [2.5, 3.5]  # after the two head epochs, after the fine-tune epoch
+    assert ax.get_xlabel() == "epoch (head, then finetune, then maps)"
+    plots.close_all()
