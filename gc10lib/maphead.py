@@ -92,9 +92,15 @@ class MapSource:
                 pass  # a cut-off entry is rebuilt, never trusted
         chunks = []
         steps = range(0, len(files), self.batch_size)
-        for i in progress.bar(steps, total=len(steps), desc=f"{self.key[0]} maps, flip {code}"):
+        for i in progress.bar(steps, total=len(steps), desc=f"{self.key[0]} maps, flip {code}", unit="batch"):
             x = flip(cache.load(files[i : i + self.batch_size]).astype("float32"), code)
-            chunks.append(np.asarray(self.extractor.predict_on_batch(x), np.float16))
+            n = len(x)  # the last batch is padded to full size: one traced shape, no retracing per flip
+            x = (
+                np.concatenate([x, np.zeros((self.batch_size - n, *x.shape[1:]), x.dtype)])
+                if n < self.batch_size
+                else x
+            )
+            chunks.append(np.asarray(self.extractor.predict_on_batch(x), np.float16)[:n])
         out = np.concatenate(chunks)
         writable_dir(path.parent, "the map cache (set GC10_CACHE_DIR to a writable folder)")
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
