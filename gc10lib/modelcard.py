@@ -105,7 +105,7 @@ def model_card(run_dir: str | Path) -> str:
     classes = m.get("classes") or []
     lines += ["", "## The model", ""]
     lines += [
-        f"- **{chosen.name}** ({chosen.kind}), chosen on validation macro-F1 (near-ties by validation log-loss)",
+        f"- **{chosen.name}** ({chosen.kind}), chosen on validation log-loss (ties by validation macro-F1)",
         f"- File: `{chosen.path}` ({m.get('model_size_mb')} MiB); it records its classes, policy and input size",
         f"- Members: {', '.join(m['members'])}" if m.get("members") else f"- Backbone: {m.get('backbone')}",
         f"- Weights source: {m.get('weights_source')}; resize policy: {m.get('policy')}; "
