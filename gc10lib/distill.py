@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from gc10lib import data, plots, progress
+from gc10lib import data, maphead, plots, progress
 from gc10lib.backbones import build_classifier, get_spec, load_model, save_model
 from gc10lib.errors import InputError
 from gc10lib.inputs import ImageCache, aug_ops, augmenter, make_dataset
@@ -83,6 +83,11 @@ class DistillConfig:
     patience: int = 5
     monitor: str = "val_loss"  # or "val_macro_f1"; on the hard labels of the validation split
     unlabelled_dir: str | None = None  # a folder of extra images without labels, taught by the teacher
+    map_head: bool = False  # phase "maps": a map head on the student's cut backbone (gc10lib.maphead)
+    map_fraction: float = 0.3
+    map_width: int = 128
+    map_epochs: int = 25
+    map_lr: float = 1e-3
     seed: int = 42
     verbose: int | str = "auto"
 
@@ -418,6 +423,26 @@ def train_student(
         student.get_layer("backbone").trainable = False
         timings["finetune_s"] = round(time.perf_counter() - t0, 2)
 
+    # ---- phase 3 (optional): a map head on the student's cut backbone, on the same cached views
+    map_record = None
+    if cfg.map_head:
+        t0 = time.perf_counter()
+        student, map_record, hist = _student_map_phase(
+            student,
+            cfg,
+            [g["images"] for g in got],
+            targets,
+            weights,
+            val["images"],
+            y_val,
+            loss,
+            best,
+            spec.name,
+            source,
+        )
+        histories.append(hist.assign(phase="maps", epoch=lambda d: np.arange(len(d))))
+        timings["maps_s"] = round(time.perf_counter() - t0, 2)
+
     # ---- outputs: an ordinary classifier
     model_path = out / "model.keras"
     save_model(student, model_path)
@@ -445,6 +470,7 @@ def train_student(
         "config": asdict(cfg),
         "n_params": int(student.count_params()),
         "selected": best.record(),
+        "map_head": map_record,
         "model_path": str(model_path),
         "model_size_mb": file_size_mb(model_path),
     }
@@ -455,6 +481,61 @@ def train_student(
     metrics["timings"] = timings
     save_json(metrics, out / "metrics.json")
     return metrics
+
+
+def _student_map_phase(
+    student, cfg: DistillConfig, views, targets, weights, val_images, y_val, loss, best, name, source
+):
+    """Phase ``maps`` for the student: maps of its cut backbone for every cached view (the teacher's
+    pixels), a map head trained on the views' soft targets, offered to ``best``.
+
+    Returns ``(the student to save, the phase's record, its history)``.
+    """
+    t0 = time.perf_counter()
+    size = int(student.inputs[0].shape[1])
+    src, trunk, cut = maphead.map_source(
+        student, cfg.map_fraction, _weights_identity(source, cfg.seed), name, size, "view", cfg.batch_size
+    )
+    maps = [
+        maphead.maps_of(src.extractor, v, cfg.batch_size, desc=f"{name} maps, view {i}") for i, v in enumerate(views)
+    ]
+    val_maps = maphead.maps_of(src.extractor, val_images, cfg.batch_size, desc=f"{name} maps, val").astype("float32")
+    n = len(maps[0])  # targets and weights are stacked view after view
+    per_view = [slice(i * n, (i + 1) * n) for i in range(len(maps))]
+    t_maps = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    set_seeds(cfg.seed)
+    head = maphead.build_head(
+        maps[0].shape[1:], len(y_val.shape) and targets.shape[1] // 2, cfg.map_width, seed=cfg.seed
+    )
+    history, kept = maphead.fit_head(
+        head,
+        maps,
+        [targets[s] for s in per_view],
+        val_maps,
+        y_val,
+        weights=[weights[s] for s in per_view],
+        epochs=int(cfg.map_epochs),
+        lr=cfg.map_lr,
+        batch_size=cfg.batch_size,
+        monitor=cfg.monitor,
+        seed=cfg.seed,
+        scores=val_scores,
+        loss=loss,
+        verbose=resolve_verbose(cfg.verbose),
+    )
+    won = best.offer(kept["scores"][cfg.monitor], "maps", kept["epoch"], snapshot=False)
+    record = {
+        "cut": cut,
+        "map_shape": [int(d) for d in maps[0].shape[1:]],
+        "views": len(maps),
+        "epoch": kept["epoch"],
+        "val_scores": kept["scores"],
+        "won": won,
+        "maps_s": round(t_maps, 2),
+        "fit_s": round(time.perf_counter() - t0, 2),
+    }
+    return (maphead.assemble(student, trunk, head) if won else student), record, history
 
 
 # --------------------------------------------------------------------------- the step

@@ -90,23 +90,39 @@ class MapSource:
                     return out
             except (OSError, ValueError, EOFError):
                 pass  # a cut-off entry is rebuilt, never trusted
-        chunks = []
-        steps = range(0, len(files), self.batch_size)
-        for i in progress.bar(steps, total=len(steps), desc=f"{self.key[0]} maps, flip {code}", unit="batch"):
-            x = flip(cache.load(files[i : i + self.batch_size]).astype("float32"), code)
-            n = len(x)  # the last batch is padded to full size: one traced shape, no retracing per flip
-            x = (
-                np.concatenate([x, np.zeros((self.batch_size - n, *x.shape[1:]), x.dtype)])
-                if n < self.batch_size
-                else x
-            )
-            chunks.append(np.asarray(self.extractor.predict_on_batch(x), np.float16)[:n])
-        out = np.concatenate(chunks)
+        images = _FlippedImages(cache, files, code)
+        out = maps_of(self.extractor, images, self.batch_size, desc=f"{self.key[0]} maps, flip {code}")
         writable_dir(path.parent, "the map cache (set GC10_CACHE_DIR to a writable folder)")
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
         np.save(tmp, out)
         tmp.replace(path)
         return np.load(path, mmap_mode="r")
+
+
+class _FlippedImages:
+    """Cached images under one flip, read a slice at a time."""
+
+    def __init__(self, cache: ImageCache, files: list[str], code: int):
+        self.cache, self.files, self.code = cache, files, code
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        return flip(self.cache.load(self.files[s]), self.code)
+
+
+def maps_of(extractor, images, batch_size: int = 32, desc: str = "maps") -> np.ndarray:
+    """Trunk maps (float16) of ``images`` (an array, memory-mapped or not, or anything sliceable into
+    ``(n, s, s, 3)`` batches in 0..255), a batch at a time."""
+    chunks = []
+    steps = range(0, len(images), batch_size)
+    for i in progress.bar(steps, total=len(steps), desc=desc, unit="batch"):
+        x = np.asarray(images[i : i + batch_size], np.float32)
+        n = len(x)  # the last batch is padded to full size: one traced shape, no retracing per call
+        x = np.concatenate([x, np.zeros((batch_size - n, *x.shape[1:]), x.dtype)]) if n < batch_size else x
+        chunks.append(np.asarray(extractor.predict_on_batch(x), np.float16)[:n])
+    return np.concatenate(chunks)
 
 
 def map_source(model, fraction: float, weights_id: str, backbone: str, size: int, policy: str, batch_size: int = 32):
@@ -135,28 +151,39 @@ def build_head(shape, n_classes: int, width: int = 128, dropout: float = 0.3, se
 
 
 class FlipBatches(keras.utils.PyDataset):
-    """Training batches of cached maps: each epoch, every image once, in a random one of its flips."""
+    """Training batches of cached maps: each epoch, every image once, in a random one of its views.
 
-    def __init__(
-        self, maps: list[np.ndarray], y: np.ndarray, batch_size: int, class_weight: dict[int, float], seed: int
-    ):
+    ``maps`` holds one array per view (flip, or augmented copy) of the same images in the same
+    order. ``targets`` and ``weights`` are one array for all views, or one per view (distillation:
+    the teacher's soft targets differ from view to view).
+    """
+
+    def __init__(self, maps: list[np.ndarray], targets, weights, batch_size: int, seed: int):
         super().__init__()
-        self.all_maps, self.y, self.batch_size = maps, np.asarray(y), int(batch_size)
-        self.weights = np.array([float(class_weight.get(int(k), 1.0)) for k in self.y], np.float32)
+        k = len(maps)
+        self.all_maps, self.batch_size = maps, int(batch_size)
+        self.targets = list(targets) if isinstance(targets, (list, tuple)) else [np.asarray(targets)] * k
+        self.weights = list(weights) if isinstance(weights, (list, tuple)) else [np.asarray(weights, np.float32)] * k
+        if not len(self.targets) == len(self.weights) == k:
+            raise InputError(f"{k} map arrays, but {len(self.targets)} target and {len(self.weights)} weight arrays")
+        self.n = len(maps[0])
         self.rng = np.random.default_rng(seed)
         self.on_epoch_end()
 
     def __len__(self) -> int:
-        return int(np.ceil(len(self.y) / self.batch_size))
+        return int(np.ceil(self.n / self.batch_size))
 
     def __getitem__(self, i: int):
         idx = self.order[i * self.batch_size : (i + 1) * self.batch_size]
-        x = np.stack([self.all_maps[self.codes[j]][j] for j in idx]).astype("float32")
-        return x, self.y[idx], self.weights[idx]
+        pick = [(self.codes[j], j) for j in idx]
+        x = np.stack([self.all_maps[c][j] for c, j in pick]).astype("float32")
+        y = np.stack([self.targets[c][j] for c, j in pick])
+        w = np.array([self.weights[c][j] for c, j in pick], np.float32)
+        return x, y, w
 
     def on_epoch_end(self) -> None:
-        self.order = self.rng.permutation(len(self.y))
-        self.codes = self.rng.integers(0, len(self.all_maps), len(self.y))
+        self.order = self.rng.permutation(self.n)
+        self.codes = self.rng.integers(0, len(self.all_maps), self.n)
 
 
 class _KeepBestEpoch(keras.callbacks.Callback):
@@ -179,32 +206,35 @@ class _KeepBestEpoch(keras.callbacks.Callback):
 def fit_head(
     head,
     train_maps: list[np.ndarray],
-    y_train: np.ndarray,
+    targets,
     val_maps: np.ndarray,
     y_val: np.ndarray,
     *,
+    weights,
     epochs: int,
     lr: float,
     batch_size: int,
-    class_weight: dict[int, float],
     monitor: str,
     seed: int,
     scores,
+    loss="sparse_categorical_crossentropy",
     verbose: int | str = 0,
 ) -> tuple[pd.DataFrame, dict]:
-    """Train ``head`` on ``train_maps`` (one array per flip, same images and order) and keep its best epoch.
+    """Train ``head`` on ``train_maps`` (one array per view, same images and order) and keep its best epoch.
 
+    ``targets`` and ``weights`` (per image) are as :class:`FlipBatches` takes them; ``loss`` is what
+    they are scored with (sparse cross-entropy on labels; distillation passes its own).
     ``scores(y, proba)`` returns the validation scores by name (``val_loss``, ``val_accuracy``,
-    ``val_macro_f1``); ``monitor`` names the one that chooses (lower is better for the loss).
-    Returns the per-epoch history and ``{"epoch", "scores"}`` of the epoch kept (its weights are in
-    ``head`` on return).
+    ``val_macro_f1``) on the hard labels ``y_val``; ``monitor`` names the one that chooses (lower
+    is better for the loss). Returns the per-epoch history and ``{"epoch", "scores"}`` of the
+    epoch kept (its weights are in ``head`` on return).
     """
     if epochs < 1:
         raise InputError(f"map_epochs must be at least 1, got {epochs}")
-    batches = FlipBatches(train_maps, y_train, batch_size, class_weight, seed)
+    batches = FlipBatches(train_maps, targets, weights, batch_size, seed)
     steps = len(batches) * epochs
     sched = keras.optimizers.schedules.CosineDecay(0.0, steps, warmup_target=lr, warmup_steps=max(1, steps // 10))
-    head.compile(optimizer=keras.optimizers.Adam(sched), loss="sparse_categorical_crossentropy")
+    head.compile(optimizer=keras.optimizers.Adam(sched), loss=loss)
     keep = _KeepBestEpoch(val_maps, np.asarray(y_val), monitor, scores)
     hist = head.fit(batches, epochs=epochs, callbacks=[keep], verbose=verbose)
     epoch, s, weights = keep.best

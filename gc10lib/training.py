@@ -763,16 +763,17 @@ def _map_phase(model, cfg: TrainConfig, tr, va, source: str, backbone: str, size
     t0 = time.perf_counter()
     set_seeds(cfg.seed)
     head = maphead.build_head(train_maps[0].shape[1:], len(model_classes(model)), cfg.map_width, seed=cfg.seed)
+    y = tr.label.to_numpy()
     history, kept = maphead.fit_head(
         head,
         train_maps,
-        tr.label.to_numpy(),
+        y,
         val_maps,
         va.label.to_numpy(),
+        weights=np.array([cw.get(int(k), 1.0) for k in y], np.float32),
         epochs=int(cfg.map_epochs),
         lr=cfg.map_lr,
         batch_size=cfg.batch_size,
-        class_weight=cw,
         monitor=cfg.monitor,
         seed=cfg.seed,
         scores=val_scores,

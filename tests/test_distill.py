@@ -14,10 +14,12 @@ import pandas as pd
 import pytest
 from conftest import WEIGHTS, needs_weights
 
-from gc10lib import distill, training
-from gc10lib.backbones import build_classifier, save_model
+from gc10lib import data, distill, maphead, training
+from gc10lib.backbones import build_classifier, load_model, save_model
 from gc10lib.errors import InputError
 from gc10lib.inputs import ImageCache
+from gc10lib.layers import model_info
+from gc10lib.predict import predict_proba
 
 # ---------------------------------------------------------------- soft targets and the loss
 
@@ -269,3 +271,33 @@ def test_config_names_for_the_students_own_fine_tune():
     cfg = distill.DistillConfig.from_params({**params, "backbones": ["mobilenet"]})
     assert cfg.epochs_finetune == 0 and cfg.temperature == 4.0
     assert cfg.lr_finetune == distill.DistillConfig().lr_finetune  # not the backbones' 3e-5
+
+
+def test_student_map_head_trains_on_each_views_soft_targets_and_is_saved(smoke_data, tmp_path):
+    """With no head epochs and no fine-tune, the student's map head is the only candidate: it is saved."""
+    root, split = smoke_data
+    teacher, _ = build_classifier("mobilenet", data.split_classes(split), 64, None, seed=0)
+    path = save_model(teacher, tmp_path / "teacher.keras")
+    cfg = distill.DistillConfig(
+        student="mobilenet",
+        weights=None,
+        epochs_head=0,
+        epochs_finetune=0,
+        map_head=True,
+        map_epochs=2,
+        map_width=8,
+        augment=["flip"],
+        aug_views=2,
+        batch_size=16,
+        verbose=0,
+        seed=3,
+    )
+    m = distill.train_student(cfg, path, root, split, tmp_path / "out")
+    assert m["selected"]["phase"] == "maps" and m["map_head"]["won"] and m["map_head"]["views"] == 2
+    hist = pd.read_csv(tmp_path / "out" / "history.csv")
+    assert (hist.phase == "maps").sum() == 2
+    student = load_model(tmp_path / "out" / "model.keras")
+    assert maphead.is_map_head(student) and model_info(student).input_size == 64
+    man = data.read_split(split, data_root=root)
+    got = predict_proba(student, list(man[man.subset == "val"].path), policy="stretch")
+    np.testing.assert_allclose(got, np.load(tmp_path / "out" / "proba_val.npy"), atol=1e-5)

@@ -38,7 +38,7 @@ def test_flip_batches_show_every_image_once_per_epoch_with_its_class_weight():
     n = 10
     maps = [np.full((n, 2, 2, 1), code, np.float16) + np.arange(n)[:, None, None, None] * 10 for code in range(4)]
     y = np.array([0, 1] * 5)
-    batches = maphead.FlipBatches(maps, y, 4, {0: 1.0, 1: 3.0}, seed=0)
+    batches = maphead.FlipBatches(maps, y, np.where(y == 1, 3.0, 1.0), 4, seed=0)
     seen_codes = set()
     for _ in range(3):
         xs, ys, ws = zip(*(batches[i] for i in range(len(batches))), strict=True)
@@ -51,6 +51,12 @@ def test_flip_batches_show_every_image_once_per_epoch_with_its_class_weight():
         seen_codes |= set(code)
         batches.on_epoch_end()
     assert seen_codes == {0, 1, 2, 3}
+    # one target array per view (distillation: the teacher's soft targets differ from view to view)
+    per_view = maphead.FlipBatches(maps[:2], [np.zeros(n), np.ones(n)], np.ones(n), 5, seed=1)
+    x, yy, _ = per_view[0]
+    np.testing.assert_array_equal(yy, (x[:, 0, 0, 0] % 10).astype(int))  # each row's target is its view's
+    with pytest.raises(InputError, match="2 map arrays, but 3 target"):
+        maphead.FlipBatches(maps[:2], [y, y, y], np.ones(n), 5, seed=1)
 
 
 def test_maps_are_cached_and_flipped(smoke_data, monkeypatch):
