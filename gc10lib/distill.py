@@ -503,39 +503,23 @@ def _student_map_phase(
     n = len(maps[0])  # targets and weights are stacked view after view
     per_view = [slice(i * n, (i + 1) * n) for i in range(len(maps))]
     t_maps = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    set_seeds(cfg.seed)
-    head = maphead.build_head(
-        maps[0].shape[1:], len(y_val.shape) and targets.shape[1] // 2, cfg.map_width, seed=cfg.seed
-    )
-    history, kept = maphead.fit_head(
-        head,
+    saved, record, history = maphead.compete(
+        student,
+        trunk,
+        cut,
         maps,
         [targets[s] for s in per_view],
         val_maps,
         y_val,
+        best,
         weights=[weights[s] for s in per_view],
-        epochs=int(cfg.map_epochs),
-        lr=cfg.map_lr,
-        batch_size=cfg.batch_size,
-        monitor=cfg.monitor,
-        seed=cfg.seed,
+        cfg=cfg,
         scores=val_scores,
         loss=loss,
         verbose=resolve_verbose(cfg.verbose),
     )
-    won = best.offer(kept["scores"][cfg.monitor], "maps", kept["epoch"], snapshot=False)
-    record = {
-        "cut": cut,
-        "map_shape": [int(d) for d in maps[0].shape[1:]],
-        "views": len(maps),
-        "epoch": kept["epoch"],
-        "val_scores": kept["scores"],
-        "won": won,
-        "maps_s": round(t_maps, 2),
-        "fit_s": round(time.perf_counter() - t0, 2),
-    }
-    return (maphead.assemble(student, trunk, head) if won else student), record, history
+    record["maps_s"] = round(t_maps, 2)
+    return saved, record, history
 
 
 # --------------------------------------------------------------------------- the step

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,6 +241,63 @@ def fit_head(
     epoch, s, weights = keep.best
     head.set_weights(weights)
     return pd.DataFrame(hist.history), {"epoch": int(epoch), "scores": s}
+
+
+def compete(
+    model,
+    trunk,
+    cut: str,
+    maps: list[np.ndarray],
+    targets,
+    val_maps: np.ndarray,
+    y_val: np.ndarray,
+    best,
+    *,
+    weights,
+    cfg,
+    scores,
+    loss="sparse_categorical_crossentropy",
+    verbose: int | str = 0,
+) -> tuple[keras.Model, dict, pd.DataFrame]:
+    """Phase ``maps``: train a map head on ``maps`` (see :func:`fit_head`) and offer its best epoch to
+    ``best`` (a :class:`gc10lib.training.BestState`), which keeps the other phases' weights.
+
+    ``cfg`` supplies ``map_width``, ``map_epochs``, ``map_lr``, ``batch_size``, ``monitor`` and
+    ``seed``. Returns ``(the model to save, the phase's record, its history)``: the classifier
+    assembled from ``model``, ``trunk`` and the head when it beat every earlier state on
+    validation, else ``model`` unchanged.
+    """
+    t0 = time.perf_counter()
+    keras.utils.set_random_seed(int(cfg.seed))
+    n_classes = int(model.outputs[0].shape[-1])
+    head = build_head(maps[0].shape[1:], n_classes, cfg.map_width, seed=cfg.seed)
+    history, kept = fit_head(
+        head,
+        maps,
+        targets,
+        val_maps,
+        y_val,
+        weights=weights,
+        epochs=int(cfg.map_epochs),
+        lr=cfg.map_lr,
+        batch_size=cfg.batch_size,
+        monitor=cfg.monitor,
+        seed=cfg.seed,
+        scores=scores,
+        loss=loss,
+        verbose=verbose,
+    )
+    won = best.offer(kept["scores"][cfg.monitor], "maps", kept["epoch"], snapshot=False)
+    record = {
+        "cut": cut,
+        "map_shape": [int(d) for d in maps[0].shape[1:]],
+        "views": len(maps),
+        "epoch": kept["epoch"],
+        "val_scores": kept["scores"],
+        "won": won,
+        "fit_s": round(time.perf_counter() - t0, 2),
+    }
+    return (assemble(model, trunk, head) if won else model), record, history
 
 
 def assemble(model, trunk, head, name: str | None = None):

@@ -760,37 +760,23 @@ def _map_phase(model, cfg: TrainConfig, tr, va, source: str, backbone: str, size
     train_maps = [src.maps(list(tr.path), c) for c in maphead.FLIPS[: int(cfg.map_flips)]]
     val_maps = np.asarray(src.maps(list(va.path)), np.float32)
     t_maps = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    set_seeds(cfg.seed)
-    head = maphead.build_head(train_maps[0].shape[1:], len(model_classes(model)), cfg.map_width, seed=cfg.seed)
     y = tr.label.to_numpy()
-    history, kept = maphead.fit_head(
-        head,
+    saved, record, history = maphead.compete(
+        model,
+        trunk,
+        cut,
         train_maps,
         y,
         val_maps,
         va.label.to_numpy(),
+        best,
         weights=np.array([cw.get(int(k), 1.0) for k in y], np.float32),
-        epochs=int(cfg.map_epochs),
-        lr=cfg.map_lr,
-        batch_size=cfg.batch_size,
-        monitor=cfg.monitor,
-        seed=cfg.seed,
+        cfg=cfg,
         scores=val_scores,
         verbose=resolve_verbose(cfg.verbose),
     )
-    won = best.offer(kept["scores"][cfg.monitor], "maps", kept["epoch"], snapshot=False)
-    record = {
-        "cut": cut,
-        "map_shape": [int(d) for d in train_maps[0].shape[1:]],
-        "flips": int(cfg.map_flips),
-        "epoch": kept["epoch"],
-        "val_scores": kept["scores"],
-        "won": won,
-        "maps_s": round(t_maps, 2),
-        "fit_s": round(time.perf_counter() - t0, 2),
-    }
-    return (maphead.assemble(model, trunk, head) if won else model), record, history
+    record["maps_s"] = round(t_maps, 2)
+    return saved, record, history
 
 
 def _image_datasets(tr: pd.DataFrame, va: pd.DataFrame, size: int, cfg: TrainConfig):

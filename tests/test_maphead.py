@@ -102,7 +102,7 @@ def map_run(smoke_data, tmp_path_factory):
 def test_map_head_that_wins_is_saved_and_recorded(map_run, smoke_data):
     out, m = map_run
     assert m["selected"]["phase"] == "maps" and m["map_head"]["won"]
-    assert m["map_head"]["cut"] == "conv_pw_9_bn" and m["map_head"]["flips"] == 4
+    assert m["map_head"]["cut"] == "conv_pw_9_bn" and m["map_head"]["views"] == 4
     hist = pd.read_csv(out / "history.csv")
     assert (hist.phase == "maps").sum() == 3
     kept = hist[hist.phase == "maps"].val_loss.min()
