@@ -28,7 +28,7 @@ import keras
 import numpy as np
 
 from gc10lib.errors import InputError, NotFoundError, SetupError
-from gc10lib.layers import BackbonePreprocess, ClassNames, ModelInfo
+from gc10lib.layers import BackbonePreprocess, ClassNames, ModelInfo, TileGrid, TilePool
 from gc10lib.settings import weights_dir as env_weights_dir
 
 log = logging.getLogger(__name__)
@@ -190,33 +190,50 @@ def build_classifier(
     weights_dir: str | Path | None = None,
     seed: int | None = None,
     policy: str = "stretch",
+    tiles: int = 1,
+    tile_pool: str = "max",
 ):
     """Build a classifier taking raw 0..255 RGB images; returns ``(model, weights_source)``.
 
     ``policy`` is the resize policy its images are made with; the model records it (with its
-    classes, size and weights source) so that every tool reads it back from the file.
+    classes, size, tiling and weights source) so that every tool reads it back from the file.
+
+    ``tiles=g > 1`` cuts the ``img_size`` input (default ``g`` x the native size) into a ``g x g``
+    grid (:class:`TileGrid`); the backbone, built at ``img_size / g``, sees every tile at full detail, and the tiles' pooled
+    features are pooled again per image (:class:`TilePool`, ``tile_pool``: max, mean or meanmax)
+    before the head. Cost: ``g**2`` backbone passes at tile size per image.
     """
     spec = get_spec(backbone)
-    size = int(img_size or spec.native_size)
+    tiles = int(tiles)
+    size = int(img_size or spec.native_size * max(tiles, 1))  # default: every tile at the native size
+    if tiles < 1 or size % tiles:
+        raise InputError(f"tiles must be a whole number >= 1 that divides img_size {size}, got {tiles}")
+    tile = size // tiles
     if seed is not None:
         keras.utils.set_random_seed(seed)
     w, source = resolve_weights(spec, weights, weights_dir)
     try:
-        base = build_backbone(spec, size, w)
+        base = build_backbone(spec, tile, w)
     except SetupError as exc:
         if weights != "auto":
             raise
         log.warning("%s: ImageNet weights unavailable (%s); random init instead", spec.name, str(exc).split(". ")[0])
         w, source = None, "random"
-        base = build_backbone(spec, size, None)
+        base = build_backbone(spec, tile, None)
     base.name = "backbone"  # stable name for fine-tuning and Grad-CAM
     classes = list(classes)
     inputs = keras.Input((size, size, 3), name="image")
     x = BackbonePreprocess(spec.preprocess, name="preprocess")(inputs)
+    if tiles > 1:
+        x = TileGrid(tiles, name="tiles")(x)
     # BatchNorm stays in inference mode, also when fine-tuning (random init: see
     # gc10lib.training.calibrate_batchnorm for where its statistics come from).
     x = base(x, training=False)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    if tiles > 1:  # "pool" is always the per-image feature vector the head reads
+        x = keras.layers.GlobalAveragePooling2D(name="tile_features")(x)
+        x = TilePool(tiles * tiles, tile_pool, name="pool")(x)
+    else:
+        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     head = keras.Sequential(
         [
             keras.Input((x.shape[-1],)),
@@ -226,7 +243,9 @@ def build_classifier(
         ],
         name="head",
     )
-    info = ModelInfo(classes, size, policy, [spec.name], source)
+    info = ModelInfo(
+        classes, size, policy, [spec.name], source, tiles=tiles, tile_pool=tile_pool if tiles > 1 else None
+    )
     out = ClassNames(classes, info.as_info(), name="class_names", dtype="float32")(head(x))
     model = keras.Model(inputs, out, name=f"gc10_{spec.name}")
     return model, source

@@ -500,7 +500,7 @@ def class_weights(labels: Sequence[int], n_classes: int | None = None, mode: str
 
 def label_table(root: str | Path) -> pd.DataFrame:
     """Label-only view: one row per VOC object in ``<root>/label/label`` (or ``<root>``), with the
-    GC10 class of its tag and its area relative to the image. For the 2,280 real GC10 XMLs, which
+    GC10 class of its tag, its corner, size and area relative to the image, and the image size. For the 2,280 real GC10 XMLs, which
     come without their images."""
     root = Path(root)
     xml_dir = root / "label" / "label" if (root / "label" / "label").is_dir() else root
@@ -518,6 +518,10 @@ def label_table(root: str | Path) -> pd.DataFrame:
                     "image_id": f.stem,
                     "tag": tag,
                     "class": canonical_gc10(tag) or f"unknown:{tag}",
+                    "x0": b[0],
+                    "y0": b[1],
+                    "img_w": w,
+                    "img_h": h,
                     "box_w": b[2] - b[0],
                     "box_h": b[3] - b[1],
                     "rel_area": area / float(w * h) if w and h else np.nan,

@@ -129,7 +129,15 @@ def _head_body(classifier):
         body = keras.Model(head.inputs, head.get_layer("logits").input)
         return lambda x: body(x, training=False)
     pool, norm = classifier.get_layer("pool"), head.get_layer("feature_norm")
+    if _tiles(classifier) is not None:  # per-tile pooling, then the tiles' pooling ("pool")
+        per_tile = classifier.get_layer("tile_features")
+        return lambda x: norm(pool(per_tile(x)))
     return lambda x: norm(pool(x))
+
+
+def _tiles(classifier):
+    """The :class:`~gc10lib.layers.TileGrid` of a tiled classifier, else None."""
+    return classifier.get_layer("tiles") if "tiles" in {la.name for la in classifier.layers} else None
 
 
 def gradcam(classifier, images: np.ndarray, targets: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -144,14 +152,18 @@ def gradcam(classifier, images: np.ndarray, targets: Sequence[int]) -> tuple[np.
     pre, head = classifier.get_layer("preprocess"), classifier.get_layer("head")
     body = _head_body(classifier)
     dense = head.get_layer("logits")
+    tiles = _tiles(classifier)
     x = tf.convert_to_tensor(np.asarray(images, np.float32))
     with tf.GradientTape() as tape:
         tape.watch(x)
-        out = feats(pre(x), training=False)
+        z = pre(x)
+        out = feats(tiles(z) if tiles is not None else z, training=False)
         fmap, last = (out[0], out[1]) if layer else (out, out)
         logits = tf.matmul(body(last), dense.kernel) + dense.bias
         score = tf.reduce_sum(tf.gather(logits, np.asarray(targets), axis=1, batch_dims=1))
     grads = tape.gradient(score, fmap)
+    if tiles is not None:  # per-tile maps back into whole-image maps, tile by tile
+        grads, fmap = tiles.merge(grads), tiles.merge(fmap)
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1)).numpy()
     peak = cam.reshape(len(cam), -1).max(1)

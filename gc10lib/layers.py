@@ -104,6 +104,73 @@ class ResizeTo(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class TileGrid(keras.layers.Layer):
+    """Cut each ``s x s`` image into a ``grid x grid`` grid of ``s/grid`` tiles, stacked on the batch axis.
+
+    ``(b, s, s, c) -> (b * grid**2, s/grid, s/grid, c)``, tiles row by row: an exact reshape, no
+    resampling, so a backbone sees each tile at ``grid`` times the resolution it would see the
+    whole image at the same cost per pass. :meth:`merge` is the inverse, for per-tile maps.
+    """
+
+    def __init__(self, grid: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.grid = int(grid)
+
+    def call(self, x):
+        g = self.grid
+        s, c = x.shape[1], x.shape[-1]
+        t = s // g
+        x = keras.ops.reshape(x, (-1, g, t, g, t, c))
+        x = keras.ops.transpose(x, (0, 1, 3, 2, 4, 5))
+        return keras.ops.reshape(x, (-1, t, t, c))
+
+    def merge(self, maps):
+        """Per-tile maps ``(b * grid**2, h, w, c)`` back to whole-image maps ``(b, grid*h, grid*w, c)``."""
+        g = self.grid
+        h, w, c = maps.shape[1], maps.shape[2], maps.shape[3]
+        x = keras.ops.reshape(maps, (-1, g, g, h, w, c))
+        x = keras.ops.transpose(x, (0, 1, 3, 2, 4, 5))
+        return keras.ops.reshape(x, (-1, g * h, g * w, c))
+
+    def compute_output_shape(self, input_shape):
+        b = None if input_shape[0] is None else input_shape[0] * self.grid**2
+        t = None if input_shape[1] is None else input_shape[1] // self.grid
+        return (b, t, t, input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "grid": self.grid}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class TilePool(keras.layers.Layer):
+    """Pool per-tile feature vectors ``(b * tiles, f)`` into one per image: ``max``, ``mean`` or
+    ``meanmax`` (both, concatenated: ``(b, 2f)``)."""
+
+    MODES = ("max", "mean", "meanmax")
+
+    def __init__(self, tiles: int = 4, mode: str = "max", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in self.MODES:
+            raise InputError(f"unknown tile pooling {mode!r}; expected one of {self.MODES}")
+        self.tiles, self.mode = int(tiles), mode
+
+    def call(self, x):
+        x = keras.ops.reshape(x, (-1, self.tiles, x.shape[-1]))
+        if self.mode == "max":
+            return keras.ops.max(x, axis=1)
+        if self.mode == "mean":
+            return keras.ops.mean(x, axis=1)
+        return keras.ops.concatenate([keras.ops.mean(x, axis=1), keras.ops.max(x, axis=1)], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        b = None if input_shape[0] is None else input_shape[0] // self.tiles
+        return (b, input_shape[-1] * (2 if self.mode == "meanmax" else 1))
+
+    def get_config(self):
+        return {**super().get_config(), "tiles": self.tiles, "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class WeightedAverage(keras.layers.Layer):
     """Fixed convex combination of a list of probability tensors (weights live in the config)."""
 
@@ -155,15 +222,20 @@ class ModelInfo:
     backbones: list[str] = field(default_factory=list)
     weights_source: str | None = None
     method: str | None = None  # the ensemble method; None for a single classifier
+    tiles: int = 1  # grid side of a tiled classifier (:class:`TileGrid`); 1 for a whole-image one
+    tile_pool: str | None = None  # how a tiled classifier pools its tiles' features
 
     def as_info(self) -> dict:
         """The ``info`` mapping stored in :class:`ClassNames` (classes and size live elsewhere)."""
-        return {
+        info = {
             "policy": self.policy,
             "backbones": list(self.backbones),
             "weights_source": self.weights_source,
             "method": self.method,
         }
+        if self.tiles > 1:
+            info.update(tiles=self.tiles, tile_pool=self.tile_pool)
+        return info
 
 
 def _class_names_layer(model) -> ClassNames:
@@ -205,6 +277,8 @@ def model_info(model) -> ModelInfo:
         backbones=list(info.get("backbones") or _legacy_backbones(model)),
         weights_source=info.get("weights_source"),
         method=info.get("method"),
+        tiles=int(info.get("tiles") or 1),
+        tile_pool=info.get("tile_pool"),
     )
 
 
@@ -214,6 +288,8 @@ __all__ = [
     "ModelInfo",
     "ResizeTo",
     "SafeLog",
+    "TileGrid",
+    "TilePool",
     "WeightedAverage",
     "model_classes",
     "model_info",

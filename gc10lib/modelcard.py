@@ -109,7 +109,8 @@ def model_card(run_dir: str | Path) -> str:
         f"- File: `{chosen.path}` ({m.get('model_size_mb')} MiB); it records its classes, policy and input size",
         f"- Members: {', '.join(m['members'])}" if m.get("members") else f"- Backbone: {m.get('backbone')}",
         f"- Weights source: {m.get('weights_source')}; resize policy: {m.get('policy')}; "
-        f"input: {m.get('img_size')} px RGB 0..255",
+        f"input: {m.get('img_size')} px RGB 0..255"
+        + (f", cut into a {m['tiles']}x{m['tiles']} grid of tiles" if (m.get("tiles") or 1) > 1 else ""),
         f"- Classes ({len(classes)}): {', '.join(classes)}",
         "",
         "## Test metrics",

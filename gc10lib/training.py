@@ -43,10 +43,12 @@ class TrainConfig:
     """Everything that shapes one backbone's training run."""
 
     backbone: str = "mobilenet"
-    img_size: int | None = None  # None: the backbone's native size
+    img_size: int | None = None  # None: the backbone's native size (x tiles)
     weights: str | None = "imagenet"  # "imagenet", "auto" (ImageNet if it can be had, else random), None, or a file
     weights_dir: str | None = None  # offline ImageNet weights (default $GC10_WEIGHTS_DIR)
     policy: str = "stretch"  # resize policy, see gc10lib.inputs
+    tiles: int = 1  # > 1: cut the img_size input into a tiles x tiles grid, the backbone at img_size/tiles
+    tile_pool: str = "max"  # how a tiled model pools its tiles' features: max, mean or meanmax
     epochs_head: int = 10
     epochs_finetune: int = 5
     finetune_fraction: float = 0.3  # top share of backbone layers unfrozen in phase 2
@@ -337,11 +339,15 @@ def feature_cache_path(
     view: int,
     seed: int,
     ops: tuple[str, ...] = AUG_OPS,
+    tiling: tuple[int, str] | None = None,
 ) -> Path:
-    """Disk location of cached pooled features, keyed by backbone, weights, size, data, view and augmentation."""
+    """Disk location of cached pooled features, keyed by backbone, weights, size, data, view,
+    augmentation and tiling (``(grid, pool)`` of a tiled classifier)."""
     parts = [backbone, weights_id, size, policy, files, view, seed if view else 0, keras.__version__]
     if view and tuple(ops) != AUG_OPS:
         parts.append(list(ops))
+    if tiling is not None:
+        parts.append({"tiles": list(tiling)})
     key = json.dumps(parts)
     digest = hashlib.sha1(key.encode()).hexdigest()[:24]
     return cache_dir() / "features" / backbone / f"{size}_{policy}_v{view}_{digest}.npy"
@@ -367,8 +373,9 @@ def extract_features(
     """
     cache = ImageCache(size, policy)
     files = cache.ensure(paths)
+    names = [Path(f).name for f in files]
     path = feature_cache_path(
-        backbone, _weights_identity(weights_source, seed), size, policy, [Path(f).name for f in files], view, seed, ops
+        backbone, _weights_identity(weights_source, seed), size, policy, names, view, seed, ops, tiling_of(model)
     )
     if path.is_file():
         try:
@@ -389,6 +396,14 @@ def extract_features(
     np.save(tmp, feats)
     tmp.replace(path)
     return feats, False
+
+
+def tiling_of(model) -> tuple[int, str] | None:
+    """``(grid, pool)`` of a tiled classifier (:class:`gc10lib.layers.TileGrid`), else None."""
+    names = {layer.name for layer in model.layers}
+    if "tiles" not in names:
+        return None
+    return int(model.get_layer("tiles").grid), str(model.get_layer("pool").mode)
 
 
 def set_finetune_trainable(model, fraction: float) -> int:
@@ -423,6 +438,8 @@ def calibrate_batchnorm(model, images: np.ndarray) -> int:
     for la in bns:
         la.momentum, la.trainable = 0.0, True
     x = model.get_layer("preprocess")(keras.ops.convert_to_tensor(images, "float32"))
+    if tiling_of(model):
+        x = model.get_layer("tiles")(x)
     base(x, training=True)
     for la, m, t in saved:
         la.momentum, la.trainable = m, t
@@ -486,7 +503,7 @@ def train_backbone(
     """
     t_all = time.perf_counter()
     spec = get_spec(cfg.backbone)
-    size = int(cfg.img_size or spec.native_size)
+    size = int(cfg.img_size or spec.native_size * max(int(cfg.tiles), 1))  # tiles: each at the native size
     verbose = resolve_verbose(cfg.verbose)
     if cfg.monitor not in ("val_loss", "val_macro_f1"):
         raise InputError(f"unknown monitor {cfg.monitor!r}; expected 'val_loss' or 'val_macro_f1'")
@@ -505,6 +522,10 @@ def train_backbone(
     cw = data.class_weights(tr.label, len(classes), cfg.class_weight)
     if cfg.strategy == "multiworker" and cfg.head_mode != "features":
         raise InputError("strategy 'multiworker' trains the head on cached features: use head_mode='features'")
+    if cfg.map_head and int(cfg.tiles) > 1:
+        raise InputError(
+            "map_head cuts a whole-image backbone; it does not combine with tiles > 1 (use one or the other)"
+        )
     if cfg.strategy == "multiworker" and cfg.map_head:
         raise InputError("map_head trains in this process only; it does not run under strategy 'multiworker'")
     out = new_output_dir(out_dir, prefix=f"train-{spec.name}")
@@ -518,7 +539,16 @@ def train_backbone(
 
     with precision_policy(cfg.mixed_precision), scope:
         model, source = build_classifier(
-            spec.name, classes, size, cfg.weights, cfg.dropout, cfg.weights_dir, cfg.seed, policy=cfg.policy
+            spec.name,
+            classes,
+            size,
+            cfg.weights,
+            cfg.dropout,
+            cfg.weights_dir,
+            cfg.seed,
+            policy=cfg.policy,
+            tiles=cfg.tiles,
+            tile_pool=cfg.tile_pool,
         )
         if source == "random":  # no pretrained BatchNorm statistics: take them from training images
             pick = tr.sample(min(len(tr), 64), random_state=cfg.seed)
@@ -709,6 +739,7 @@ def train_backbone(
         "backbone": spec.name,
         "img_size": size,
         "policy": cfg.policy,
+        "tiles": int(cfg.tiles),
         "weights": cfg.weights,
         "weights_source": source,
         "seed": cfg.seed,
@@ -900,6 +931,7 @@ def _save_probe(
                 "backbone",
                 "img_size",
                 "policy",
+                "tiles",
                 "weights",
                 "weights_source",
                 "seed",
