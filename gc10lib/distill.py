@@ -428,17 +428,7 @@ def train_student(
     if cfg.map_head:
         t0 = time.perf_counter()
         student, map_record, hist = _student_map_phase(
-            student,
-            cfg,
-            [g["images"] for g in got],
-            targets,
-            weights,
-            val["images"],
-            y_val,
-            loss,
-            best,
-            spec.name,
-            source,
+            student, cfg, [g["images"] for g in got], targets, weights, val["images"], y_val, loss, best, spec.name
         )
         histories.append(hist.assign(phase="maps", epoch=lambda d: np.arange(len(d))))
         timings["maps_s"] = round(time.perf_counter() - t0, 2)
@@ -483,23 +473,16 @@ def train_student(
     return metrics
 
 
-def _student_map_phase(
-    student, cfg: DistillConfig, views, targets, weights, val_images, y_val, loss, best, name, source
-):
+def _student_map_phase(student, cfg: DistillConfig, views, targets, weights, val_images, y_val, loss, best, name):
     """Phase ``maps`` for the student: maps of its cut backbone for every cached view (the teacher's
     pixels), a map head trained on the views' soft targets, offered to ``best``.
 
     Returns ``(the student to save, the phase's record, its history)``.
     """
     t0 = time.perf_counter()
-    size = int(student.inputs[0].shape[1])
-    src, trunk, cut = maphead.map_source(
-        student, cfg.map_fraction, _weights_identity(source, cfg.seed), name, size, "view", cfg.batch_size
-    )
-    maps = [
-        maphead.maps_of(src.extractor, v, cfg.batch_size, desc=f"{name} maps, view {i}") for i, v in enumerate(views)
-    ]
-    val_maps = maphead.maps_of(src.extractor, val_images, cfg.batch_size, desc=f"{name} maps, val").astype("float32")
+    extractor, trunk, cut = maphead.cut_extractor(student, cfg.map_fraction)  # the views live in memory: no map cache
+    maps = [maphead.maps_of(extractor, v, cfg.batch_size, desc=f"{name} maps, view {i}") for i, v in enumerate(views)]
+    val_maps = maphead.maps_of(extractor, val_images, cfg.batch_size, desc=f"{name} maps, val").astype("float32")
     n = len(maps[0])  # targets and weights are stacked view after view
     per_view = [slice(i * n, (i + 1) * n) for i in range(len(maps))]
     t_maps = time.perf_counter() - t0

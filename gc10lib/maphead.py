@@ -126,11 +126,18 @@ def maps_of(extractor, images, batch_size: int = 32, desc: str = "maps") -> np.n
     return np.concatenate(chunks)
 
 
-def map_source(model, fraction: float, weights_id: str, backbone: str, size: int, policy: str, batch_size: int = 32):
-    """``(MapSource, trunk, cut)`` for a gc10lib classifier built by ``build_classifier``."""
+def cut_extractor(model, fraction: float):
+    """``(extractor, trunk, cut)``: raw images -> the maps at the cut of a ``build_classifier`` model
+    (its own preprocessing, then the backbone's trunk below the cut)."""
     trunk, cut = split_backbone(model.get_layer("backbone"), fraction)
     inp = keras.Input(model.inputs[0].shape[1:])
-    extractor = keras.Model(inp, trunk(model.get_layer("preprocess")(inp), training=False))
+    return keras.Model(inp, trunk(model.get_layer("preprocess")(inp), training=False)), trunk, cut
+
+
+def map_source(model, fraction: float, weights_id: str, backbone: str, size: int, policy: str, batch_size: int = 32):
+    """``(MapSource, trunk, cut)`` for a gc10lib classifier built by ``build_classifier``: maps of
+    image files, cached on disk."""
+    extractor, trunk, cut = cut_extractor(model, fraction)
     key = [backbone, weights_id, size, policy, cut, keras.__version__]
     return MapSource(extractor, key, size, policy, batch_size), trunk, cut
 
