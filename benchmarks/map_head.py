@@ -88,6 +88,7 @@ def main() -> None:
         for n, d in (("val", va), ("test", te))
     }
     t_maps = time.perf_counter() - t1
+    runs = []  # each seed's plain val and test probabilities, for the average over seeds
     for seed in args.seeds:
         keras.utils.set_random_seed(seed)
         net = maphead.build_head(train_maps[0].shape[1:], k, args.width, seed=seed)
@@ -108,6 +109,7 @@ def main() -> None:
         )
         ll, epoch = kept["scores"]["val_loss"], kept["epoch"]
         pv, pt = (net.predict(m, batch_size=64, verbose=0) for m in (val_maps, test_maps))
+        runs.append((pv, pt))
         print(
             f"| map head, seed {seed} (epoch {epoch + 1} of {args.epochs}) | {ll:.3f} | {scores(y_va, pv)} "
             f"| {scores(y_te, pt)} |"
@@ -120,6 +122,12 @@ def main() -> None:
                 f"| {scores(y_te, pt)} |"
             )
         print(f"    head training {time.perf_counter() - t1:.0f} s")
+    if len(runs) > 1:  # an ensemble of the heads: same maps, other initializations and batch orders
+        pv, pt = (np.mean([r[i] for r in runs], axis=0) for i in (0, 1))
+        print(
+            f"| the {len(runs)} heads' outputs averaged | {probe.log_loss(y_va, pv):.3f} | {scores(y_va, pv)} "
+            f"| {scores(y_te, pt)} |"
+        )
     print(f"\ncut at {cut} {tuple(trunk.output.shape[1:])}; maps {t_maps:.0f} s (cached under <GC10_CACHE_DIR>/maps/)")
     print(f"{time.perf_counter() - t0:.0f} s in all")
 

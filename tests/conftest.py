@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,21 @@ _skip_weights = pytest.mark.skipif(
     not WEIGHTS.is_dir(),
     reason=f"{WEIGHTS} is absent: real ImageNet weights come from ../shared/weights (CI always has it)",
 )
+
+
+def fresh_process_gap(model_path: Path, paths: list[str], expected: Path) -> float:
+    """Reload ``model_path`` with ``keras.saving.load_model`` in safe mode in a new Python process,
+    predict ``paths`` there and return the largest difference from the probabilities in ``expected``."""
+    code = (
+        "import json, keras, numpy as np\n"
+        "from gc10lib.predict import predict_proba\n"
+        f"m = keras.saving.load_model({str(model_path)!r}, safe_mode=True)\n"
+        f"p = predict_proba(m, {list(paths)!r})\n"
+        f"print(json.dumps(float(np.abs(p - np.load({str(expected)!r})).max())))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def needs_shared(test):

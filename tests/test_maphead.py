@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import fresh_process_gap
 
 from gc10lib import data, export, maphead, training
 from gc10lib.backbones import build_classifier, load_model
@@ -119,16 +116,7 @@ def test_map_head_classifier_reloads_in_a_fresh_process(map_run, smoke_data):
     out, m = map_run
     _, split = smoke_data
     va = data.read_split(split).query("subset == 'val'")
-    code = (
-        "import json, keras, numpy as np\n"
-        "from gc10lib.predict import LiteRTPredictor, predict_proba\n"
-        f"m = keras.saving.load_model({str(out / 'model.keras')!r}, safe_mode=True)\n"
-        f"p = predict_proba(m, {list(va.path)!r})\n"
-        f"print(json.dumps(float(np.abs(p - np.load({str(out / 'proba_val.npy')!r})).max())))\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert json.loads(r.stdout.strip().splitlines()[-1]) < 1e-5
+    assert fresh_process_gap(out / "model.keras", list(va.path), out / "proba_val.npy") < 1e-5
 
 
 def test_gradcam_and_export_take_a_map_head_classifier(map_run, tmp_path):
