@@ -520,24 +520,35 @@ def deployment_table(
     *,
     n_representative: int = 200,
     seed: int = 42,
+    baseline: ModelRecord | None = None,
     **table_kwargs,
 ) -> pd.DataFrame:
-    """Teacher (Keras), student (Keras) and student (int8 LiteRT) on the test split, one row each."""
+    """Teacher (Keras), student (Keras) and student (int8 LiteRT) on the test split, one row each;
+    with ``baseline`` (the run's best single backbone), that model in Keras and int8 too, so the
+    table says whether the student is worth more than the best model the run already had."""
     out_dir = Path(out_dir)
     t = quantize_table(teacher.path, data_dir, split_csv, out_dir, (), name=teacher.name, seed=seed, **table_kwargs)
-    s = quantize_table(
-        student_path,
-        data_dir,
-        split_csv,
-        out_dir,
-        ("int8",),
-        name="student",
-        n_representative=n_representative,
-        seed=seed,
-        **table_kwargs,
-    )
-    df = pd.concat([t, s], ignore_index=True)
-    df["role"] = ["teacher", "student", "student"]
+    small = [("student", student_path, "student")]
+    if baseline is not None:
+        small.append((baseline.name, baseline.path, "best backbone"))
+    parts, roles = [t], ["teacher"]
+    for name, path, role in small:
+        parts.append(
+            quantize_table(
+                path,
+                data_dir,
+                split_csv,
+                out_dir,
+                ("int8",),
+                name=name,
+                n_representative=n_representative,
+                seed=seed,
+                **table_kwargs,
+            )
+        )
+        roles += [role] * len(parts[-1])
+    df = pd.concat(parts, ignore_index=True)
+    df["role"] = roles
     df["speedup_vs_teacher_b1"] = df.latency_ms_b1.iloc[0] / df.latency_ms_b1
     return df
 
@@ -564,6 +575,7 @@ def distill_run(
             "or pass --teacher best_backbone or a model name"
         )
     rec = picked[0]
+    best_single = [r for r in pick_models(run_dir, ["best_backbone"]) if r.name != rec.name]
     out = new_output_dir(out_dir, prefix="distill")
     metrics = train_student(cfg, rec.path, data_dir, split_csv, out, teacher_name=rec.name)
     table = None
@@ -580,6 +592,7 @@ def distill_run(
             out,
             n_representative=n_representative,
             seed=cfg.seed,
+            baseline=best_single[0] if best_single else None,
             **table_kwargs,
         )
         table.to_csv(out / "deployment.csv", index=False)

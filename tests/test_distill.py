@@ -208,6 +208,25 @@ def test_deployment_table_and_int8_student(distilled):
         assert (out / f).is_file(), f
 
 
+@needs_weights
+def test_deployment_table_also_rates_the_best_single_backbone(distilled, smoke_data, tmp_path):
+    """With a baseline, two more rows: that model in Keras and int8, scored like the student. Here
+    the baseline is the teacher itself, so its Keras row must repeat the teacher's figures."""
+    from gc10lib.records import pick_models
+
+    run, metrics, _ = distilled
+    root, split = smoke_data
+    teacher = pick_models(run, ["best_backbone"])[0]
+    table = distill.deployment_table(
+        teacher, metrics["model_path"], root, split, tmp_path, n_representative=16, baseline=teacher
+    )
+    assert list(table.role) == ["teacher", "student", "student", "best backbone", "best backbone"]
+    assert list(table.variant) == ["keras", "keras", "int8", "keras", "int8"]
+    assert table.iloc[3].accuracy == pytest.approx(table.iloc[0].accuracy)
+    assert table.iloc[3].macro_f1 == pytest.approx(table.iloc[0].macro_f1)
+    assert Path(table.iloc[4].file).suffix == ".tflite" and table.iloc[4].model == teacher.name
+
+
 def test_notebook_06_defaults_are_distill_config_defaults():
     """One source of distillation defaults: every DistillConfig field the 06 parameters cell declares
     has the DistillConfig default there (configs/*.yaml override them per dataset)."""
