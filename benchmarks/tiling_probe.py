@@ -84,8 +84,7 @@ def main() -> None:
         )
         for pool, cols in pools.items():
             f = {k: v[:, cols] for k, v in feats.items()}
-            var = np.var(f["train"], axis=0)  # the head's standardization (training.adapt_feature_norm)
-            sd = np.sqrt(np.maximum(var, 0.05 * float(np.median(var)) + 1e-8))
+            sd = np.sqrt(training.floored_variance(f["train"]))  # the head's standardization
             z = {k: (v - f["train"].mean(0)) / sd for k, v in f.items()}
             p = probe.fit_probe(z["train"], y["train"], z["val"], y["val"], len(ds.classes), seed=args.seed)
             qv, qt = p.predict_proba(z["val"]), p.predict_proba(z["test"])

@@ -24,7 +24,7 @@ from gc10lib import data, plots, progress
 from gc10lib.backbones import REGISTRY, load_model
 from gc10lib.errors import InputError
 from gc10lib.inputs import ImageCache, resize_geometry
-from gc10lib.layers import model_info, model_input_size
+from gc10lib.layers import model_info, model_input_size, tile_grid
 from gc10lib.maphead import is_map_head
 from gc10lib.predict import labelled_subset
 from gc10lib.records import pick_models, write_step_summary
@@ -129,15 +129,10 @@ def _head_body(classifier):
         body = keras.Model(head.inputs, head.get_layer("logits").input)
         return lambda x: body(x, training=False)
     pool, norm = classifier.get_layer("pool"), head.get_layer("feature_norm")
-    if _tiles(classifier) is not None:  # per-tile pooling, then the tiles' pooling ("pool")
+    if tile_grid(classifier) is not None:  # per-tile pooling, then the tiles' pooling ("pool")
         per_tile = classifier.get_layer("tile_features")
         return lambda x: norm(pool(per_tile(x)))
     return lambda x: norm(pool(x))
-
-
-def _tiles(classifier):
-    """The :class:`~gc10lib.layers.TileGrid` of a tiled classifier, else None."""
-    return classifier.get_layer("tiles") if "tiles" in {la.name for la in classifier.layers} else None
 
 
 def gradcam(classifier, images: np.ndarray, targets: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -152,7 +147,7 @@ def gradcam(classifier, images: np.ndarray, targets: Sequence[int]) -> tuple[np.
     pre, head = classifier.get_layer("preprocess"), classifier.get_layer("head")
     body = _head_body(classifier)
     dense = head.get_layer("logits")
-    tiles = _tiles(classifier)
+    tiles = tile_grid(classifier)
     x = tf.convert_to_tensor(np.asarray(images, np.float32))
     with tf.GradientTape() as tape:
         tape.watch(x)

@@ -245,6 +245,11 @@ def _class_names_layer(model) -> ClassNames:
     raise InputError(f"model {model.name!r} carries no class names (no ClassNames layer); it was not built by gc10lib")
 
 
+def tile_grid(model) -> TileGrid | None:
+    """The :class:`TileGrid` layer of a tiled classifier (named ``tiles``), else None."""
+    return model.get_layer("tiles") if "tiles" in {la.name for la in model.layers} else None
+
+
 def model_input_size(model) -> int:
     """Side length of a model's square image input."""
     shape = model.inputs[0].shape
@@ -294,4 +299,5 @@ __all__ = [
     "model_classes",
     "model_info",
     "model_input_size",
+    "tile_grid",
 ]

@@ -29,7 +29,7 @@ from gc10lib.backbones import build_classifier, get_spec, save_model
 from gc10lib.errors import InputError, SetupError
 from gc10lib.evaluation import compute_metrics
 from gc10lib.inputs import AUG_OPS, ImageCache, aug_ops, augmenter, make_dataset
-from gc10lib.layers import model_classes
+from gc10lib.layers import model_classes, tile_grid
 from gc10lib.predict import predict_proba
 from gc10lib.settings import cache_dir, file_size_mb, new_output_dir, save_json, writable_dir
 
@@ -400,10 +400,8 @@ def extract_features(
 
 def tiling_of(model) -> tuple[int, str] | None:
     """``(grid, pool)`` of a tiled classifier (:class:`gc10lib.layers.TileGrid`), else None."""
-    names = {layer.name for layer in model.layers}
-    if "tiles" not in names:
-        return None
-    return int(model.get_layer("tiles").grid), str(model.get_layer("pool").mode)
+    grid = tile_grid(model)
+    return None if grid is None else (int(grid.grid), str(model.get_layer("pool").mode))
 
 
 def set_finetune_trainable(model, fraction: float) -> int:
@@ -438,8 +436,8 @@ def calibrate_batchnorm(model, images: np.ndarray) -> int:
     for la in bns:
         la.momentum, la.trainable = 0.0, True
     x = model.get_layer("preprocess")(keras.ops.convert_to_tensor(images, "float32"))
-    if tiling_of(model):
-        x = model.get_layer("tiles")(x)
+    if (grid := tile_grid(model)) is not None:
+        x = grid(x)
     base(x, training=True)
     for la, m, t in saved:
         la.momentum, la.trainable = m, t
@@ -456,9 +454,14 @@ def adapt_feature_norm(head, features: np.ndarray, floor: float = 0.05) -> None:
     """
     norm = head.get_layer("feature_norm")
     norm.adapt(features)
-    var = np.var(features, axis=0)
-    norm.adapt_variance.assign(np.maximum(var, floor * float(np.median(var)) + 1e-8).astype(np.float32))
+    norm.adapt_variance.assign(floored_variance(features, floor))
     norm.finalize_state()
+
+
+def floored_variance(features: np.ndarray, floor: float = 0.05) -> np.ndarray:
+    """Per-feature variance, floored at ``floor`` x its median (the head's standardization)."""
+    var = np.var(features, axis=0)
+    return np.maximum(var, floor * float(np.median(var)) + 1e-8).astype(np.float32)
 
 
 @dataclass
