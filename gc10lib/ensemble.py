@@ -10,8 +10,13 @@ by one of:
 * ``select`` — greedy ensemble selection with replacement by validation macro-F1
   (Caruana et al., ICML 2004); the selection counts become weights;
 * ``stack`` — multinomial logistic regression on the members' validation log-probabilities,
-  scored out-of-fold so it is never judged on what it was fitted on, and embedded as a trained
-  Dense layer (never shipped untrained).
+  embedded as a trained Dense layer (never shipped untrained).
+
+The three fitted methods are fitted on the validation split, so their validation scores are
+*cross-fitted*: each validation image is scored by the method refitted without its fold. Scored on
+the images it was fitted on, ``weighted`` could never lose to ``mean`` (the uniform weights are one
+of the points its fit searches), and validation would always prefer it, however little the fit
+generalises.
 """
 
 from __future__ import annotations
@@ -98,6 +103,14 @@ def caruana_select(probas: Sequence[np.ndarray], y: np.ndarray, n_iter: int = 25
     return counts / counts.sum()
 
 
+def validation_folds(y: np.ndarray, seed: int = 42, max_splits: int = 5) -> StratifiedKFold | None:
+    """The stratified folds that cross-fit a method on validation: up to ``max_splits``, no more than
+    the rarest present class has images; ``None`` when that is fewer than 2 (no honest score then)."""
+    y = np.asarray(y)
+    n_splits = int(min(max_splits, np.bincount(y)[np.unique(y)].min()))
+    return StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed) if n_splits >= 2 else None
+
+
 def fit_stacker(probas: Sequence[np.ndarray], y: np.ndarray, seed: int = 42, C: float = 1.0) -> dict:
     """Fit the stacking meta-classifier on validation predictions.
 
@@ -108,12 +121,10 @@ def fit_stacker(probas: Sequence[np.ndarray], y: np.ndarray, seed: int = 42, C: 
     x = _stack_features(probas)
     y = np.asarray(y)
     present = np.unique(y)
-    min_count = np.bincount(y)[present].min()
     clf = LogisticRegression(C=C, max_iter=5000)
     oof = None
-    n_splits = int(min(5, min_count))
-    if n_splits >= 2:
-        cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    cv = validation_folds(y, seed)
+    if cv is not None:
         oof_local = cross_val_predict(clf, x, y, cv=cv, method="predict_proba")
         oof = np.full((len(y), n_classes), EPS)
         oof[:, present] = oof_local
@@ -225,16 +236,27 @@ def fit_method(method: str, val_probas: Sequence[np.ndarray], y_val: np.ndarray,
     """Fit ``method`` on the members' validation probabilities.
 
     Returns ``{"method", "weights"}`` for ``weighted``/``select``, ``{"method", "stacker"}`` for
-    ``stack`` (with its honest out-of-fold validation probabilities under ``oof_val_proba``), and
-    ``{"method"}`` for ``mean``. :func:`combine` applies it; :func:`build_fitted` ships it.
+    ``stack`` and ``{"method"}`` for ``mean``. The fitted methods also return their cross-fitted
+    validation probabilities under ``oof_val_proba`` (each fold's images scored by the method
+    refitted on the other folds; ``None`` when the rarest class has a single image), the honest
+    score to choose by. :func:`combine` applies it; :func:`build_fitted` ships it.
     """
     if method not in METHODS:
         raise InputError(f"unknown ensemble method {method!r}; expected one of {METHODS}")
     fitted: dict = {"method": method}
-    if method == "weighted":
-        fitted["weights"] = [float(w) for w in fit_weights(val_probas, y_val)]
-    elif method == "select":
-        fitted["weights"] = [float(w) for w in caruana_select(val_probas, y_val)]
+    if method in ("weighted", "select"):
+        fit = fit_weights if method == "weighted" else caruana_select
+        y_val = np.asarray(y_val)
+        fitted["weights"] = [float(w) for w in fit(val_probas, y_val)]
+        cv = validation_folds(y_val, seed)
+        if cv is None:
+            fitted["oof_val_proba"] = None
+        else:
+            oof = np.zeros_like(np.asarray(val_probas[0], np.float64))
+            for train, held in cv.split(oof, y_val):
+                w = fit([p[train] for p in val_probas], y_val[train])
+                oof[held] = weighted_sum([p[held] for p in val_probas], w)
+            fitted["oof_val_proba"] = oof
     elif method == "stack":
         stacker = fit_stacker(val_probas, y_val, seed=seed)
         fitted["stacker"] = {"coef": stacker["coef"], "intercept": stacker["intercept"]}
@@ -352,7 +374,7 @@ def ensemble_run(
             "classes": classes,
             "fitted": {"weights": fitted.get("weights")},
             "val": compute_metrics(y_val, val_combined, classes, seed=seed),
-            "val_is_out_of_fold": method == "stack" and fitted.get("oof_val_proba") is not None,
+            "val_is_out_of_fold": fitted.get("oof_val_proba") is not None,
             "test": compute_metrics(y_test, proba, classes, seed=seed),
             "timings": {"total_s": round(time.perf_counter() - t0 + members_s, 2)},
         }

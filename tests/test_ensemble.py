@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import NEU, WEIGHTS, needs_shared, needs_weights
+from sklearn.metrics import log_loss
 
 from gc10lib import data, ensemble, training
 from gc10lib.backbones import build_classifier, load_model
@@ -119,6 +120,35 @@ def test_stacker_is_trained_and_scored_out_of_fold():
     assert (st["oof_proba"].argmax(1) == y).mean() > 0.8
 
 
+def test_fitted_methods_are_scored_cross_fitted_on_validation():
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(4), 30)
+    members = []  # three members of the same quality, each with its own noise
+    for _ in range(3):
+        z = 1.5 * np.eye(4)[y] + rng.normal(0, 1, (120, 4))
+        members.append(np.exp(z) / np.exp(z).sum(1, keepdims=True))
+    mean_ll = log_loss(y, sum(members) / 3)
+    for method in ("weighted", "select"):
+        fitted = ensemble.fit_method(method, members, y, seed=0)
+        oof = fitted["oof_val_proba"]
+        expected = np.zeros_like(oof)  # each fold scored by the method refitted on the other folds
+        fit = ensemble.fit_weights if method == "weighted" else ensemble.caruana_select
+        for train, held in ensemble.validation_folds(y, seed=0).split(oof, y):
+            expected[held] = ensemble.weighted_sum(
+                [p[held] for p in members], fit([p[train] for p in members], y[train])
+            )
+        np.testing.assert_allclose(oof, expected)
+        in_sample = log_loss(y, ensemble.combine(method, members, fitted))
+        assert log_loss(y, oof) > in_sample  # the in-sample score flatters the fit
+    # scored on the images it was fitted on, weighted can never lose to mean: it searched the uniform weights too
+    weighted = ensemble.fit_method("weighted", members, y, seed=0)
+    assert log_loss(y, ensemble.combine("weighted", members, weighted)) <= mean_ll
+    assert log_loss(y, weighted["oof_val_proba"]) > mean_ll  # cross-fitted, it loses to mean here
+    single = np.append(y[:-30], [3])  # the rarest class has one image: no folds, no honest score
+    assert ensemble.validation_folds(single) is None
+    assert ensemble.fit_method("weighted", [p[:91] for p in members], single)["oof_val_proba"] is None
+
+
 def test_probes_can_be_ensemble_members(smoke_models, smoke_data, tmp_path):
     out, _ = smoke_models
     root, split = smoke_data
@@ -211,7 +241,9 @@ def test_every_method_saves_and_reloads_in_fresh_process(smoke_models, smoke_dat
         assert m["test"]["accuracy"] == pytest.approx(float(np.mean(saved.argmax(1) == y_test)))
         model = load_model(tmp_path / "ens" / "ensembles" / method / "ensemble.keras")
         expected[method] = model.predict(x, verbose=0).tolist()
-    assert json.loads((tmp_path / "ens" / "ensembles" / "stack" / "metrics.json").read_text())["val_is_out_of_fold"]
+    for method in ensemble.METHODS:  # the fitted methods are scored cross-fitted on validation, mean as it is
+        m = json.loads((tmp_path / "ens" / "ensembles" / method / "metrics.json").read_text())
+        assert m["val_is_out_of_fold"] == (method != "mean")
     code = f"""
 import json, numpy as np, keras
 import gc10lib.ensemble  # registers the custom layers
