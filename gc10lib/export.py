@@ -9,11 +9,18 @@ Variants: ``float32``; ``float16`` (weights stored as float16); ``dynamic`` (int
 activations); ``int8`` (full-integer, calibrated on ~200 training images made with the model's own
 resize policy). Preprocessing stays inside every exported model. The ``int8`` model takes **uint8
 RGB pixels 0..255** (its input scale is 1 and zero point 0, so raw pixels go in unchanged — the
-LiteRT predictor quantizes with the file's own scale and zero point either way) and returns float32
-probabilities.
+LiteRT predictor quantizes with the file's own scale and zero point either way).
+
+Outputs: float32 probabilities, except that an ``int8`` single classifier returns its float32
+**logits** (the softmax is left out of the file). An int8 softmax emits multiples of 1/256, so
+every probability under about 0.4% reads as 0 and log-loss and fine alarm thresholds lose their
+meaning; the int8 logits are the very values that softmax would have read, so nothing is lost by
+stopping before it (:func:`logits_classifier`). An ensemble averages probabilities, so its int8
+file keeps its softmax.
 
 Each ``.tflite`` gets a sidecar ``<name>.tflite.json`` with the class names, input size, resize
-policy and variant.
+policy, variant and ``output`` (``probabilities`` or ``logits``);
+:class:`gc10lib.predict.LiteRTPredictor` applies the softmax to a ``logits`` file itself.
 """
 
 from __future__ import annotations
@@ -32,12 +39,13 @@ from gc10lib.backbones import load_model
 from gc10lib.errors import InputError, OutputExistsError
 from gc10lib.inputs import ImageCache
 from gc10lib.layers import ClassNames, model_info
+from gc10lib.maphead import is_map_head
 from gc10lib.predict import sidecar
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
 
 
-def fold_head_normalization(model):
+def fold_head_normalization(model, activation: str | None = "softmax"):
     """The classifier with its head's feature standardization folded into the final Dense layer.
 
     ``Dense(W, b)((x - mean) / std)`` equals ``Dense(W / std, b - (mean / std) @ W)(x)``, so the
@@ -47,6 +55,7 @@ def fold_head_normalization(model):
     folded, the Dense reads the pooled features themselves, 0..6 after ReLU6. Measured on X-SDD
     (161 test images): int8 MobileNetV2 0.926 -> 0.932; int8 distilled students +0.6 to +1.2 points.
     A model without a ``head`` sub-model with ``feature_norm`` (an ensemble) is returned unchanged.
+    ``activation=None`` leaves the softmax out: the folded model returns logits.
     """
     names = model.layers[-1] if model.layers else None
     try:
@@ -60,11 +69,36 @@ def fold_head_normalization(model):
     mean = np.asarray(norm.mean, np.float64).reshape(-1)
     std = np.maximum(np.sqrt(np.asarray(norm.variance, np.float64).reshape(-1)), keras.config.epsilon())
     kernel, bias = (np.asarray(w, np.float64) for w in dense.get_weights())
-    folded = keras.layers.Dense(kernel.shape[1], activation="softmax", dtype="float32", name="logits_folded")
+    folded = keras.layers.Dense(kernel.shape[1], activation=activation, dtype="float32", name="logits_folded")
     probs = folded(pooled)
     folded.set_weights([(kernel / std[:, None]).astype(np.float32), (bias - (mean / std) @ kernel).astype(np.float32)])
     out = ClassNames(names.class_names, names.info, name="class_names", dtype="float32")(probs)
     return keras.Model(model.inputs, out, name=model.name)
+
+
+def logits_classifier(model):
+    """``model`` without its final softmax: the same inputs, the head's logits out (class names kept).
+
+    A feature head is folded (:func:`fold_head_normalization`); a map head's ``logits`` Dense is
+    rebuilt without its activation. Returns ``None`` for anything else (an ensemble, whose output
+    is an average of probabilities).
+    """
+    folded = fold_head_normalization(model, activation=None)
+    if folded is not model:
+        return folded
+    if not is_map_head(model) or not isinstance(model.layers[-1], ClassNames):
+        return None
+    names = model.layers[-1]
+    head = model.get_layer("head")
+    dense = head.get_layer("logits")
+    body = keras.Model(head.inputs, dense.input)
+    inp = keras.Input(model.inputs[0].shape[1:], name="image")
+    x = model.get_layer("backbone")(model.get_layer("preprocess")(inp), training=False)
+    linear = keras.layers.Dense(len(names.class_names), dtype="float32", name="logits_linear")
+    z = linear(body(x, training=False))
+    linear.set_weights(dense.get_weights())
+    out = ClassNames(names.class_names, names.info, name="class_names", dtype="float32")(z)
+    return keras.Model(inp, out, name=model.name)
 
 
 def export_litert(
@@ -90,7 +124,11 @@ def export_litert(
     if isinstance(model, (str, Path)):
         model = load_model(model)
     info = model_info(model)
-    model = fold_head_normalization(model)  # exact in float; keeps int8 from rounding the head's input away
+    output = "probabilities"
+    if variant == "int8" and (logits := logits_classifier(model)) is not None:
+        model, output = logits, "logits"  # an int8 softmax would round every probability to 1/256
+    else:
+        model = fold_head_normalization(model)  # exact in float; keeps int8 from rounding the head's input away
     with tempfile.TemporaryDirectory() as tmp:
         model.export(tmp, format="tf_saved_model", verbose=False)
         conv = tf.lite.TFLiteConverter.from_saved_model(tmp)
@@ -122,6 +160,7 @@ def export_litert(
                 "variant": variant,
                 "backbones": info.backbones,
                 "input": "uint8 RGB 0..255" if variant == "int8" else "float32 RGB 0..255",
+                "output": output,
             }
         )
     )

@@ -26,6 +26,7 @@ from gc10lib.inputs import ImageCache, ImageReadError, make_dataset
 from gc10lib.layers import LEGACY_POLICY, model_info
 
 CHUNK = 256  # images decoded into memory at a time for array predictors
+OUTPUTS = ("probabilities", "logits")  # what a .tflite file returns (its sidecar's "output")
 
 
 @runtime_checkable
@@ -85,6 +86,9 @@ class LiteRTPredictor:
         self.classes = list(meta["classes"])
         self.variant = meta.get("variant")
         self.policy = meta.get("policy") or LEGACY_POLICY
+        self.output = meta.get("output", "probabilities")  # files from before the field: probabilities
+        if self.output not in OUTPUTS:
+            raise InputError(f"{meta_path}: unknown output {self.output!r}; expected one of {OUTPUTS}")
         self.batch_size = batch_size
         self.inp = self.interpreter.get_input_details()[0]
         self.out = self.interpreter.get_output_details()[0]
@@ -122,6 +126,9 @@ class LiteRTPredictor:
             if self.out["dtype"] != np.float32:
                 scale, zero = self.out["quantization"]
                 res = (res - zero) * scale
+            if self.output == "logits":  # an int8 classifier stops before its softmax (gc10lib.export)
+                res = np.exp(res - res.max(axis=1, keepdims=True))
+                res /= res.sum(axis=1, keepdims=True)
             out.append(res)
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
 

@@ -13,7 +13,7 @@ from gc10lib import data
 from gc10lib.backbones import load_model
 from gc10lib.export import VARIANTS, export_litert, representative_images
 from gc10lib.inputs import ImageCache
-from gc10lib.predict import KerasPredictor, LiteRTPredictor, load_predictor
+from gc10lib.predict import KerasPredictor, LiteRTPredictor, load_predictor, sidecar
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,36 @@ def test_every_variant_exports_and_runs(exported, smoke_data):
     assert sizes["dynamic"] * 3 <= sizes["float32"]
     assert sizes["float16"] < 0.6 * sizes["float32"]
     meta = json.loads((files["int8"].parent / (files["int8"].name + ".json")).read_text())
-    assert meta["variant"] == "int8" and meta["input"].startswith("uint8")
+    assert meta["variant"] == "int8" and meta["input"].startswith("uint8") and meta["output"] == "logits"
+    assert {json.loads(sidecar(f).read_text())["output"] for v, f in files.items() if v != "int8"} == {"probabilities"}
+
+
+def test_int8_classifier_returns_logits_not_probabilities_in_steps_of_1_256(exported, smoke_data):
+    """The int8 file stops before its softmax: the raw output is logits (rows do not sum to 1), the
+    predictor's softmax of them gives probabilities finer than an int8 softmax's 1/256 steps, and
+    the class order is the float model's."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    model, files = exported
+    _, split = smoke_data
+    man = data.read_split(split)
+    x = ImageCache(75).load(list(man[man.subset != "train"].path))
+    lite = LiteRTPredictor(files["int8"], batch_size=len(x))
+    proba = lite(x)
+    interp = Interpreter(model_path=str(files["int8"]))
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    interp.resize_tensor_input(inp["index"], list(x.shape))
+    interp.allocate_tensors()
+    interp.set_tensor(inp["index"], lite._quantize(x))  # the file's own input scale and zero point
+    interp.invoke()
+    raw = interp.get_tensor(out["index"]).astype(np.float64)
+    assert out["dtype"] == np.float32 and not np.allclose(raw.sum(1), 1.0, atol=0.05)
+    np.testing.assert_allclose(proba, np.exp(raw) / np.exp(raw).sum(1, keepdims=True), rtol=1e-6)
+    off_grid = np.abs(proba * 256 - np.round(proba * 256)) > 1e-3
+    print(f"int8 probabilities off the 1/256 grid: {off_grid.mean():.3f} of {proba.size}")
+    assert off_grid.mean() > 0.5
+    ref = KerasPredictor(model)(x)
+    assert np.mean(proba.argmax(1) == ref.argmax(1)) >= 0.75  # measured 1.0 (see the agreement test)
 
 
 def test_tflite_through_cli(exported, smoke_data, tmp_path):
@@ -153,6 +182,10 @@ def test_corrupt_or_foreign_tflite_is_clear(exported, tmp_path):
         LiteRTPredictor(foreign)
     (tmp_path / "foreign.tflite.json").write_text(json.dumps({"classes": ["a", "b", "c"], "img_size": 75}))
     with pytest.raises(ValueError, match="do not match a 3-class"):
+        LiteRTPredictor(foreign)
+    meta = json.loads(sidecar(files["float32"]).read_text())
+    (tmp_path / "foreign.tflite.json").write_text(json.dumps({**meta, "output": "scores"}))
+    with pytest.raises(ValueError, match="foreign.tflite.json: unknown output 'scores'"):
         LiteRTPredictor(foreign)
 
 

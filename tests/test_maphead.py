@@ -13,6 +13,7 @@ from gc10lib.backbones import build_classifier, load_model
 from gc10lib.errors import InputError
 from gc10lib.explain import gradcam
 from gc10lib.inputs import ImageCache
+from gc10lib.layers import model_info
 from gc10lib.predict import LiteRTPredictor, predict_proba
 
 
@@ -129,6 +130,14 @@ def test_gradcam_and_export_take_a_map_head_classifier(map_run, tmp_path):
     assert export.fold_head_normalization(model) is model  # nothing to fold: the head has no standardization
     path = export.export_litert(model, tmp_path / "m.tflite", "float32")
     np.testing.assert_allclose(LiteRTPredictor(path)(x), proba, atol=1e-4)
+    logits = export.logits_classifier(model)  # what the int8 file holds: the map head without its softmax
+    z = logits.predict(x, verbose=0)
+    np.testing.assert_allclose(np.exp(z) / np.exp(z).sum(1, keepdims=True), proba, atol=1e-5)
+    assert not np.allclose(z.sum(1), 1.0) and model_info(logits) == model_info(model)
+    rep = np.random.default_rng(1).uniform(0, 255, (8, 64, 64, 3)).astype("float32")
+    q = export.export_litert(model, tmp_path / "q.tflite", "int8", representative=rep)
+    lite = LiteRTPredictor(q)
+    assert lite.output == "logits" and np.allclose(lite(x).sum(1), 1.0)
 
 
 def test_map_head_that_loses_leaves_the_model_and_best_state_alone(smoke_data):
