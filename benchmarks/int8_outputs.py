@@ -4,8 +4,10 @@
         [--model model.keras] [--tflite student_int8.tflite] [--subset val]
 
 Prints, for the Keras model and the int8 file: accuracy and log-loss on the subset; then the
-distinct output values of the int8 file (in units of 1/256), how many true-class probabilities
-read as exactly 0 in int8, and the lowest true-class probabilities side by side.
+distinct output values of the int8 file (in units of 1/256: an int8 file that ends in its softmax,
+as gc10lib wrote them before 2026-11-28, has at most 257; one that returns logits, as now, has
+about as many as its outputs), how many true-class probabilities read as exactly 0 in int8, and
+the lowest true-class probabilities side by side.
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ def main() -> None:
         ll = log_loss(y, np.clip(p, 1e-7, 1), labels=labels)
         print(f"{name}: {args.subset} accuracy {np.mean(p.argmax(1) == y):.4f}, log-loss {ll:.4f} ({len(y)} images)")
     steps = np.unique(np.round(probas["int8"] * 256, 3))
-    print(f"int8 output values x 256: {len(steps)} distinct, first {steps[:10].tolist()}")
+    lite = LiteRTPredictor(args.step_dir / args.tflite)
+    print(
+        f"int8 file returns {lite.output}; its probabilities x 256: {len(steps)} distinct, first {steps[:10].tolist()}"
+    )
     true = {k: p[np.arange(len(y)), y] for k, p in probas.items()}
     print(f"true-class probability exactly 0 in int8: {int((true['int8'] == 0).sum())}")
     low = np.argsort(true["int8"])[:5]

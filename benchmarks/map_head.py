@@ -78,8 +78,8 @@ def main() -> None:
         f"| {scores(y_te, p.predict_proba(z[2]))} |"
     )
 
-    wid = training._weights_identity(source, args.split_seed)  # the key training uses: the two share the map cache
-    src, trunk, cut = maphead.map_source(model, args.fraction, wid, args.backbone, args.img_size, "stretch")
+    # keyed by the trunk's weights, as training keys it: the two share the map cache
+    src, trunk, cut = maphead.map_source(model, args.fraction, args.backbone, args.img_size, "stretch")
     t1 = time.perf_counter()
     train_maps = [src.maps(list(tr.path), f) for f in maphead.FLIPS]
     val_maps, test_maps = (np.asarray(src.maps(list(d.path)), "float32") for d in (va, te))

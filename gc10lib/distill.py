@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -37,6 +38,7 @@ import tensorflow as tf
 
 from gc10lib import data, maphead, plots, progress
 from gc10lib.backbones import build_classifier, get_spec, load_model, save_model
+from gc10lib.ensemble import combine
 from gc10lib.errors import InputError
 from gc10lib.inputs import ImageCache, aug_ops, augmenter, make_dataset
 from gc10lib.layers import model_info
@@ -80,6 +82,7 @@ class DistillConfig:
     dropout: float = 0.2
     augment: bool | list[str] = True
     aug_views: int = 2  # 1 plain + (aug_views - 1) augmented views per training image
+    map_flips: int = 4  # with flips only (augment: [flip]), the views are the first map_flips flips instead
     patience: int = 5
     monitor: str = "val_loss"  # or "val_macro_f1"; on the hard labels of the validation split
     unlabelled_dir: str | None = None  # a folder of extra images without labels, taught by the teacher
@@ -215,6 +218,157 @@ def teacher_views(
     return out
 
 
+def flip_codes(cfg: DistillConfig) -> tuple[int, ...] | None:
+    """The student's views when its augmentation is flips only: the flips themselves, the first
+    ``map_flips`` of :data:`gc10lib.maphead.FLIPS` (as the members' map heads saw them in training);
+    ``None`` for any other augmentation (then the views are random augmented copies)."""
+    if aug_ops(cfg.augment) != ("flip",):
+        return None
+    if not 1 <= int(cfg.map_flips) <= len(maphead.FLIPS):
+        raise InputError(f"map_flips must be 1 to {len(maphead.FLIPS)}, got {cfg.map_flips}")
+    return tuple(maphead.FLIPS[: int(cfg.map_flips)])
+
+
+class TeacherFromMaps:
+    """A teacher's probabilities computed from its members' cached maps, without running a backbone.
+
+    Each member is a map-head classifier: its head reads the maps that its training cached (found
+    by its trunk's weights, :func:`gc10lib.maphead.classifier_source`), and the members' outputs are
+    combined as the ensemble's recipe says (:func:`gc10lib.ensemble.combine`). Members with weight 0
+    are not run.
+    """
+
+    def __init__(self, members: list, method: str, recipe: dict, batch_size: int = 32):
+        self.members, self.method, self.recipe, self.batch_size = members, method, recipe, batch_size
+        self.sources = [maphead.classifier_source(m, batch_size) if m is not None else None for m in members]
+
+    @classmethod
+    def of(cls, teacher_path: str | Path, batch_size: int = 32) -> TeacherFromMaps | None:
+        """For a run's ensemble (``recipe.json`` beside it) or single classifier; ``None`` unless every
+        member that counts is a map-head classifier."""
+        teacher_path = Path(teacher_path)
+        recipe_path = teacher_path.parent / "recipe.json"
+        if recipe_path.is_file():
+            recipe = json.loads(recipe_path.read_text())
+            paths = [Path(m["path"]) for m in recipe["members"]]
+            weights = recipe.get("weights") or [1.0] * len(paths)
+            if recipe["method"] == "stack":
+                weights = [1.0] * len(paths)
+        else:
+            recipe, paths, weights = {"method": "mean"}, [teacher_path], [1.0]
+        if not all(p.is_file() for p, w in zip(paths, weights, strict=True) if w > 0):
+            return None
+        members = [load_model(p) if w > 0 else None for p, w in zip(paths, weights, strict=True)]
+        if not all(maphead.is_map_head(m) for m in members if m is not None):
+            return None
+        return cls(members, recipe["method"], recipe, batch_size)
+
+    def __call__(self, paths: list[str], code: int = 0) -> np.ndarray:
+        """Probabilities of ``paths`` under flip ``code``."""
+        probas = [
+            maphead.head_proba(m.get_layer("head"), src.maps(paths, code), self.batch_size) if m is not None else None
+            for m, src in zip(self.members, self.sources, strict=True)
+        ]
+        n_classes = next(p.shape[1] for p in probas if p is not None)
+        probas = [p if p is not None else np.zeros((len(paths), n_classes)) for p in probas]
+        info = {k: np.asarray(v, np.float64) for k, v in self.recipe.get("stacker", {}).items()}
+        return combine(self.method, probas, {"weights": self.recipe.get("weights"), "stacker": info})
+
+
+class _FlipView:
+    """One flip of cached images, read rows at a time (for the fine-tune phase; nothing held in memory)."""
+
+    def __init__(self, cache: ImageCache, files: list[str], code: int):
+        self.cache, self.files, self.code = cache, list(files), code
+        self.shape = (len(self.files), cache.size, cache.size, 3)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, idx):
+        one = np.ndim(idx) == 0 and not isinstance(idx, slice)
+        pick = [self.files[int(idx)]] if one else list(np.asarray(self.files)[idx])
+        x = maphead.flip(self.cache.load(pick), self.code)
+        return x[0] if one else x
+
+
+def _run_on_flip(model, cache: ImageCache, files: list[str], code: int, batch_size: int, desc: str) -> np.ndarray:
+    """``model`` on the cached images under flip ``code``, a batch at a time."""
+    out = []
+    steps = range(0, len(files), batch_size)
+    for i in progress.bar(steps, total=len(steps), desc=desc, unit="batch"):
+        x = maphead.flip(cache.load(files[i : i + batch_size]), code).astype(np.float32)
+        out.append(np.asarray(model.predict_on_batch(x), np.float32))
+    return np.concatenate(out)
+
+
+def flip_views(
+    teacher,
+    teacher_path: str | Path,
+    student,
+    student_name: str,
+    paths: list[str],
+    val_paths: list[str],
+    codes: tuple[int, ...],
+    *,
+    size: int,
+    policy: str,
+    cfg: DistillConfig,
+) -> tuple[list[dict], dict, dict]:
+    """The views of flips-only distillation: for each flip ``code``, the teacher's probabilities,
+    the student's pooled features, its maps (with ``map_head``) and the images (read lazily).
+
+    The teacher is computed from its members' cached maps (:class:`TeacherFromMaps`) when every
+    member is a map-head classifier and the result agrees with the teacher itself on validation
+    images (within 0.02); otherwise it runs on the flipped images. The student's maps come from the
+    map cache too (a student that was a member of the run finds them there), and its pooled
+    features from the backbone above its cut, so its trunk does not run again either.
+    Returns ``(one dict per code, the same for the plain val images, a record of where each came from)``.
+    """
+    bs = cfg.batch_size
+    cache = ImageCache(size, policy)
+    files, val_files = cache.ensure(paths), cache.ensure(val_paths)
+    record: dict = {"views": "flips", "codes": list(codes), "teacher_from": "model"}
+    from_maps = TeacherFromMaps.of(teacher_path, bs)
+    val_teacher = None
+    if from_maps is not None:
+        val_teacher = from_maps(val_paths, 0)
+        n = min(len(val_files), bs)
+        gap = float(np.abs(val_teacher[:n] - _run_on_flip(teacher, cache, val_files[:n], 0, bs, "teacher check")).max())
+        record["teacher_check_max_abs"] = round(gap, 5)
+        if gap <= 0.02:
+            record["teacher_from"] = "members' cached maps"
+        else:
+            warnings.warn(
+                f"{teacher_path}: its members' cached maps disagree with the teacher (max {gap:.3f}); running the teacher",
+                stacklevel=2,
+            )
+            from_maps, val_teacher = None, None
+
+    def teach(p, f, code, desc):
+        return from_maps(p, code) if from_maps is not None else _run_on_flip(teacher, cache, f, code, bs, desc)
+
+    src = cut = None
+    if cfg.map_head:
+        src, _, cut = maphead.map_source(student, cfg.map_fraction, student_name, size, policy, bs)
+    extractor = keras.Model(student.inputs, student.get_layer("pool").output)
+
+    def student_part(p, f, code, desc):
+        if src is None:
+            return {"features": _run_on_flip(extractor, cache, f, code, bs, desc), "maps": None}
+        maps = src.maps(p, code)
+        return {"features": maphead.pooled_from_maps(student, cut, maps, bs), "maps": maps}
+
+    views = []
+    for code in codes:
+        part = student_part(paths, files, code, f"student features, flip {code}")
+        views.append({"teacher": teach(paths, files, code, f"teacher, flip {code}"), **part})
+        views[-1]["images"] = _FlipView(cache, files, code)
+    val = {"teacher": val_teacher if val_teacher is not None else teach(val_paths, val_files, 0, "teacher, val")}
+    val.update(student_part(val_paths, val_files, 0, "student features, val"), images=cache.load(val_files))
+    return views, val, record
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -278,6 +432,13 @@ class _ConcatImages:
         return np.stack([self.arrays[w][i - self.offsets[w]] for w, i in zip(which, idx, strict=True)])
 
 
+def _augmented_views(teacher, student, paths, val_paths, views, key, size, policy, ops, cfg) -> tuple[list[dict], dict]:
+    """:func:`teacher_views` for the plain view and ``views - 1`` augmented copies, and for val."""
+    kw = dict(size=size, policy=policy, seed=cfg.seed, key=key, batch_size=cfg.batch_size)
+    got = [teacher_views(teacher, student, paths, view=v, ops=ops, **kw) for v in range(views)]
+    return got, teacher_views(teacher, student, val_paths, view=0, ops=(), **kw)
+
+
 def train_student(
     cfg: DistillConfig,
     teacher_path: str | Path,
@@ -333,36 +494,27 @@ def train_student(
     # ---- the teacher, once per image and view, with the student's features of the same pixels
     t0 = time.perf_counter()
     ops = aug_ops(cfg.augment)
-    views = max(1, int(cfg.aug_views)) if ops else 1
+    codes = flip_codes(cfg)
+    views = len(codes) if codes is not None else max(1, int(cfg.aug_views)) if ops else 1
     train_paths = list(tr.path) + extra
     labels = np.concatenate([tr.label.to_numpy(), -np.ones(len(extra), int)])
-    got = [
-        teacher_views(
+    view_record: dict = {"views": "augmented copies", "n": views}
+    if codes is not None:
+        got, val, view_record = flip_views(
             teacher,
+            teacher_path,
             student,
+            spec.name,
             train_paths,
+            list(va.path),
+            codes,
             size=size,
             policy=policy,
-            view=v,
-            seed=cfg.seed,
-            ops=ops,
-            key=key,
-            batch_size=cfg.batch_size,
+            cfg=cfg,
         )
-        for v in range(views)
-    ]
-    val = teacher_views(
-        teacher,
-        student,
-        list(va.path),
-        size=size,
-        policy=policy,
-        view=0,
-        seed=cfg.seed,
-        ops=(),
-        key=key,
-        batch_size=cfg.batch_size,
-    )
+        view_record["n"] = views
+    else:
+        got, val = _augmented_views(teacher, student, train_paths, list(va.path), views, key, size, policy, ops, cfg)
     del teacher  # not needed again: everything it says is cached
     timings["teacher_s"] = round(time.perf_counter() - t0, 2)
     x_feat = np.concatenate([g["features"] for g in got])
@@ -428,7 +580,7 @@ def train_student(
     if cfg.map_head:
         t0 = time.perf_counter()
         student, map_record, hist = _student_map_phase(
-            student, cfg, [g["images"] for g in got], targets, weights, val["images"], y_val, loss, best, spec.name
+            student, cfg, got, targets, weights, val, y_val, loss, best, spec.name
         )
         histories.append(hist.assign(phase="maps", epoch=lambda d: np.arange(len(d))))
         timings["maps_s"] = round(time.perf_counter() - t0, 2)
@@ -457,6 +609,7 @@ def train_student(
         "n_train_labelled": len(tr),
         "n_train_unlabelled": len(extra),
         "views": views,
+        "view_source": view_record,
         "config": asdict(cfg),
         "n_params": int(student.count_params()),
         "selected": best.record(),
@@ -473,16 +626,27 @@ def train_student(
     return metrics
 
 
-def _student_map_phase(student, cfg: DistillConfig, views, targets, weights, val_images, y_val, loss, best, name):
-    """Phase ``maps`` for the student: maps of its cut backbone for every cached view (the teacher's
-    pixels), a map head trained on the views' soft targets, offered to ``best``.
+def _student_map_phase(student, cfg: DistillConfig, views, targets, weights, val, y_val, loss, best, name):
+    """Phase ``maps`` for the student: maps of its cut backbone for every view (the teacher's pixels;
+    taken from the view when it already holds them), a map head trained on the views' soft targets,
+    offered to ``best``.
 
     Returns ``(the student to save, the phase's record, its history)``.
     """
     t0 = time.perf_counter()
-    extractor, trunk, cut = maphead.cut_extractor(student, cfg.map_fraction)  # the views live in memory: no map cache
-    maps = [maphead.maps_of(extractor, v, cfg.batch_size, desc=f"{name} maps, view {i}") for i, v in enumerate(views)]
-    val_maps = maphead.maps_of(extractor, val_images, cfg.batch_size, desc=f"{name} maps, val").astype("float32")
+    extractor, trunk, cut = maphead.cut_extractor(student, cfg.map_fraction)
+    maps = [
+        v["maps"]
+        if v.get("maps") is not None
+        else maphead.maps_of(extractor, v["images"], cfg.batch_size, desc=f"{name} maps, view {i}")
+        for i, v in enumerate(views)
+    ]
+    val_maps = (
+        val["maps"]
+        if val.get("maps") is not None
+        else maphead.maps_of(extractor, val["images"], cfg.batch_size, desc=f"{name} maps, val")
+    )
+    val_maps = np.asarray(val_maps, np.float32)
     n = len(maps[0])  # targets and weights are stacked view after view
     per_view = [slice(i * n, (i + 1) * n) for i in range(len(maps))]
     t_maps = time.perf_counter() - t0

@@ -31,7 +31,7 @@ import pandas as pd
 from gc10lib import progress
 from gc10lib.errors import InputError
 from gc10lib.inputs import ImageCache
-from gc10lib.layers import ClassNames
+from gc10lib.layers import ClassNames, model_info
 from gc10lib.settings import cache_dir, writable_dir
 
 #: flip codes: bit 1 mirrors left-right, bit 2 up-down (0 plain, 3 both: a 180-degree rotation)
@@ -67,10 +67,15 @@ def flip(x: np.ndarray, code: int) -> np.ndarray:
 
 @dataclass
 class MapSource:
-    """Where maps come from: the classifier's preprocessing and the trunk, and what keys their cache."""
+    """Where maps come from: the classifier's preprocessing and the trunk, and what keys their cache.
+
+    The key holds a digest of the trunk's weights (:func:`weights_digest`), so maps are found again
+    by any model with the same trunk (a saved map-head classifier, or a new student built from the
+    same ImageNet weights) and never by one whose trunk differs (fine-tuned below the cut).
+    """
 
     extractor: keras.Model  # raw image -> trunk maps
-    key: list  # backbone, weights identity, size, policy, cut, Keras version
+    key: list  # backbone, trunk weights digest, size, policy, cut, Keras version
     size: int
     policy: str
     batch_size: int = 32
@@ -134,12 +139,57 @@ def cut_extractor(model, fraction: float):
     return keras.Model(inp, trunk(model.get_layer("preprocess")(inp), training=False)), trunk, cut
 
 
-def map_source(model, fraction: float, weights_id: str, backbone: str, size: int, policy: str, batch_size: int = 32):
+def weights_digest(model) -> str:
+    """A digest of every weight of ``model`` (trainable or not, in layer order): what its maps depend on."""
+    h = hashlib.sha1()
+    for w in model.weights:
+        a = np.ascontiguousarray(keras.ops.convert_to_numpy(w))
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:24]
+
+
+def _source(model, trunk, backbone: str, size: int, policy: str, batch_size: int) -> MapSource:
+    inp = keras.Input(model.inputs[0].shape[1:])
+    extractor = keras.Model(inp, trunk(model.get_layer("preprocess")(inp), training=False))
+    key = [backbone, weights_digest(trunk), size, policy, trunk.layers[-1].name, keras.__version__]
+    return MapSource(extractor, key, size, policy, batch_size)
+
+
+def map_source(model, fraction: float, backbone: str, size: int, policy: str, batch_size: int = 32):
     """``(MapSource, trunk, cut)`` for a gc10lib classifier built by ``build_classifier``: maps of
     image files, cached on disk."""
-    extractor, trunk, cut = cut_extractor(model, fraction)
-    key = [backbone, weights_id, size, policy, cut, keras.__version__]
-    return MapSource(extractor, key, size, policy, batch_size), trunk, cut
+    trunk, cut = split_backbone(model.get_layer("backbone"), fraction)
+    return _source(model, trunk, backbone, size, policy, batch_size), trunk, cut
+
+
+def classifier_source(classifier, batch_size: int = 32) -> MapSource:
+    """The maps a saved map-head classifier's head reads (its own preprocessing and trunk), from the
+    cache its training filled."""
+    info = model_info(classifier)
+    trunk = classifier.get_layer("backbone")
+    return _source(classifier, trunk, info.backbones[0], info.input_size, info.policy, batch_size)
+
+
+def head_proba(head, maps, batch_size: int = 64) -> np.ndarray:
+    """``head``'s output on ``maps`` (float16, memory-mapped or not), a fixed-size batch at a time."""
+    out = []
+    for i in range(0, len(maps), batch_size):
+        x = np.asarray(maps[i : i + batch_size], np.float32)
+        n = len(x)
+        x = np.concatenate([x, np.zeros((batch_size - n, *x.shape[1:]), x.dtype)]) if n < batch_size else x
+        out.append(np.asarray(head.predict_on_batch(x), np.float64)[:n])
+    return np.concatenate(out) if out else np.zeros((0, int(head.outputs[0].shape[-1])))
+
+
+def pooled_from_maps(model, cut: str, maps, batch_size: int = 64) -> np.ndarray:
+    """The pooled features (``pool`` output) of a ``build_classifier`` model, from its maps at ``cut``:
+    the backbone above the cut, then the pooling, so the trunk does not run again."""
+    base = model.get_layer("backbone")
+    top = keras.Model(base.get_layer(cut).output, base.output)
+    pool = model.get_layer("pool")
+    inp = keras.Input(top.inputs[0].shape[1:])
+    return head_proba(keras.Model(inp, pool(top(inp, training=False))), maps, batch_size).astype(np.float32)
 
 
 def build_head(shape, n_classes: int, width: int = 128, dropout: float = 0.3, seed: int | None = None):

@@ -726,7 +726,7 @@ def train_backbone(
         map_record: dict | None = None
         if cfg.map_head:
             t0 = time.perf_counter()
-            saved, map_record, hist_maps = _map_phase(model, cfg, tr, va, source, spec.name, size, cw, best)
+            saved, map_record, hist_maps = _map_phase(model, cfg, tr, va, spec.name, size, cw, best)
             histories.append(hist_maps.assign(phase="maps", epoch=lambda d: np.arange(len(d))))
             timings["maps_s"] = round(time.perf_counter() - t0, 2)
 
@@ -779,7 +779,7 @@ def train_backbone(
     return metrics
 
 
-def _map_phase(model, cfg: TrainConfig, tr, va, source: str, backbone: str, size: int, cw, best: BestState):
+def _map_phase(model, cfg: TrainConfig, tr, va, backbone: str, size: int, cw, best: BestState):
     """Phase ``maps``: cache the cut backbone's maps, train a map head, offer its best epoch to ``best``.
 
     Returns ``(the model to save, the phase's record, its history)``: the assembled map-head
@@ -788,9 +788,7 @@ def _map_phase(model, cfg: TrainConfig, tr, va, source: str, backbone: str, size
     if not 1 <= int(cfg.map_flips) <= len(maphead.FLIPS):
         raise InputError(f"map_flips must be 1 to {len(maphead.FLIPS)}, got {cfg.map_flips}")
     t0 = time.perf_counter()
-    src, trunk, cut = maphead.map_source(
-        model, cfg.map_fraction, _weights_identity(source, cfg.seed), backbone, size, cfg.policy, cfg.batch_size
-    )
+    src, trunk, cut = maphead.map_source(model, cfg.map_fraction, backbone, size, cfg.policy, cfg.batch_size)
     train_maps = [src.maps(list(tr.path), c) for c in maphead.FLIPS[: int(cfg.map_flips)]]
     val_maps = np.asarray(src.maps(list(va.path)), np.float32)
     t_maps = time.perf_counter() - t0

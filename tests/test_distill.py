@@ -306,13 +306,14 @@ def test_student_map_head_trains_on_each_views_soft_targets_and_is_saved(smoke_d
         map_epochs=2,
         map_width=8,
         augment=["flip"],
-        aug_views=2,
+        map_flips=2,  # flips only: the views are flips 0 and 1
         batch_size=16,
         verbose=0,
         seed=3,
     )
     m = distill.train_student(cfg, path, root, split, tmp_path / "out")
     assert m["selected"]["phase"] == "maps" and m["map_head"]["won"] and m["map_head"]["views"] == 2
+    assert m["view_source"]["teacher_from"] == "model"  # the teacher has no map head: it ran on the flips
     hist = pd.read_csv(tmp_path / "out" / "history.csv")
     assert (hist.phase == "maps").sum() == 2
     student = load_model(tmp_path / "out" / "model.keras")
@@ -320,3 +321,119 @@ def test_student_map_head_trains_on_each_views_soft_targets_and_is_saved(smoke_d
     man = data.read_split(split, data_root=root)
     got = predict_proba(student, list(man[man.subset == "val"].path), policy="stretch")
     np.testing.assert_allclose(got, np.load(tmp_path / "out" / "proba_val.npy"), atol=1e-5)
+
+
+# ---------------------------------------------------------------- flips only: the teacher from its members' cached maps
+
+
+@pytest.fixture(scope="module")
+def map_teacher(smoke_data, tmp_path_factory):
+    """A run folder whose only model is a MobileNet map-head classifier (ImageNet weights, 64 px),
+    its maps of four flips cached by its training."""
+    root, split = smoke_data
+    run = tmp_path_factory.mktemp("map_teacher") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GC10_WEIGHTS_DIR", str(WEIGHTS))
+        cfg = training.TrainConfig(
+            backbone="mobilenet",
+            img_size=64,
+            probe=False,
+            epochs_head=0,
+            epochs_finetune=0,
+            map_head=True,
+            map_epochs=2,
+            map_width=8,
+            batch_size=16,
+            verbose=0,
+            seed=3,
+        )
+        m = training.train_backbone(cfg, root, run / "steps" / "02_finetune_mobilenet", split_csv=split)
+    assert m["selected"]["phase"] == "maps"
+    return run, Path(m["model_path"])
+
+
+@needs_weights
+def test_teacher_from_maps_equals_the_teacher_single_and_weighted(map_teacher, smoke_data, tmp_path):
+    """A single map-head classifier and a weighted ensemble of two (one recipe): the probabilities
+    computed from the members' maps are those of the Keras model on the flipped images."""
+    from gc10lib import ensemble
+
+    root, split = smoke_data
+    _, member = map_teacher
+    man = data.read_split(split, data_root=root)
+    paths = list(man[man.subset == "val"].path)
+    x = ImageCache(64, "stretch").load(paths)
+    single = distill.TeacherFromMaps.of(member, batch_size=4)
+    model = load_model(member)
+    for code in (0, 3):
+        want = model.predict(maphead.flip(x, code).astype("float32"), verbose=0)
+        np.testing.assert_allclose(single(paths, code), want, atol=2e-3)  # the maps are cached as float16
+    # a second map-head member with another head, and a weighted recipe of the two
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    head = maphead.build_head(model.get_layer("head").inputs[0].shape[1:], len(model_info(model).classes), 8, seed=9)
+    other = maphead.assemble(model, model.get_layer("backbone"), head, name="other")
+    other_path = save_model(other, other_dir / "model.keras")
+    fitted = {"method": "weighted", "weights": [0.25, 0.75]}
+    teacher = ensemble.build_fitted([load_model(member), load_model(other_path)], fitted)
+    d = tmp_path / "ensembles" / "weighted"
+    d.mkdir(parents=True)
+    path = save_model(teacher, d / "ensemble.keras")
+    recipe = {
+        "method": "weighted",
+        "weights": [0.25, 0.75],
+        "members": [{"name": "a", "path": str(member)}, {"name": "b", "path": str(other_path)}],
+    }
+    (d / "recipe.json").write_text(json.dumps(recipe))
+    got = distill.TeacherFromMaps.of(path, batch_size=4)(paths, 1)
+    want = teacher.predict(maphead.flip(x, 1).astype("float32"), verbose=0)
+    np.testing.assert_allclose(got, want, atol=2e-3)
+    assert np.abs(want - single(paths, 1)).max() > 0.01  # the second member counts
+    # a member that is not a map head: no shortcut
+    plain, _ = build_classifier("mobilenet", model_info(model).classes, 64, None, seed=0)
+    plain_path = save_model(plain, other_dir / "plain.keras")
+    (d / "recipe.json").write_text(
+        json.dumps({**recipe, "members": [recipe["members"][0], {"name": "p", "path": str(plain_path)}]})
+    )
+    assert distill.TeacherFromMaps.of(path) is None
+
+
+@needs_weights
+def test_flips_only_student_reads_every_map_from_the_cache(map_teacher, smoke_data, tmp_path, monkeypatch):
+    """augment [flip] and a MobileNet student of a run whose MobileNet map head taught it: the views
+    are the flips, and neither the teacher's nor the student's trunk runs (their maps were cached by
+    the run's training); only a check of the teacher on a few validation images runs the teacher."""
+    root, split = smoke_data
+    _, member = map_teacher
+    ran = []
+    real = distill._run_on_flip
+    monkeypatch.setattr(distill, "_run_on_flip", lambda *a, **k: ran.append(a[-1]) or real(*a, **k))
+
+    def no_trunk(*a, **k):
+        raise AssertionError("a trunk ran although its maps were cached")
+
+    monkeypatch.setattr(maphead, "maps_of", no_trunk)
+    monkeypatch.setenv("GC10_WEIGHTS_DIR", str(WEIGHTS))
+    cfg = distill.DistillConfig(
+        student="mobilenet",
+        epochs_head=2,
+        epochs_finetune=0,
+        map_head=True,
+        map_epochs=2,
+        map_width=8,
+        augment=["flip"],
+        map_flips=3,
+        batch_size=16,
+        verbose=0,
+        seed=3,
+    )
+    m = distill.train_student(cfg, member, root, split, tmp_path / "out")
+    assert ran == ["teacher check"]
+    assert m["views"] == 3 and m["map_head"]["views"] == 3
+    src = m["view_source"]
+    assert src["views"] == "flips" and src["codes"] == [0, 1, 2] and src["teacher_from"] == "members' cached maps"
+    assert src["teacher_check_max_abs"] <= 2e-3
+    assert len(pd.read_csv(tmp_path / "out" / "history.csv")) >= 2
+    with pytest.raises(InputError, match="map_flips must be 1 to 4, got 5"):
+        distill.flip_codes(distill.DistillConfig(augment=["flip"], map_flips=5))
+    assert distill.flip_codes(distill.DistillConfig(augment=["flip", "shift"])) is None

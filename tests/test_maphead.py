@@ -62,7 +62,7 @@ def test_maps_are_cached_and_flipped(smoke_data, monkeypatch):
     paths = list(data.read_split(split).path[:5])
     model, source = build_classifier("mobilenet", data.split_classes(split), 64, None, seed=0)
     training.calibrate_batchnorm(model, ImageCache(64, "stretch").load(paths).astype("float32"))  # live random maps
-    src, trunk, cut = maphead.map_source(model, 0.3, source, "mobilenet", 64, "stretch", batch_size=4)
+    src, trunk, cut = maphead.map_source(model, 0.3, "mobilenet", 64, "stretch", batch_size=4)
     plain, flipped = src.maps(paths, 0), src.maps(paths, 1)
     assert plain.dtype == np.float16 and plain.shape[0] == 5 and plain.shape[1:] == tuple(trunk.output.shape[1:])
     assert plain.astype("float32").std() > 0.01
@@ -113,6 +113,29 @@ def test_map_head_that_wins_is_saved_and_recorded(map_run, smoke_data):
     np.testing.assert_allclose(predict_proba(model, va.path), np.load(out / "proba_val.npy"), atol=1e-5)
 
 
+def test_saved_map_head_finds_its_training_maps_by_its_trunk_weights(map_run, smoke_data, monkeypatch):
+    """The map cache is keyed by the trunk's weights: the saved classifier finds the maps its training
+    cached (and its head on them is the classifier on the flipped images); a changed trunk does not."""
+    out, m = map_run
+    _, split = smoke_data
+    paths = list(data.read_split(split).query("subset == 'train'").path)
+    model = load_model(out / "model.keras")
+    src = maphead.classifier_source(model, batch_size=4)
+    assert src.key[4] == m["map_head"]["cut"] and src.size == 64
+
+    def no_backbone(*a, **k):
+        raise AssertionError("the trunk ran although training cached these maps")
+
+    monkeypatch.setattr(src.extractor, "predict_on_batch", no_backbone)
+    maps = src.maps(paths, 2)
+    x = maphead.flip(ImageCache(64).load(paths[:4]), 2).astype("float32")
+    want = model.predict(x, verbose=0)
+    np.testing.assert_allclose(maphead.head_proba(model.get_layer("head"), maps[:4], batch_size=4), want, atol=2e-3)
+    kernel = model.get_layer("backbone").weights[0]
+    kernel.assign(kernel * 1.01)  # a trunk fine-tuned below the cut makes other maps: another key
+    assert maphead.classifier_source(model).path([], 2) != src.path([], 2)
+
+
 def test_map_head_classifier_reloads_in_a_fresh_process(map_run, smoke_data):
     out, m = map_run
     _, split = smoke_data
@@ -145,13 +168,13 @@ def test_map_head_that_loses_leaves_the_model_and_best_state_alone(smoke_data):
     man = data.read_split(split)
     tr, va = (man[man.subset == s] for s in ("train", "val"))
     classes = data.split_classes(split)
-    model, source = build_classifier("mobilenet", classes, 64, None, seed=0)
+    model, _ = build_classifier("mobilenet", classes, 64, None, seed=0)
     best = training.BestState(model, "val_loss")
     best.offer(0.0, "probe", 0)  # nothing can beat a log-loss of 0
     before = [np.array(w) for w in best.weights]
     cfg = training.TrainConfig(backbone="mobilenet", img_size=64, map_epochs=2, map_width=8, batch_size=16, verbose=0)
     cw = data.class_weights(tr.label, len(classes), "none")
-    saved, record, history = training._map_phase(model, cfg, tr, va, source, "mobilenet", 64, cw, best)
+    saved, record, history = training._map_phase(model, cfg, tr, va, "mobilenet", 64, cw, best)
     assert saved is model and not record["won"] and len(history) == 2
     assert best.phase == "probe" and best.best_by_phase["maps"] > 0.0
     for a, b in zip(before, best.weights, strict=True):
