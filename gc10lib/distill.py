@@ -82,7 +82,6 @@ class DistillConfig:
     dropout: float = 0.2
     augment: bool | list[str] = True
     aug_views: int = 2  # 1 plain + (aug_views - 1) augmented views per training image
-    map_flips: int = 4  # with flips only (augment: [flip]), the views are the first map_flips flips instead
     patience: int = 5
     monitor: str = "val_loss"  # or "val_macro_f1"; on the hard labels of the validation split
     unlabelled_dir: str | None = None  # a folder of extra images without labels, taught by the teacher
@@ -218,15 +217,16 @@ def teacher_views(
     return out
 
 
-def flip_codes(cfg: DistillConfig) -> tuple[int, ...] | None:
-    """The student's views when its augmentation is flips only: the flips themselves, the first
-    ``map_flips`` of :data:`gc10lib.maphead.FLIPS` (as the members' map heads saw them in training);
-    ``None`` for any other augmentation (then the views are random augmented copies)."""
+def flip_plan(cfg: DistillConfig, n: int) -> list[np.ndarray] | None:
+    """With flips only (``augment: [flip]``), each view's flip code per image (:func:`gc10lib.maphead.flip`):
+    view 0 plain, view ``k`` a seeded random flip per image, uniform over the four (as a random
+    horizontal-and-vertical flip draws them); ``None`` for any other augmentation."""
     if aug_ops(cfg.augment) != ("flip",):
         return None
-    if not 1 <= int(cfg.map_flips) <= len(maphead.FLIPS):
-        raise InputError(f"map_flips must be 1 to {len(maphead.FLIPS)}, got {cfg.map_flips}")
-    return tuple(maphead.FLIPS[: int(cfg.map_flips)])
+    views = max(1, int(cfg.aug_views))
+    return [np.zeros(n, int)] + [
+        np.random.default_rng(cfg.seed + 1000 * v).integers(0, len(maphead.FLIPS), n) for v in range(1, views)
+    ]
 
 
 class TeacherFromMaps:
@@ -276,20 +276,38 @@ class TeacherFromMaps:
 
 
 class _FlipView:
-    """One flip of cached images, read rows at a time (for the fine-tune phase; nothing held in memory)."""
+    """Cached images, each under its own flip code, read rows at a time (nothing held in memory)."""
 
-    def __init__(self, cache: ImageCache, files: list[str], code: int):
-        self.cache, self.files, self.code = cache, list(files), code
+    def __init__(self, cache: ImageCache, files: list[str], codes: np.ndarray):
+        self.cache, self.files, self.codes = cache, np.asarray(files), np.asarray(codes)
         self.shape = (len(self.files), cache.size, cache.size, 3)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, idx):
-        one = np.ndim(idx) == 0 and not isinstance(idx, slice)
-        pick = [self.files[int(idx)]] if one else list(np.asarray(self.files)[idx])
-        x = maphead.flip(self.cache.load(pick), self.code)
+        one = np.ndim(idx) == 0
+        rows = np.atleast_1d(np.arange(len(self.files))[idx])
+        x = self.cache.load(list(self.files[rows]))
+        x = np.stack([maphead.flip(im[None], int(c))[0] for im, c in zip(x, self.codes[rows], strict=True)])
         return x[0] if one else x
+
+
+class _MixedRows:
+    """Row ``j`` of ``arrays[codes[j]]``: one view's maps gathered from the per-flip caches, lazily."""
+
+    def __init__(self, arrays: list, codes: np.ndarray):
+        self.arrays, self.codes = arrays, np.asarray(codes)
+        self.shape = (len(self.codes), *arrays[0].shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, j):
+        if np.ndim(j) == 0:
+            return self.arrays[self.codes[j]][j]
+        rows = np.arange(len(self.codes))[j]
+        return np.stack([self.arrays[self.codes[r]][r] for r in rows])
 
 
 def _run_on_flip(model, cache: ImageCache, files: list[str], code: int, batch_size: int, desc: str) -> np.ndarray:
@@ -309,26 +327,29 @@ def flip_views(
     student_name: str,
     paths: list[str],
     val_paths: list[str],
-    codes: tuple[int, ...],
+    plan: list[np.ndarray],
     *,
     size: int,
     policy: str,
     cfg: DistillConfig,
 ) -> tuple[list[dict], dict, dict]:
-    """The views of flips-only distillation: for each flip ``code``, the teacher's probabilities,
-    the student's pooled features, its maps (with ``map_head``) and the images (read lazily).
+    """The views of flips-only distillation (``plan``: :func:`flip_plan`): for each view, the
+    teacher's probabilities, the student's pooled features, its maps (with ``map_head``) and the
+    images (read lazily), each image under its view's flip.
 
-    The teacher is computed from its members' cached maps (:class:`TeacherFromMaps`) when every
-    member is a map-head classifier and the result agrees with the teacher itself on validation
-    images (within 0.02); otherwise it runs on the flipped images. The student's maps come from the
-    map cache too (a student that was a member of the run finds them there), and its pooled
-    features from the backbone above its cut, so its trunk does not run again either.
-    Returns ``(one dict per code, the same for the plain val images, a record of where each came from)``.
+    Everything is computed once per flip and gathered per view. The teacher is computed from its
+    members' cached maps (:class:`TeacherFromMaps`) when every member is a map-head classifier and
+    the result agrees with the teacher itself on validation images (within 0.02); otherwise it runs
+    on the flipped images. The student's maps come from the map cache too (a student of the same
+    backbone as a member finds them there), and its pooled features from the backbone above its
+    cut, so its trunk does not run again either. Returns ``(one dict per view, the same for the
+    plain val images, a record of where they came from)``.
     """
     bs = cfg.batch_size
     cache = ImageCache(size, policy)
     files, val_files = cache.ensure(paths), cache.ensure(val_paths)
-    record: dict = {"views": "flips", "codes": list(codes), "teacher_from": "model"}
+    used = sorted({int(c) for codes in plan for c in np.unique(codes)})
+    record: dict = {"views": "random flips", "flips_used": used, "teacher_from": "model"}
     from_maps = TeacherFromMaps.of(teacher_path, bs)
     val_teacher = None
     if from_maps is not None:
@@ -359,11 +380,20 @@ def flip_views(
         maps = src.maps(p, code)
         return {"features": maphead.pooled_from_maps(student, cut, maps, bs), "maps": maps}
 
-    views = []
-    for code in codes:
+    per_flip = {}
+    for code in used:
         part = student_part(paths, files, code, f"student features, flip {code}")
-        views.append({"teacher": teach(paths, files, code, f"teacher, flip {code}"), **part})
-        views[-1]["images"] = _FlipView(cache, files, code)
+        per_flip[code] = {"teacher": teach(paths, files, code, f"teacher, flip {code}"), **part}
+    rows = np.arange(len(files))
+    views = []
+    for codes in plan:
+        stack = {k: np.stack([per_flip[c][k] for c in used]) for k in ("teacher", "features")}
+        where = np.searchsorted(used, codes)
+        view = {k: v[where, rows] for k, v in stack.items()}
+        maps = [per_flip[c]["maps"] for c in used]
+        view["maps"] = None if maps[0] is None else _MixedRows(maps, where)
+        view["images"] = _FlipView(cache, files, codes)
+        views.append(view)
     val = {"teacher": val_teacher if val_teacher is not None else teach(val_paths, val_files, 0, "teacher, val")}
     val.update(student_part(val_paths, val_files, 0, "student features, val"), images=cache.load(val_files))
     return views, val, record
@@ -494,12 +524,12 @@ def train_student(
     # ---- the teacher, once per image and view, with the student's features of the same pixels
     t0 = time.perf_counter()
     ops = aug_ops(cfg.augment)
-    codes = flip_codes(cfg)
-    views = len(codes) if codes is not None else max(1, int(cfg.aug_views)) if ops else 1
+    views = max(1, int(cfg.aug_views)) if ops else 1
     train_paths = list(tr.path) + extra
     labels = np.concatenate([tr.label.to_numpy(), -np.ones(len(extra), int)])
     view_record: dict = {"views": "augmented copies", "n": views}
-    if codes is not None:
+    plan = flip_plan(cfg, len(train_paths))
+    if plan is not None:
         got, val, view_record = flip_views(
             teacher,
             teacher_path,
@@ -507,7 +537,7 @@ def train_student(
             spec.name,
             train_paths,
             list(va.path),
-            codes,
+            plan,
             size=size,
             policy=policy,
             cfg=cfg,

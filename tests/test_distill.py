@@ -306,7 +306,7 @@ def test_student_map_head_trains_on_each_views_soft_targets_and_is_saved(smoke_d
         map_epochs=2,
         map_width=8,
         augment=["flip"],
-        map_flips=2,  # flips only: the views are flips 0 and 1
+        aug_views=2,
         batch_size=16,
         verbose=0,
         seed=3,
@@ -422,7 +422,7 @@ def test_flips_only_student_reads_every_map_from_the_cache(map_teacher, smoke_da
         map_epochs=2,
         map_width=8,
         augment=["flip"],
-        map_flips=3,
+        aug_views=3,
         batch_size=16,
         verbose=0,
         seed=3,
@@ -431,9 +431,39 @@ def test_flips_only_student_reads_every_map_from_the_cache(map_teacher, smoke_da
     assert ran == ["teacher check"]
     assert m["views"] == 3 and m["map_head"]["views"] == 3
     src = m["view_source"]
-    assert src["views"] == "flips" and src["codes"] == [0, 1, 2] and src["teacher_from"] == "members' cached maps"
-    assert src["teacher_check_max_abs"] <= 2e-3
+    assert src["views"] == "random flips" and src["flips_used"] == [0, 1, 2, 3]
+    assert src["teacher_from"] == "members' cached maps" and src["teacher_check_max_abs"] <= 2e-3
     assert len(pd.read_csv(tmp_path / "out" / "history.csv")) >= 2
-    with pytest.raises(InputError, match="map_flips must be 1 to 4, got 5"):
-        distill.flip_codes(distill.DistillConfig(augment=["flip"], map_flips=5))
-    assert distill.flip_codes(distill.DistillConfig(augment=["flip", "shift"])) is None
+    assert distill.flip_plan(distill.DistillConfig(augment=["flip", "shift"]), 5) is None
+
+
+def test_flip_views_are_plain_then_seeded_random_flips_gathered_per_image(map_teacher, smoke_data, monkeypatch):
+    """Each view holds every image under its own flip: the teacher's probabilities, the student's
+    features, maps and pixels of view k are those of flip plan[k][i] for image i."""
+    root, split = smoke_data
+    _, member = map_teacher
+    monkeypatch.setenv("GC10_WEIGHTS_DIR", str(WEIGHTS))
+    cfg = distill.DistillConfig(student="mobilenet", map_head=True, augment=["flip"], aug_views=3, batch_size=8, seed=5)
+    plan = distill.flip_plan(cfg, 40)
+    assert len(plan) == 3 and not plan[0].any() and set(plan[1]) == {0, 1, 2, 3}
+    assert not np.array_equal(plan[1], plan[2])
+    np.testing.assert_array_equal(distill.flip_plan(cfg, 40)[2], plan[2])  # seeded
+    man = data.read_split(split, data_root=root)
+    paths, val_paths = list(man[man.subset == "train"].path)[:6], list(man[man.subset == "val"].path)
+    teacher = load_model(member)
+    student, _ = build_classifier("mobilenet", model_info(teacher).classes, 64, "imagenet", seed=0)
+    codes = [np.zeros(6, int), np.array([0, 1, 2, 3, 3, 1])]
+    views, val, rec = distill.flip_views(
+        teacher, member, student, "mobilenet", paths, val_paths, codes, size=64, policy="stretch", cfg=cfg
+    )
+    x = ImageCache(64, "stretch").load(paths)
+    flipped = np.stack([maphead.flip(im[None], c)[0] for im, c in zip(x, codes[1], strict=True)])
+    np.testing.assert_array_equal(views[1]["images"][np.arange(6)], flipped)
+    np.testing.assert_array_equal(views[1]["images"][4], flipped[4])
+    np.testing.assert_allclose(views[1]["teacher"], teacher.predict(flipped.astype("float32"), verbose=0), atol=2e-3)
+    feats = keras.Model(student.inputs, student.get_layer("pool").output).predict(flipped.astype("float32"), verbose=0)
+    np.testing.assert_allclose(views[1]["features"], feats, rtol=0.02, atol=0.02)  # from float16 maps
+    src, _, _ = maphead.map_source(student, cfg.map_fraction, "mobilenet", 64, "stretch")
+    np.testing.assert_array_equal(views[1]["maps"][5], src.maps(paths, 1)[5])
+    assert views[1]["maps"].shape == views[0]["maps"].shape and len(views[1]["maps"]) == 6
+    assert rec["flips_used"] == [0, 1, 2, 3] and len(val["teacher"]) == len(val_paths)
