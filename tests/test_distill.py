@@ -330,6 +330,8 @@ def test_student_map_head_trains_on_each_views_soft_targets_and_is_saved(smoke_d
 def map_teacher(smoke_data, tmp_path_factory):
     """A run folder whose only model is a MobileNet map-head classifier (ImageNet weights, 64 px),
     its maps of four flips cached by its training."""
+    if not WEIGHTS.is_dir():
+        pytest.skip(f"{WEIGHTS} is absent: the map-cache checks need real ImageNet weights (CI always has them)")
     root, split = smoke_data
     run = tmp_path_factory.mktemp("map_teacher") / "run"
     with pytest.MonkeyPatch.context() as mp:
@@ -437,6 +439,7 @@ def test_flips_only_student_reads_every_map_from_the_cache(map_teacher, smoke_da
     assert distill.flip_plan(distill.DistillConfig(augment=["flip", "shift"]), 5) is None
 
 
+@needs_weights
 def test_flip_views_are_plain_then_seeded_random_flips_gathered_per_image(map_teacher, smoke_data, monkeypatch):
     """Each view holds every image under its own flip: the teacher's probabilities, the student's
     features, maps and pixels of view k are those of flip plan[k][i] for image i."""
