@@ -385,12 +385,12 @@ def flip_views(
         part = student_part(paths, files, code, f"student features, flip {code}")
         per_flip[code] = {"teacher": teach(paths, files, code, f"teacher, flip {code}"), **part}
     rows = np.arange(len(files))
+    stack = {k: np.stack([per_flip[c][k] for c in used]) for k in ("teacher", "features")}
+    maps = [per_flip[c]["maps"] for c in used]
     views = []
     for codes in plan:
-        stack = {k: np.stack([per_flip[c][k] for c in used]) for k in ("teacher", "features")}
         where = np.searchsorted(used, codes)
         view = {k: v[where, rows] for k, v in stack.items()}
-        maps = [per_flip[c]["maps"] for c in used]
         view["maps"] = None if maps[0] is None else _MixedRows(maps, where)
         view["images"] = _FlipView(cache, files, codes)
         views.append(view)

@@ -118,17 +118,23 @@ class _FlippedImages:
         return flip(self.cache.load(self.files[s]), self.code)
 
 
+def predict_fixed(model, items, batch_size: int, dtype, desc: str | None = None) -> np.ndarray:
+    """``model`` on ``items`` (an array, memory-mapped or not, or anything sliceable into batches), a
+    batch at a time, the last batch padded to full size: one traced shape, no retracing per call."""
+    chunks = []
+    steps = range(0, len(items), batch_size)
+    for i in progress.bar(steps, total=len(steps), desc=desc, unit="batch") if desc else steps:
+        x = np.asarray(items[i : i + batch_size], np.float32)
+        n = len(x)
+        x = np.concatenate([x, np.zeros((batch_size - n, *x.shape[1:]), x.dtype)]) if n < batch_size else x
+        chunks.append(np.asarray(model.predict_on_batch(x), dtype)[:n])
+    return np.concatenate(chunks) if chunks else np.zeros((0, *model.outputs[0].shape[1:]), dtype)
+
+
 def maps_of(extractor, images, batch_size: int = 32, desc: str = "maps") -> np.ndarray:
     """Trunk maps (float16) of ``images`` (an array, memory-mapped or not, or anything sliceable into
     ``(n, s, s, 3)`` batches in 0..255), a batch at a time."""
-    chunks = []
-    steps = range(0, len(images), batch_size)
-    for i in progress.bar(steps, total=len(steps), desc=desc, unit="batch"):
-        x = np.asarray(images[i : i + batch_size], np.float32)
-        n = len(x)  # the last batch is padded to full size: one traced shape, no retracing per call
-        x = np.concatenate([x, np.zeros((batch_size - n, *x.shape[1:]), x.dtype)]) if n < batch_size else x
-        chunks.append(np.asarray(extractor.predict_on_batch(x), np.float16)[:n])
-    return np.concatenate(chunks)
+    return predict_fixed(extractor, images, batch_size, np.float16, desc)
 
 
 def cut_extractor(model, fraction: float):
@@ -173,13 +179,7 @@ def classifier_source(classifier, batch_size: int = 32) -> MapSource:
 
 def head_proba(head, maps, batch_size: int = 64) -> np.ndarray:
     """``head``'s output on ``maps`` (float16, memory-mapped or not), a fixed-size batch at a time."""
-    out = []
-    for i in range(0, len(maps), batch_size):
-        x = np.asarray(maps[i : i + batch_size], np.float32)
-        n = len(x)
-        x = np.concatenate([x, np.zeros((batch_size - n, *x.shape[1:]), x.dtype)]) if n < batch_size else x
-        out.append(np.asarray(head.predict_on_batch(x), np.float64)[:n])
-    return np.concatenate(out) if out else np.zeros((0, int(head.outputs[0].shape[-1])))
+    return predict_fixed(head, maps, batch_size, np.float64)
 
 
 def pooled_from_maps(model, cut: str, maps, batch_size: int = 64) -> np.ndarray:
