@@ -47,6 +47,9 @@ class BackboneSpec:
     min_size: int = 32
     kwargs: dict = field(default_factory=dict)
     cam_layer: str | None = None  # Grad-CAM feature map inside the backbone; None: the backbone's output
+    # Layers an int8 export keeps in float (gc10lib.export): the stem, where full-integer rounding
+    # of the first depthwise convolution's input is amplified by its BatchNorm-folded weights.
+    int8_float: tuple[str, ...] = ()
 
     def keras_preprocess(self, x: np.ndarray) -> np.ndarray:
         """Keras' own ``preprocess_input`` for this family (the reference for tests)."""
@@ -82,6 +85,7 @@ REGISTRY: dict[str, BackboneSpec] = {
             224,
             "tf",
             ("mobilenet_1_0_224_imagenet_notop.weights.h5", "mobilenet_1_0_224_tf_no_top.h5"),
+            int8_float=("conv1", "conv_dw_1", "conv_pw_1"),
         ),
         BackboneSpec(
             "mobilenet_v2",
@@ -93,6 +97,7 @@ REGISTRY: dict[str, BackboneSpec] = {
                 "mobilenet_v2_1_0_224_imagenet_notop.weights.h5",
                 "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
             ),
+            int8_float=("Conv1", "expanded_conv_depthwise", "expanded_conv_project"),
         ),
         BackboneSpec(
             "vgg19",

@@ -190,7 +190,7 @@ def _export(args: argparse.Namespace) -> int:
         rep = representative_images(
             args.data, args.split_csv, info.input_size, n=args.calibration, policy=args.policy or info.policy
         )
-    out = export_litert(model, args.out, args.format, representative=rep)
+    out = export_litert(model, args.out, args.format, representative=rep, float_stem=not args.full_integer)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB, {args.format})")
     return 0
 
@@ -249,7 +249,15 @@ def _quantize(args: argparse.Namespace) -> int:
 
     data_dir, split = _run_inputs(args)
     table = quantize_run(
-        args.run, data_dir, split, args.out, args.models, args.variants, max_images=args.max_images, seed=args.seed
+        args.run,
+        data_dir,
+        split,
+        args.out,
+        args.models,
+        args.variants,
+        max_images=args.max_images,
+        seed=args.seed,
+        full_integer=args.full_integer,
     )
     print(markdown_table(table))
     print(f"wrote {table.attrs['out_dir']}")
@@ -446,6 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="LiteRT variants to export and score (default: all four)",
     )
     s.add_argument("--max-images", type=int, help="cap on test images (default: all)")
+    s.add_argument(
+        "--full-integer",
+        action="store_true",
+        help="int8 without the float stem (MobileNet/MobileNetV2 keep their preprocessing and first block in "
+        "float by default, which keeps their accuracy): for accelerators that run integer ops only",
+    )
     s = _step_parser(
         sub,
         "distill",
@@ -513,13 +527,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         required=True,
         choices=["float32", "float16", "dynamic", "int8"],
-        help="float32, float16 (half-size weights), dynamic (int8 weights) or int8 (full integer)",
+        help="float32, float16 (half-size weights), dynamic (int8 weights) or int8 (int8 weights and activations)",
     )
     x.add_argument("--data", help="dataset for int8 calibration images")
     x.add_argument("--split-csv", help="split manifest: calibrate on its train subset")
     x.add_argument("--calibration", type=int, default=200, help="number of calibration images (default 200)")
     x.add_argument("--out", required=True, help="output .tflite file (never overwritten; its sidecar is <out>.json)")
     x.add_argument("--policy", choices=["stretch", "pad"], help=POLICY_HELP)
+    x.add_argument(
+        "--full-integer",
+        action="store_true",
+        help="int8 without the float stem (MobileNet/MobileNetV2 keep their preprocessing and first block in "
+        "float by default, which keeps their accuracy): for accelerators that run integer ops only",
+    )
     x.set_defaults(func=_export)
 
     r = _command(

@@ -84,11 +84,13 @@ def quantize_table(
     repeats: int = 5,
     num_threads: int | None = None,
     seed: int = 0,
+    full_integer: bool = False,
 ) -> pd.DataFrame:
     """Export ``model_path`` in each variant into ``out_dir`` and compare with the Keras original.
 
     Images are made with the model's own resize policy unless ``policy`` overrides it. LiteRT runs
-    with ``num_threads`` (default all cores); Keras through ``predict_on_batch``.
+    with ``num_threads`` (default all cores); Keras through ``predict_on_batch``. ``full_integer``:
+    int8 without the float stem (:func:`gc10lib.export.export_litert`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -131,6 +133,7 @@ def quantize_table(
             out_dir / f"{name}_{variant}.tflite",
             variant,
             representative=rep if variant == "int8" else None,
+            float_stem=not full_integer,
         )
         lite = LiteRTPredictor(path, num_threads=threads, batch_size=32)
         proba = lite(images)

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import WEIGHTS, XSDD, needs_shared, needs_weights
 
 from gc10lib import data
 from gc10lib.backbones import load_model
@@ -23,8 +24,6 @@ def exported(smoke_data, tmp_path_factory):
     Random-init features are too ill-conditioned for a meaningful int8 comparison, and MobileNet
     (v1) loses most of its agreement under full-integer quantization (see the README)."""
     import os
-
-    from conftest import WEIGHTS
 
     from gc10lib import training
 
@@ -74,7 +73,9 @@ def test_every_variant_exports_and_runs(exported, smoke_data):
     assert sizes["dynamic"] * 3 <= sizes["float32"]
     assert sizes["float16"] < 0.6 * sizes["float32"]
     meta = json.loads((files["int8"].parent / (files["int8"].name + ".json")).read_text())
-    assert meta["variant"] == "int8" and meta["input"].startswith("uint8") and meta["output"] == "logits"
+    assert meta["variant"] == "int8" and meta["output"] == "logits"
+    # MobileNetV2 keeps its stem float (the full-integer file is tested below), so it takes float pixels
+    assert meta["input"].startswith("float32") and meta["float_layers"][:2] == ["preprocess", "Conv1"]
     assert {json.loads(sidecar(f).read_text())["output"] for v, f in files.items() if v != "int8"} == {"probabilities"}
 
 
@@ -275,3 +276,53 @@ def test_folding_the_head_normalization_is_exact_and_leaves_ensembles_alone():
     assert model_info(folded) == model_info(model)
     other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     assert fold_head_normalization(other) is other
+
+
+@pytest.mark.slow
+@needs_shared
+@needs_weights
+def test_int8_mobilenet_keeps_its_stem_float_and_its_agreement(tmp_path, monkeypatch):
+    """MobileNet (real ImageNet weights, a head on an X-SDD subset): the default int8 file keeps the
+    preprocessing and the first depthwise-separable block in float and everything else int8, and
+    agrees with Keras at least as well as the full-integer file (``float_stem=False``), which
+    rounds the stem."""
+    from tensorflow.lite.python.schema_py_generated import TensorType
+
+    from gc10lib import training
+    from gc10lib.export import _made_by, _tensor_types
+
+    monkeypatch.setenv("GC10_WEIGHTS_DIR", str(WEIGHTS))
+    ds = data.discover(XSDD)
+    ds.table = ds.table.groupby("class").sample(30, random_state=0).reset_index(drop=True)
+    man = data.split_dataset(ds, (0.5, 0.2, 0.3), seed=0)
+    cfg = training.TrainConfig(
+        backbone="mobilenet",
+        img_size=160,
+        weights="imagenet",
+        epochs_head=15,
+        epochs_finetune=0,
+        augment=False,
+        verbose=0,
+        seed=0,
+    )
+    model = training.train_backbone(cfg, XSDD, tmp_path / "m", manifest=man, classes=ds.classes)["model_path"]
+    split = tmp_path / "split.csv"
+    data.write_split(man, split, XSDD, classes=ds.classes, seed=0, fractions=(0.5, 0.2, 0.3))
+    rep = representative_images(XSDD, split, 160, n=60)
+    stem = export_litert(model, tmp_path / "stem.tflite", "int8", representative=rep)
+    full = export_litert(model, tmp_path / "full.tflite", "int8", representative=rep, float_stem=False)
+    meta = json.loads(sidecar(stem).read_text())
+    assert meta["float_layers"] == ["preprocess", "conv1", "conv_dw_1", "conv_pw_1"]
+    assert meta["input"].startswith("float32") and json.loads(sidecar(full).read_text())["float_layers"] == []
+    types = _tensor_types(stem.read_bytes())
+    for layer in ("conv1", "conv_dw_1", "conv_pw_1"):
+        assert {types[t] for t in types if _made_by(t, layer)} == {TensorType.FLOAT32}, layer
+    for layer in ("conv_dw_2", "conv_pw_2", "conv_pw_9"):  # the rest stays int8
+        assert TensorType.INT8 in {types[t] for t in types if _made_by(t, layer)}, layer
+    full_types = {t for n, t in _tensor_types(full.read_bytes()).items() if _made_by(n, "conv_dw_1")}
+    assert TensorType.FLOAT32 not in full_types and TensorType.INT8 in full_types
+    x = ImageCache(160).load(list(man[man.subset != "train"].path))
+    ref = KerasPredictor(model)(x).argmax(1)
+    agree = {f.stem: float(np.mean(LiteRTPredictor(f, batch_size=32)(x).argmax(1) == ref)) for f in (stem, full)}
+    print(f"int8 agreement with Keras on {len(x)} X-SDD images: {agree}")
+    assert agree["stem"] >= 0.95 and agree["stem"] >= agree["full"], agree

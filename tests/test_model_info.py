@@ -92,6 +92,15 @@ def test_pad_model_exports_and_calibrates_with_pad_geometry(pad_model, smoke_dat
     assert lite.policy == "pad" and json.loads((tmp_path / "m.tflite.json").read_text())["backbones"] == ["mobilenet"]
     m = evaluate_model(out, root, split, "val", n_boot=0)
     assert m["policy"] == "pad"
+    # MobileNet keeps its stem float by default; --full-integer writes the integer-only file
+    full = tmp_path / "full.tflite"
+    args = ["export", "--model", str(pad_model), "--format", "int8", "--data", str(root), "--split-csv", str(split)]
+    assert cli.main([*args, "--calibration", "8", "--full-integer", "--out", str(full)]) == 0
+    metas = [json.loads((tmp_path / f"{f}.tflite.json").read_text()) for f in ("m", "full")]
+    assert metas[0]["float_layers"] == ["preprocess", "conv1", "conv_dw_1", "conv_pw_1"]
+    assert metas[0]["input"].startswith("float32")
+    assert metas[1]["float_layers"] == [] and metas[1]["input"].startswith("uint8")
+    assert LiteRTPredictor(full).inp["dtype"] == np.uint8 and LiteRTPredictor(out).inp["dtype"] == np.float32
 
 
 def test_file_saved_before_metadata_still_loads(tmp_path):
