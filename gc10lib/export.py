@@ -46,6 +46,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.lite.python.schema_py_generated import TensorType
+from tensorflow.lite.tools import flatbuffer_utils
 
 from gc10lib import data
 from gc10lib.backbones import REGISTRY, load_model
@@ -127,8 +129,6 @@ def float_stem_layers(info: ModelInfo) -> list[str]:
 
 def _tensor_types(blob: bytes) -> dict[str, int]:
     """Every tensor's name and type (``schema_py_generated.TensorType``) in a ``.tflite`` model."""
-    from tensorflow.lite.tools import flatbuffer_utils
-
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(blob))
     return {t.name.decode(): t.type for g in model.subgraphs for t in g.tensors}
 
@@ -168,8 +168,6 @@ def int8_blob(saved_model: str | Path, images: list[np.ndarray], float_layers: l
     debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denied)
     blob = debugger.get_nondebug_quantized_model()
     types = _tensor_types(blob)
-    from tensorflow.lite.python.schema_py_generated import TensorType
-
     if still := [t for t in denied if types.get(t) != TensorType.FLOAT32]:
         raise RuntimeError(f"int8 export: {len(still)} op(s) meant to stay float were quantized: {still[:3]}")
     return blob
