@@ -2,12 +2,12 @@
 
     python benchmarks/int8_stem.py MODEL.keras DATA_DIR SPLIT_CSV
         [--keep "" "preprocess,conv1" "preprocess,conv1,conv_dw_1" stem ...]
-        [--subsets val test] [--calibration-seed 42] [--out DIR]
+        [--subsets val test] [--calibration 200] [--calibration-seed 42] [--out DIR]
 
 Each ``--keep`` entry is one int8 file: a comma-separated list of Keras layer names kept in float
 (``""``: full integer; ``stem``: the registry's default, :func:`gc10lib.export.float_stem_layers`;
-``stem+conv_dw_2,conv_pw_2``: the default plus more). All are calibrated on the same 200
-train-split images (the seed the distill step uses by default). Prints, per file and subset:
+``stem+conv_dw_2,conv_pw_2``: the default plus more). All are calibrated on the same
+``--calibration`` train-split images (default 200 with seed 42, as the distill step does). Prints, per file and subset:
 accuracy, log-loss and top-1 agreement with the Keras model, then its size and ms per image at
 batch 1 (LiteRT on all cores, 40 images after one warm-up call).
 """
@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("split_csv")
     ap.add_argument("--keep", nargs="+", default=["", "stem"])
     ap.add_argument("--subsets", nargs="+", default=["val", "test"])
+    ap.add_argument("--calibration", type=int, default=200, help="number of calibration images")
     ap.add_argument("--calibration-seed", type=int, default=42)
     ap.add_argument("--out", help="folder for the .tflite files (default: a temporary one)")
     a = ap.parse_args()
@@ -54,7 +55,7 @@ def main() -> None:
     stem = float_stem_layers(info)
     cal = [
         np.asarray(im, np.float32)[None]
-        for im in calibration_images(model, a.data_dir, a.split_csv, seed=a.calibration_seed)
+        for im in calibration_images(model, a.data_dir, a.split_csv, n=a.calibration, seed=a.calibration_seed)
     ]
     keras_pred = KerasPredictor(a.model)
     sets = {}
