@@ -77,7 +77,8 @@ def main() -> None:
             keep = layers_of(entry, stem)
             f = out / f"int8_{i}.tflite"
             t0 = time.perf_counter()
-            f.write_bytes(int8_blob(saved, cal, keep))
+            blob, keep = int8_blob(saved, cal, keep)
+            f.write_bytes(blob)
             convert_s = time.perf_counter() - t0
             meta = {"classes": info.classes, "img_size": info.input_size, "policy": info.policy, "output": "logits"}
             Path(f"{f}.json").write_text(json.dumps({**meta, "variant": "int8", "float_layers": keep}))

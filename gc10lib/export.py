@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import keras
@@ -140,13 +140,18 @@ def _made_by(tensor: str, layer: str) -> bool:
     return any(pattern.fullmatch(part) for loc in tensor.split(";") for part in loc.split("/"))
 
 
-def int8_blob(saved_model: str | Path, images: list[np.ndarray], float_layers: list[str] = ()) -> bytes:
+def int8_blob(
+    saved_model: str | Path, images: list[np.ndarray], float_layers: Sequence[str] = ()
+) -> tuple[bytes, list[str]]:
     """An int8 ``.tflite`` calibrated on ``images`` (each ``(1, H, W, 3)`` float32), with the ops of
-    ``float_layers`` kept in float; without any, full integer with uint8 input.
+    ``float_layers`` kept in float; without any, full integer with uint8 input. Returns the file
+    and the layers of ``float_layers`` found in it.
 
     The float ops are chosen with the LiteRT quantization debugger's ``denylisted_nodes`` on the
-    calibrated model; every named layer must be found and must come out float32, or this raises,
-    so a converter that names its tensors otherwise can never silently write a full-integer file.
+    calibrated model. Layers that are named but not found are left out of the list: the converter
+    merges identical ops of two branches (same weights on the same input) into one, named after one
+    of them. If none is found, or a chosen op comes out other than float32, this raises, so a
+    converter that names its tensors otherwise can never silently write a full-integer file.
     """
     conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -155,22 +160,23 @@ def int8_blob(saved_model: str | Path, images: list[np.ndarray], float_layers: l
     if not float_layers:
         conv.inference_input_type = tf.uint8
         conv.inference_output_type = tf.float32
-        return conv.convert()
+        return conv.convert(), []
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=conv, debug_dataset=lambda: ([im] for im in images[:1])
     )
     tensors = list(_tensor_types(debugger.calibrated_model))
     nodes = {layer: [t for t in tensors if _made_by(t, layer)] for layer in float_layers}
-    if missing := [layer for layer, found in nodes.items() if not found]:
-        raise RuntimeError(f"int8 export: no converted tensor comes from layer(s) {missing}; use full integer instead")
-    denied = sorted({t for found in nodes.values() for t in found})
+    found = [layer for layer, names in nodes.items() if names]
+    if not found:
+        raise RuntimeError(f"int8 export: no converted tensor comes from layers {list(float_layers)}; use full integer")
+    denied = sorted({t for names in nodes.values() for t in names})
     debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denied)
     blob = debugger.get_nondebug_quantized_model()
     types = _tensor_types(blob)
     if still := [t for t in denied if types.get(t) != TensorType.FLOAT32]:
         raise RuntimeError(f"int8 export: {len(still)} op(s) meant to stay float were quantized: {still[:3]}")
-    return blob
+    return blob, found
 
 
 def export_litert(
@@ -213,7 +219,14 @@ def export_litert(
             images = [np.asarray(im, np.float32)[None] for im in representative]
             if not images:
                 raise InputError("int8 export: the representative set is empty")
-            blob = int8_blob(tmp, images, float_layers)
+            blob, kept = int8_blob(tmp, images, float_layers)
+            for b in info.backbones if float_layers else ():  # each stem must keep some of itself float
+                stem = REGISTRY[b].int8_float if b in REGISTRY else ()
+                if stem and not set(stem) & set(kept):
+                    raise RuntimeError(
+                        f"int8 export: none of {b}'s stem layers {list(stem)} was found; use full integer"
+                    )
+            float_layers = kept
         else:
             conv = tf.lite.TFLiteConverter.from_saved_model(tmp)
             if variant in ("float16", "dynamic"):

@@ -249,6 +249,23 @@ def test_ensemble_exports_and_matches_keras(smoke_models, smoke_data, tmp_path):
     np.testing.assert_allclose(
         LiteRTPredictor(path)(x, batch_size=4), ens.predict(x.astype("float32"), verbose=0), atol=1e-3
     )
+    # int8: each branch keeps its own stem in float, the rest of both branches is int8
+    from tensorflow.lite.python.schema_py_generated import TensorType
+
+    from gc10lib.export import _made_by, _tensor_types
+
+    q = export_litert(ens, tmp_path / "ens_int8.tflite", "int8", representative=representative_images(root, split, 75))
+    kept = json.loads(sidecar(q).read_text())["float_layers"]
+    # random init with one seed gives both stems the same first layers, which the converter merges
+    # into one op named after the MobileNet branch; MobileNetV2's projection is its own
+    assert kept[:4] == ["preprocess", "conv1", "conv_dw_1", "conv_pw_1"] and "expanded_conv_project" in kept
+    types = _tensor_types(q.read_bytes())
+    for layer in kept[1:]:
+        assert {types[t] for t in types if _made_by(t, layer)} == {TensorType.FLOAT32}, layer
+    for layer in ("conv_pw_5", "block_5_project"):
+        assert TensorType.INT8 in {types[t] for t in types if _made_by(t, layer)}, layer
+    p = LiteRTPredictor(q)(x, batch_size=4)
+    assert p.shape == (len(x), len(ens.layers[-1].class_names)) and np.allclose(p.sum(1), 1, atol=0.02)
 
 
 def test_folding_the_head_normalization_is_exact_and_leaves_ensembles_alone():
