@@ -9,13 +9,12 @@ Each ``--keep`` entry is one int8 file: a comma-separated list of Keras layer na
 ``stem+conv_dw_2,conv_pw_2``: the default plus more). All are calibrated on the same
 ``--calibration`` train-split images (default 200 with seed 42, as the distill step does). Prints, per file and subset:
 accuracy, log-loss and top-1 agreement with the Keras model, then its size and ms per image at
-batch 1 (LiteRT on all cores, 40 images after one warm-up call).
+batch 1 (LiteRT on all cores; ``gc10lib.quantize.speed``, median of 20 single images, as the quantize step times).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -24,10 +23,11 @@ import numpy as np
 from sklearn.metrics import log_loss
 
 from gc10lib.backbones import load_model
-from gc10lib.export import calibration_images, float_stem_layers, int8_blob, logits_classifier
+from gc10lib.export import calibration_images, float_stem_layers, int8_blob, logits_classifier, write_sidecar
 from gc10lib.inputs import ImageCache
 from gc10lib.layers import model_info
 from gc10lib.predict import KerasPredictor, LiteRTPredictor, labelled_subset
+from gc10lib.quantize import speed
 
 
 def layers_of(entry: str, stem: list[str]) -> list[str]:
@@ -80,8 +80,7 @@ def main() -> None:
             blob, keep = int8_blob(saved, cal, keep)
             f.write_bytes(blob)
             convert_s = time.perf_counter() - t0
-            meta = {"classes": info.classes, "img_size": info.input_size, "policy": info.policy, "output": "logits"}
-            Path(f"{f}.json").write_text(json.dumps({**meta, "variant": "int8", "float_layers": keep}))
+            write_sidecar(f, info, "int8", "logits", keep)
             lite = LiteRTPredictor(f, batch_size=32)
             print(f"float: {', '.join(keep) or 'nothing (full integer)'}")
             for sub, (x, y, ref) in sets.items():
@@ -89,13 +88,8 @@ def main() -> None:
                 ll = log_loss(y, np.clip(p, 1e-7, 1), labels=labels)
                 agree = np.mean(p.argmax(1) == ref.argmax(1))
                 print(f"  {sub}: accuracy {np.mean(p.argmax(1) == y):.4f}, log-loss {ll:.4f}, agreement {agree:.3f}")
-            one = LiteRTPredictor(f)
-            x = next(iter(sets.values()))[0][:40]
-            one(x[:1])
-            t0 = time.perf_counter()
-            for im in x:
-                one(im[None])
-            ms = (time.perf_counter() - t0) / len(x) * 1e3
+            x = next(iter(sets.values()))[0][:32]
+            ms = speed(lambda b, lite=lite: lite(b, batch_size=len(b)), x, (1,), repeats=20)["latency_ms_b1"]
             print(
                 f"  {f.stat().st_size / 2**20:.2f} MiB, {ms:.1f} ms per image at batch 1, converted in {convert_s:.0f} s"
             )

@@ -328,6 +328,10 @@ def _command(sub, name: str, help_text: str, example: str) -> argparse.ArgumentP
 
 
 POLICY_HELP = "override the resize policy the model records (stretch or pad); normally not needed"
+FULL_INTEGER_HELP = (
+    "int8 without the float stem (MobileNet/MobileNetV2 keep their preprocessing and first block in "
+    "float by default, which keeps their accuracy): for accelerators that run integer ops only"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -454,12 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="LiteRT variants to export and score (default: all four)",
     )
     s.add_argument("--max-images", type=int, help="cap on test images (default: all)")
-    s.add_argument(
-        "--full-integer",
-        action="store_true",
-        help="int8 without the float stem (MobileNet/MobileNetV2 keep their preprocessing and first block in "
-        "float by default, which keeps their accuracy): for accelerators that run integer ops only",
-    )
+    s.add_argument("--full-integer", action="store_true", help=FULL_INTEGER_HELP)
     s = _step_parser(
         sub,
         "distill",
@@ -534,12 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--calibration", type=int, default=200, help="number of calibration images (default 200)")
     x.add_argument("--out", required=True, help="output .tflite file (never overwritten; its sidecar is <out>.json)")
     x.add_argument("--policy", choices=["stretch", "pad"], help=POLICY_HELP)
-    x.add_argument(
-        "--full-integer",
-        action="store_true",
-        help="int8 without the float stem (MobileNet/MobileNetV2 keep their preprocessing and first block in "
-        "float by default, which keeps their accuracy): for accelerators that run integer ops only",
-    )
+    x.add_argument("--full-integer", action="store_true", help=FULL_INTEGER_HELP)
     x.set_defaults(func=_export)
 
     r = _command(

@@ -116,15 +116,34 @@ def logits_classifier(model):
     return keras.Model(inp, out, name=model.name)
 
 
+def _stems(info: ModelInfo) -> dict[str, tuple[str, ...]]:
+    """Each of the model's backbones that has an int8 float stem (registry ``int8_float``), with it."""
+    return {b: REGISTRY[b].int8_float for b in info.backbones if b in REGISTRY and REGISTRY[b].int8_float}
+
+
 def float_stem_layers(info: ModelInfo) -> list[str]:
     """The Keras layers an int8 export keeps in float: the stems of the model's backbones, and with
     them the in-model preprocessing (``preprocess``), whose int8 output would round the scaled
     pixels to fewer levels than the 256 they have."""
-    out: list[str] = []
-    for b in info.backbones:
-        spec = REGISTRY.get(b)
-        out += [name for name in (spec.int8_float if spec else ()) if name not in out]
+    out = list(dict.fromkeys(name for stem in _stems(info).values() for name in stem))
     return ["preprocess", *out] if out else []
+
+
+def write_sidecar(out: Path, info: ModelInfo, variant: str, output: str, float_layers: Sequence[str] = ()) -> Path:
+    """``<out>.json`` beside a ``.tflite``: what :class:`gc10lib.predict.LiteRTPredictor` needs to read it."""
+    full_integer = variant == "int8" and not float_layers
+    meta = {
+        "classes": info.classes,
+        "img_size": info.input_size,
+        "policy": info.policy,
+        "variant": variant,
+        "backbones": info.backbones,
+        "input": "uint8 RGB 0..255" if full_integer else "float32 RGB 0..255",
+        "output": output,
+        "float_layers": list(float_layers),
+    }
+    sidecar(out).write_text(json.dumps(meta))
+    return sidecar(out)
 
 
 def _tensor_types(blob: bytes) -> dict[str, int]:
@@ -220,9 +239,8 @@ def export_litert(
             if not images:
                 raise InputError("int8 export: the representative set is empty")
             blob, kept = int8_blob(tmp, images, float_layers)
-            for b in info.backbones if float_layers else ():  # each stem must keep some of itself float
-                stem = REGISTRY[b].int8_float if b in REGISTRY else ()
-                if stem and not set(stem) & set(kept):
+            for b, stem in _stems(info).items() if float_layers else ():  # each stem keeps some of itself float
+                if not set(stem) & set(kept):
                     raise RuntimeError(
                         f"int8 export: none of {b}'s stem layers {list(stem)} was found; use full integer"
                     )
@@ -236,21 +254,7 @@ def export_litert(
             blob = conv.convert()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(blob)
-    full_integer = variant == "int8" and not float_layers
-    sidecar(out).write_text(
-        json.dumps(
-            {
-                "classes": info.classes,
-                "img_size": info.input_size,
-                "policy": info.policy,
-                "variant": variant,
-                "backbones": info.backbones,
-                "input": "uint8 RGB 0..255" if full_integer else "float32 RGB 0..255",
-                "output": output,
-                "float_layers": float_layers,
-            }
-        )
-    )
+    write_sidecar(out, info, variant, output, float_layers)
     return out
 
 
