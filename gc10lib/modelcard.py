@@ -25,6 +25,13 @@ LIMITATIONS = [
 ]
 
 
+#: how :func:`gc10lib.records.choose_by_validation` chose, in one line per kind
+_RULE = {
+    "ensemble": "the plain mean unless a fitted method is right on more images at no higher log-loss",
+    "backbone": "the lowest log-loss, ties by macro-F1",
+}
+
+
 def _chosen(records: list[ModelRecord]) -> ModelRecord | None:
     if not records:
         return None
@@ -105,7 +112,7 @@ def model_card(run_dir: str | Path) -> str:
     classes = m.get("classes") or []
     lines += ["", "## The model", ""]
     lines += [
-        f"- **{chosen.name}** ({chosen.kind}), chosen on validation log-loss (ties by validation macro-F1)",
+        f"- **{chosen.name}** ({chosen.kind}), chosen on validation ({_RULE[chosen.kind]})",
         f"- File: `{chosen.path}` ({m.get('model_size_mb')} MiB); it records its classes, policy and input size",
         f"- Members: {', '.join(m['members'])}" if m.get("members") else f"- Backbone: {m.get('backbone')}",
         f"- Weights source: {m.get('weights_source')}; resize policy: {m.get('policy')}; "

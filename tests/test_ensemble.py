@@ -70,42 +70,40 @@ def test_weight_fitting_and_selection_prefer_the_good_member():
     assert s[1] > 0.5
 
 
-def test_choice_by_validation_takes_the_lowest_log_loss_and_never_reads_test():
-    table = pd.DataFrame(
+def _table(rows):
+    cols = ("model", "kind", "val_accuracy", "val_macro_f1", "val_log_loss", "test_accuracy")
+    return pd.DataFrame(rows, columns=cols)
+
+
+def test_choice_by_validation_keeps_the_mean_unless_a_fit_earns_its_place_and_never_reads_test():
+    table = _table(
         [
-            {
-                "model": "ensemble_select",
-                "kind": "ensemble",
-                "val_macro_f1": 1.0,
-                "val_log_loss": 0.20,
-                "test_macro_f1": 0.1,
-            },
-            {
-                "model": "ensemble_mean",
-                "kind": "ensemble",
-                "val_macro_f1": 0.998,
-                "val_log_loss": 0.05,
-                "test_macro_f1": 1.0,
-            },
-            {
-                "model": "ensemble_stack",
-                "kind": "ensemble",
-                "val_macro_f1": 0.90,
-                "val_log_loss": 0.01,
-                "test_macro_f1": 0.0,
-            },
-            {"model": "mobilenet", "kind": "backbone", "val_macro_f1": 1.0, "val_log_loss": 0.5, "test_macro_f1": 1.0},
+            ("ensemble_select", "ensemble", 0.96, 1.0, 0.20, 0.1),
+            ("ensemble_mean", "ensemble", 0.95, 0.998, 0.05, 1.0),
+            ("ensemble_stack", "ensemble", 0.97, 0.90, 0.01, 0.0),
+            ("ensemble_weighted", "ensemble", 0.98, 0.99, 0.06, 0.0),
+            ("mobilenet", "backbone", 0.9, 1.0, 0.5, 1.0),
+            ("mobilenet_v2", "backbone", 0.99, 1.0, 0.6, 1.0),
         ]
     )
-    assert choose_by_validation(table) == "ensemble_stack"  # the lowest val log-loss, whatever its macro-F1
-    assert choose_by_validation(table.assign(val_log_loss=0.05)) == "ensemble_select"  # a tie: higher macro-F1
+    # stack is right on more validation images than the mean, at a lower log-loss; select is right on
+    # more but with a higher log-loss, weighted too: neither earns its place
+    assert choose_by_validation(table) == "ensemble_stack"
+    # saturated validation: every method right on every image; the most confident one does not replace the mean
+    saturated = table.assign(val_accuracy=1.0)
+    assert choose_by_validation(saturated) == "ensemble_mean"
+    # two that earned it: the lower log-loss, then (a tie) the higher macro-F1, whatever the row order
+    two = table.assign(val_log_loss=[0.04, 0.05, 0.04, 0.06, 0.5, 0.6])
+    assert choose_by_validation(two) == choose_by_validation(two.iloc[::-1]) == "ensemble_select"
+    assert choose_by_validation(table.assign(test_accuracy=0.0)) == "ensemble_stack"  # test never read
+    # backbones: the lowest val log-loss, whatever their accuracy
     assert choose_by_validation(table, "backbone") == "mobilenet"
+    # without the mean (a run that left it out of its methods), the lowest log-loss among the rest
+    assert choose_by_validation(table[table.model != "ensemble_mean"]) == "ensemble_stack"
     with pytest.raises(ValueError, match="no probe rows"):
         choose_by_validation(table, "probe")
-    # an exact tie (weighted and select both kept one member) is decided the same way in any row order,
-    # so the ensemble step and a later pick_models over the run folder agree on the one saved .keras
-    tie = table.assign(val_macro_f1=1.0, val_log_loss=0.01).iloc[[2, 1, 0]]
-    assert choose_by_validation(tie) == choose_by_validation(tie.iloc[::-1]) == "ensemble_mean"
+    with pytest.raises(ValueError, match="val_accuracy"):
+        choose_by_validation(table.drop(columns="val_accuracy"))
 
 
 def test_stacker_is_trained_and_scored_out_of_fold():

@@ -55,9 +55,15 @@ def test_a_moved_run_folder_still_finds_its_models(run, tmp_path):
 
 def test_pick_models_chooses_on_validation_never_test(run):
     picked = records.pick_models(run, ["best_backbone", "best_ensemble", "a"])
-    # b beats a on validation (a is better on test); the ensembles tie on F1 within 0.005 and
-    # stack has the lower validation log-loss (mean is better on test)
+    # b beats a on validation (a is better on test); stack is right on more validation images than
+    # the mean, at a lower validation log-loss (mean is better on test)
     assert [r.name for r in picked] == ["b", "ensemble_stack", "a"]
+    # a stack no more accurate than the mean on validation does not replace it, whatever its log-loss
+    mf = run / "steps" / "03_ensemble" / "ensembles" / "stack" / "metrics.json"
+    m = json.loads(mf.read_text())
+    m["val"]["accuracy"] = 0.91
+    mf.write_text(json.dumps(m))
+    assert [r.name for r in records.pick_models(run, ["best_ensemble"])] == ["ensemble_mean"]
     with pytest.raises(Gc10Error, match="no model named 'zz'"):
         records.pick_models(run, ["zz"])
 
