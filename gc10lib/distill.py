@@ -88,7 +88,7 @@ class DistillConfig:
     map_head: bool = False  # phase "maps": a map head on the student's cut backbone (gc10lib.maphead)
     map_fraction: float = 0.3
     map_width: int = 128
-    map_epochs: int = 25
+    map_epochs: int = 25  # student_map_epochs
     map_lr: float = 1e-3
     seed: int = 42
     verbose: int | str = "auto"
@@ -97,9 +97,10 @@ class DistillConfig:
     def from_params(cls, params: dict) -> DistillConfig:
         """The config from a mapping of pipeline parameters (a config file, a notebook's globals).
 
-        The student's fine-tune has its own names there, ``student_epochs_finetune``,
-        ``student_finetune_fraction`` and ``student_lr_finetune``: the bare names belong to the
-        backbones' training (notebook 02). Other names the config does not know are ignored.
+        The student's fine-tune and map head have their own names there (:data:`STUDENT_OWN` with a
+        ``student_`` prefix: ``student_epochs_finetune``, ``student_map_epochs`` ...): the bare names
+        belong to the backbones' training (notebook 02). Other names the config does not know are
+        ignored.
         """
         names = {f.name for f in fields(cls)} - set(STUDENT_OWN)
         values = {k: v for k, v in params.items() if k in names}
@@ -108,7 +109,7 @@ class DistillConfig:
 
 
 #: DistillConfig fields that pipeline configs and notebook 06 spell with a ``student_`` prefix.
-STUDENT_OWN = ("epochs_finetune", "finetune_fraction", "lr_finetune")
+STUDENT_OWN = ("epochs_finetune", "finetune_fraction", "lr_finetune", "map_epochs")
 
 
 # --------------------------------------------------------------------------- soft targets
