@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gc10lib.records import ModelRecord, choose_by_validation, find_models, records_table
+from gc10lib.records import CHOICE_RULE, ModelRecord, choose_by_validation, find_models, records_table
 
 GC10_LICENCE = (
     'GC10-DET is published under CC BY 4.0. Cite: X. Lv, F. Duan, J. Jiang, X. Fu, L. Gan, "Deep Metallic '
@@ -23,13 +23,6 @@ LIMITATIONS = [
     "reported, so the test figures are honest but rest on few images for rare classes (see the intervals).",
     "Grad-CAM maps (step 05) show where the evidence lies; they are not a segmentation.",
 ]
-
-
-#: how :func:`gc10lib.records.choose_by_validation` chose, in one line per kind
-_RULE = {
-    "ensemble": "the plain mean unless a fitted method is right on more images at no higher log-loss",
-    "backbone": "the lowest log-loss, ties by macro-F1",
-}
 
 
 def _chosen(records: list[ModelRecord]) -> ModelRecord | None:
@@ -112,7 +105,7 @@ def model_card(run_dir: str | Path) -> str:
     classes = m.get("classes") or []
     lines += ["", "## The model", ""]
     lines += [
-        f"- **{chosen.name}** ({chosen.kind}), chosen on validation ({_RULE[chosen.kind]})",
+        f"- **{chosen.name}** ({chosen.kind}), chosen on validation ({CHOICE_RULE[chosen.kind]})",
         f"- File: `{chosen.path}` ({m.get('model_size_mb')} MiB); it records its classes, policy and input size",
         f"- Members: {', '.join(m['members'])}" if m.get("members") else f"- Backbone: {m.get('backbone')}",
         f"- Weights source: {m.get('weights_source')}; resize policy: {m.get('policy')}; "

@@ -121,6 +121,12 @@ def records_table(records: Sequence[ModelRecord]) -> pd.DataFrame:
 #: the ensemble that fits nothing on validation; a fitted method has to earn its place against it
 BASELINE_ENSEMBLE = "ensemble_mean"
 
+#: :func:`choose_by_validation`'s rule in one line per kind, for reports (the model card)
+CHOICE_RULE = {
+    "ensemble": "the plain mean unless a fitted method is right on more images at no higher log-loss",
+    "backbone": "the lowest log-loss, ties by macro-F1",
+}
+
 
 def choose_by_validation(table: pd.DataFrame, kind: str = "ensemble") -> str:
     """The row of ``kind`` that validation prefers. Test columns are never read.
