@@ -87,7 +87,7 @@ class DistillConfig:
     unlabelled_dir: str | None = None  # a folder of extra images without labels, taught by the teacher
     map_head: bool = False  # phase "maps": a map head on the student's cut backbone (gc10lib.maphead)
     map_fraction: float = 0.3
-    map_width: int = 128
+    map_width: int = 128  # student_map_width
     map_epochs: int = 25  # student_map_epochs
     map_lr: float = 1e-3
     seed: int = 42
@@ -109,7 +109,7 @@ class DistillConfig:
 
 
 #: DistillConfig fields that pipeline configs and notebook 06 spell with a ``student_`` prefix.
-STUDENT_OWN = ("epochs_finetune", "finetune_fraction", "lr_finetune", "map_epochs")
+STUDENT_OWN = ("epochs_finetune", "finetune_fraction", "lr_finetune", "map_width", "map_epochs")
 
 
 # --------------------------------------------------------------------------- soft targets

@@ -287,10 +287,11 @@ def test_a_run_without_ensembles_names_what_to_do(tmp_path):
 def test_config_names_for_the_students_own_fine_tune():
     """In a pipeline config the bare fine-tune names are the backbones'; the student reads its own."""
     params = {"epochs_finetune": 3, "lr_finetune": 3e-5, "student_epochs_finetune": 0, "temperature": 4.0}
-    params |= {"map_epochs": 5, "student_map_epochs": 60}
+    params |= {"map_epochs": 5, "student_map_epochs": 60, "map_width": 128, "student_map_width": 64}
     cfg = distill.DistillConfig.from_params({**params, "backbones": ["mobilenet"]})
-    assert cfg.epochs_finetune == 0 and cfg.temperature == 4.0 and cfg.map_epochs == 60
+    assert cfg.epochs_finetune == 0 and cfg.temperature == 4.0 and cfg.map_epochs == 60 and cfg.map_width == 64
     assert distill.DistillConfig.from_params({"map_epochs": 5}).map_epochs == distill.DistillConfig().map_epochs
+    assert distill.DistillConfig.from_params({"map_width": 16}).map_width == distill.DistillConfig().map_width
     assert cfg.lr_finetune == distill.DistillConfig().lr_finetune  # not the backbones' 3e-5
 
 
