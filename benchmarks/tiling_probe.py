@@ -23,7 +23,7 @@ import numpy as np
 from sklearn.metrics import balanced_accuracy_score, f1_score, log_loss
 
 from gc10lib import data, probe, training
-from gc10lib.backbones import build_classifier
+from gc10lib.backbones import build_classifier, floored_variance
 
 
 def main() -> None:
@@ -84,7 +84,7 @@ def main() -> None:
         )
         for pool, cols in pools.items():
             f = {k: v[:, cols] for k, v in feats.items()}
-            sd = np.sqrt(training.floored_variance(f["train"]))  # the head's standardization
+            sd = np.sqrt(floored_variance(f["train"]))  # the head's standardization
             z = {k: (v - f["train"].mean(0)) / sd for k, v in f.items()}
             p = probe.fit_probe(z["train"], y["train"], z["val"], y["val"], len(ds.classes), seed=args.seed)
             qv, qt = p.predict_proba(z["val"]), p.predict_proba(z["test"])

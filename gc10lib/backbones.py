@@ -28,7 +28,7 @@ import keras
 import numpy as np
 
 from gc10lib.errors import InputError, NotFoundError, SetupError
-from gc10lib.layers import BackbonePreprocess, ClassNames, ModelInfo, TileGrid, TilePool
+from gc10lib.layers import BackbonePreprocess, ClassNames, ModelInfo, TileGrid, TilePool, tile_grid
 from gc10lib.settings import weights_dir as env_weights_dir
 
 log = logging.getLogger(__name__)
@@ -231,8 +231,9 @@ def build_classifier(
     x = BackbonePreprocess(spec.preprocess, name="preprocess")(inputs)
     if tiles > 1:
         x = TileGrid(tiles, name="tiles")(x)
-    # BatchNorm stays in inference mode, also when fine-tuning (random init: see
-    # gc10lib.training.calibrate_batchnorm for where its statistics come from).
+    # BatchNorm in inference mode. Keras 3 lets a call with training=True override this for
+    # trainable BatchNorm layers, so set_finetune_trainable keeps them frozen when fine-tuning
+    # (random init: see calibrate_batchnorm for where their statistics come from).
     x = base(x, training=False)
     if tiles > 1:  # "pool" is always the per-image feature vector the head reads
         x = keras.layers.GlobalAveragePooling2D(name="tile_features")(x)
@@ -254,6 +255,70 @@ def build_classifier(
     out = ClassNames(classes, info.as_info(), name="class_names", dtype="float32")(head(x))
     model = keras.Model(inputs, out, name=f"gc10_{spec.name}")
     return model, source
+
+
+def adapt_feature_norm(head, features: np.ndarray, floor: float = 0.05) -> None:
+    """Standardize the head's input features, flooring each variance at ``floor`` x the median.
+
+    Without the floor, near-constant features (common with few training images) get divided by
+    tiny standard deviations: harmless in float32, but int8 quantization then turns their noise
+    into large, wrong logits.
+    """
+    norm = head.get_layer("feature_norm")
+    norm.adapt(features)
+    norm.adapt_variance.assign(floored_variance(features, floor))
+    norm.finalize_state()
+
+
+def floored_variance(features: np.ndarray, floor: float = 0.05) -> np.ndarray:
+    """Per-feature variance, floored at ``floor`` x its median (the head's standardization)."""
+    var = np.var(features, axis=0)
+    return np.maximum(var, floor * float(np.median(var)) + 1e-8).astype(np.float32)
+
+
+def set_finetune_trainable(model, fraction: float) -> int:
+    """Unfreeze the top ``fraction`` of the backbone's layers, BatchNorm excluded; returns how many."""
+    base = model.get_layer("backbone")
+    base.trainable = True
+    layers = base.layers
+    cut = int(round(len(layers) * (1.0 - fraction)))
+    n = 0
+    for i, layer in enumerate(layers):
+        train = i >= cut and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = train
+        n += int(train and bool(layer.weights))
+    return n
+
+
+def calibrate_batchnorm(model, images: np.ndarray, batch_size: int | None = None) -> int:
+    """Set every BatchNorm's moving statistics to those of ``images`` (training-mode passes).
+
+    For ``weights=None`` only in the pipeline: randomly initialized BatchNorm layers hold mean 0 /
+    variance 1, which in inference mode lets activations blow up or vanish through a deep backbone
+    and makes frozen random features useless. Each layer's statistics come from its own (already
+    normalized) input: one pass at momentum 0, or with ``batch_size`` the mean of the per-batch
+    statistics (momentum ``k / (k + 1)`` at batch ``k``), for image sets too large for one pass.
+    Returns the number of layers calibrated.
+    """
+    base = model.get_layer("backbone")
+    bns = [la for la in base._flatten_layers() if isinstance(la, keras.layers.BatchNormalization)]
+    if not bns:
+        return 0
+    saved = [(la, la.momentum, la.trainable) for la in bns]
+    base_trainable = base.trainable
+    base.trainable = True
+    step = batch_size or len(images)
+    for k, start in enumerate(range(0, len(images), step)):
+        for la in bns:
+            la.momentum, la.trainable = k / (k + 1), True
+        x = model.get_layer("preprocess")(keras.ops.convert_to_tensor(images[start : start + step], "float32"))
+        if (grid := tile_grid(model)) is not None:
+            x = grid(x)
+        base(x, training=True)
+    for la, m, t in saved:
+        la.momentum, la.trainable = m, t
+    base.trainable = base_trainable
+    return len(bns)
 
 
 def save_model(model, path: str | Path) -> Path:

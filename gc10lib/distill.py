@@ -37,7 +37,14 @@ import pandas as pd
 import tensorflow as tf
 
 from gc10lib import data, maphead, plots, progress
-from gc10lib.backbones import build_classifier, get_spec, load_model, save_model
+from gc10lib.backbones import (
+    adapt_feature_norm,
+    build_classifier,
+    get_spec,
+    load_model,
+    save_model,
+    set_finetune_trainable,
+)
 from gc10lib.ensemble import combine
 from gc10lib.errors import InputError
 from gc10lib.inputs import ImageCache, aug_ops, augmenter, make_dataset
@@ -49,11 +56,9 @@ from gc10lib.settings import cache_dir, file_size_mb, new_output_dir, save_json,
 from gc10lib.training import (
     BestState,
     _weights_identity,
-    adapt_feature_norm,
     evaluate_parts,
     finetune_optimizer,
     resolve_verbose,
-    set_finetune_trainable,
     set_seeds,
     val_scores,
 )

@@ -25,7 +25,14 @@ from sklearn.metrics import f1_score
 
 from gc10lib import data, maphead, progress
 from gc10lib import probe as probes
-from gc10lib.backbones import build_classifier, get_spec, save_model
+from gc10lib.backbones import (
+    adapt_feature_norm,
+    build_classifier,
+    calibrate_batchnorm,
+    get_spec,
+    save_model,
+    set_finetune_trainable,
+)
 from gc10lib.errors import InputError, SetupError
 from gc10lib.evaluation import compute_metrics
 from gc10lib.inputs import AUG_OPS, ImageCache, aug_ops, augmenter, make_dataset
@@ -402,66 +409,6 @@ def tiling_of(model) -> tuple[int, str] | None:
     """``(grid, pool)`` of a tiled classifier (:class:`gc10lib.layers.TileGrid`), else None."""
     grid = tile_grid(model)
     return None if grid is None else (int(grid.grid), str(model.get_layer("pool").mode))
-
-
-def set_finetune_trainable(model, fraction: float) -> int:
-    """Unfreeze the top ``fraction`` of the backbone's layers, BatchNorm excluded; returns how many."""
-    base = model.get_layer("backbone")
-    base.trainable = True
-    layers = base.layers
-    cut = int(round(len(layers) * (1.0 - fraction)))
-    n = 0
-    for i, layer in enumerate(layers):
-        train = i >= cut and not isinstance(layer, keras.layers.BatchNormalization)
-        layer.trainable = train
-        n += int(train and bool(layer.weights))
-    return n
-
-
-def calibrate_batchnorm(model, images: np.ndarray) -> int:
-    """Set every BatchNorm's moving statistics to those of ``images`` (one forward pass).
-
-    For ``weights=None`` only: randomly initialized BatchNorm layers hold mean 0 / variance 1,
-    which in inference mode lets activations blow up or vanish through a deep backbone and makes
-    frozen random features useless. With momentum 0, one training-mode pass sets each layer's
-    statistics from its own (already normalized) input. Returns the number of layers calibrated.
-    """
-    base = model.get_layer("backbone")
-    bns = [la for la in base._flatten_layers() if isinstance(la, keras.layers.BatchNormalization)]
-    if not bns:
-        return 0
-    saved = [(la, la.momentum, la.trainable) for la in bns]
-    base_trainable = base.trainable
-    base.trainable = True
-    for la in bns:
-        la.momentum, la.trainable = 0.0, True
-    x = model.get_layer("preprocess")(keras.ops.convert_to_tensor(images, "float32"))
-    if (grid := tile_grid(model)) is not None:
-        x = grid(x)
-    base(x, training=True)
-    for la, m, t in saved:
-        la.momentum, la.trainable = m, t
-    base.trainable = base_trainable
-    return len(bns)
-
-
-def adapt_feature_norm(head, features: np.ndarray, floor: float = 0.05) -> None:
-    """Standardize the head's input features, flooring each variance at ``floor`` x the median.
-
-    Without the floor, near-constant features (common with few training images) get divided by
-    tiny standard deviations: harmless in float32, but int8 quantization then turns their noise
-    into large, wrong logits.
-    """
-    norm = head.get_layer("feature_norm")
-    norm.adapt(features)
-    norm.adapt_variance.assign(floored_variance(features, floor))
-    norm.finalize_state()
-
-
-def floored_variance(features: np.ndarray, floor: float = 0.05) -> np.ndarray:
-    """Per-feature variance, floored at ``floor`` x its median (the head's standardization)."""
-    var = np.var(features, axis=0)
-    return np.maximum(var, floor * float(np.median(var)) + 1e-8).astype(np.float32)
 
 
 @dataclass

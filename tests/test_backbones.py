@@ -172,3 +172,25 @@ def test_newer_backbones_train_reload_and_explain(name, smoke_data, tmp_path):
     x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
     cams, proba = explain.gradcam(model, x, [0, 1])
     assert cams.shape == (2, 64, 64) and np.allclose(proba.sum(1), 1, atol=1e-4)
+
+
+def test_batchnorm_calibration_in_batches_averages_the_batch_statistics():
+    """Batched calibration gives each BatchNorm the mean of its per-batch statistics: for the first
+    one (whose input no other BatchNorm touches) that is the one-pass mean; the ImageNet-style
+    statistics it replaces are gone, and momentum and trainability are restored."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 32, 32, 3)).astype("float32")
+    firsts = []
+    for batch_size in (None, 4):
+        model, _ = B.build_classifier("mobilenet", ["a", "b"], 32, None, seed=0)
+        bns = [
+            la
+            for la in model.get_layer("backbone")._flatten_layers()
+            if isinstance(la, keras.layers.BatchNormalization)
+        ]
+        before = [(la.momentum, la.trainable) for la in bns]
+        assert B.calibrate_batchnorm(model, images, batch_size=batch_size) == len(bns) > 10
+        assert [(la.momentum, la.trainable) for la in bns] == before
+        firsts.append(keras.ops.convert_to_numpy(bns[0].moving_mean))
+    assert np.abs(firsts[0]).max() > 1e-3  # moved off the initial zeros
+    np.testing.assert_allclose(firsts[1], firsts[0], rtol=1e-4, atol=1e-5)

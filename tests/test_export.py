@@ -273,10 +273,9 @@ def test_folding_the_head_normalization_is_exact_and_leaves_ensembles_alone():
     classifier head (as an ensemble's top) is returned unchanged."""
     import keras
 
-    from gc10lib.backbones import build_classifier
+    from gc10lib.backbones import adapt_feature_norm, build_classifier
     from gc10lib.export import fold_head_normalization
     from gc10lib.layers import model_info
-    from gc10lib.training import adapt_feature_norm
 
     model, _ = build_classifier("mobilenet", ["a", "b", "c"], 32, None, seed=0)
     rng = np.random.default_rng(0)

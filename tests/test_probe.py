@@ -38,8 +38,7 @@ def test_probe_with_two_present_classes_keeps_every_column():
 
 
 def test_probe_written_into_head_gives_the_same_probabilities():
-    from gc10lib.backbones import build_classifier
-    from gc10lib.training import adapt_feature_norm
+    from gc10lib.backbones import adapt_feature_norm, build_classifier
 
     model, _ = build_classifier("mobilenet", ["a", "b", "c"], img_size=32, weights=None, seed=0)
     head = model.get_layer("head")
