@@ -32,7 +32,6 @@ import argparse
 import json
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import keras
@@ -42,15 +41,9 @@ import pandas as pd
 from gc10lib.backbones import adapt_feature_norm, build_classifier, calibrate_batchnorm, set_finetune_trainable
 from gc10lib.data import class_weights, read_split
 from gc10lib.evaluation import compute_metrics
-from gc10lib.inputs import load_rgb, resize_array
+from gc10lib.inputs import ImageCache
 
 KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")
-
-
-def load_images(paths: list[str], size: int) -> np.ndarray:
-    """All images as one uint8 ``(n, size, size, 3)`` array (stretch policy, as the configs)."""
-    with ThreadPoolExecutor(8) as pool:
-        return np.stack(list(pool.map(lambda p: resize_array(load_rgb(p), size, "stretch"), paths)))
 
 
 class Batches(keras.utils.PyDataset):
@@ -107,7 +100,8 @@ def train(args: argparse.Namespace) -> None:
     classes = list(dict(sorted(zip(man["label"], man["class"], strict=True))).values())
     parts = {s: man[man["subset"] == s] for s in ("train", "val", "test")}
     t0 = time.time()
-    x = {s: load_images(list(p["path"]), args.img_size) for s, p in parts.items()}
+    images = ImageCache(args.img_size, "stretch")  # the pipeline's cache of resized images (as the configs)
+    x = {s: images.load(list(p["path"])) for s, p in parts.items()}
     y = {s: p["label"].to_numpy("int64") for s, p in parts.items()}
     load_s = time.time() - t0
     cw = class_weights(y["train"], len(classes), args.class_weight)
@@ -142,7 +136,8 @@ def train(args: argparse.Namespace) -> None:
 
     model.set_weights(best.weights)
     proba = {s: model.predict(x[s], batch_size=args.batch, verbose=0) for s in ("val", "test")}
-    metrics = {s: {k: compute_metrics(y[s], proba[s], classes, n_boot=0)[k] for k in KEYS} for s in proba}
+    full = {s: compute_metrics(y[s], proba[s], classes, n_boot=0) for s in proba}
+    metrics = {s: {k: m[k] for k in KEYS} for s, m in full.items()}
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / f"{tag}.npz", **{f"{s}_proba": p for s, p in proba.items()}, val_y=y["val"], test_y=y["test"])
     record = {

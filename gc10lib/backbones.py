@@ -307,14 +307,13 @@ def calibrate_batchnorm(model, images: np.ndarray, batch_size: int | None = None
     saved = [(la, la.momentum, la.trainable) for la in bns]
     base_trainable = base.trainable
     base.trainable = True
+    preprocess, grid = model.get_layer("preprocess"), tile_grid(model)
     step = batch_size or len(images)
     for k, start in enumerate(range(0, len(images), step)):
         for la in bns:
             la.momentum, la.trainable = k / (k + 1), True
-        x = model.get_layer("preprocess")(keras.ops.convert_to_tensor(images[start : start + step], "float32"))
-        if (grid := tile_grid(model)) is not None:
-            x = grid(x)
-        base(x, training=True)
+        x = preprocess(keras.ops.convert_to_tensor(images[start : start + step], "float32"))
+        base(x if grid is None else grid(x), training=True)
     for la, m, t in saved:
         la.momentum, la.trainable = m, t
     base.trainable = base_trainable
