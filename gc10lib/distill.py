@@ -229,10 +229,7 @@ def flip_plan(cfg: DistillConfig, n: int) -> list[np.ndarray] | None:
     horizontal-and-vertical flip draws them); ``None`` for any other augmentation."""
     if aug_ops(cfg.augment) != ("flip",):
         return None
-    views = max(1, int(cfg.aug_views))
-    return [np.zeros(n, int)] + [
-        np.random.default_rng(cfg.seed + 1000 * v).integers(0, len(maphead.FLIPS), n) for v in range(1, views)
-    ]
+    return maphead.flip_codes(cfg.seed, cfg.aug_views, n)
 
 
 class TeacherFromMaps:
@@ -297,23 +294,6 @@ class _FlipView:
         x = self.cache.load(list(self.files[rows]))
         x = np.stack([maphead.flip(im[None], int(c))[0] for im, c in zip(x, self.codes[rows], strict=True)])
         return x[0] if one else x
-
-
-class _MixedRows:
-    """Row ``j`` of ``arrays[codes[j]]``: one view's maps gathered from the per-flip caches, lazily."""
-
-    def __init__(self, arrays: list, codes: np.ndarray):
-        self.arrays, self.codes = arrays, np.asarray(codes)
-        self.shape = (len(self.codes), *arrays[0].shape[1:])
-
-    def __len__(self) -> int:
-        return len(self.codes)
-
-    def __getitem__(self, j):
-        if np.ndim(j) == 0:
-            return self.arrays[self.codes[j]][j]
-        rows = np.arange(len(self.codes))[j]
-        return np.stack([self.arrays[self.codes[r]][r] for r in rows])
 
 
 def _run_on_flip(model, cache: ImageCache, files: list[str], code: int, batch_size: int, desc: str) -> np.ndarray:
@@ -397,7 +377,7 @@ def flip_views(
     for codes in plan:
         where = np.searchsorted(used, codes)
         view = {k: v[where, rows] for k, v in stack.items()}
-        view["maps"] = None if maps[0] is None else _MixedRows(maps, where)
+        view["maps"] = None if maps[0] is None else maphead.MixedRows(maps, where)
         view["images"] = _FlipView(cache, files, codes)
         views.append(view)
     val = {"teacher": val_teacher if val_teacher is not None else teach(val_paths, val_files, 0, "teacher, val")}

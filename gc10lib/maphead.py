@@ -65,6 +65,31 @@ def flip(x: np.ndarray, code: int) -> np.ndarray:
     return x
 
 
+def flip_codes(seed: int, views: int, n: int) -> list[np.ndarray]:
+    """Each view's flip code per image: view 0 plain, view ``k`` a seeded random flip per image,
+    uniform over the four (as a random horizontal-and-vertical flip draws them)."""
+    return [np.zeros(n, int)] + [
+        np.random.default_rng(seed + 1000 * v).integers(0, len(FLIPS), n) for v in range(1, max(1, int(views)))
+    ]
+
+
+class MixedRows:
+    """Row ``j`` of ``arrays[codes[j]]``: one view's maps gathered from the per-flip caches, lazily."""
+
+    def __init__(self, arrays: list, codes: np.ndarray):
+        self.arrays, self.codes = arrays, np.asarray(codes)
+        self.shape = (len(self.codes), *arrays[0].shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, j):
+        if isinstance(j, (int, np.integer)):
+            return self.arrays[self.codes[j]][j]
+        rows = np.arange(len(self.codes))[j]
+        return np.stack([self.arrays[self.codes[r]][r] for r in rows])
+
+
 @dataclass
 class MapSource:
     """Where maps come from: the classifier's preprocessing and the trunk, and what keys their cache.

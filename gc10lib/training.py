@@ -347,14 +347,18 @@ def feature_cache_path(
     seed: int,
     ops: tuple[str, ...] = AUG_OPS,
     tiling: tuple[int, str] | None = None,
+    from_maps: str | None = None,
 ) -> Path:
     """Disk location of cached pooled features, keyed by backbone, weights, size, data, view,
-    augmentation and tiling (``(grid, pool)`` of a tiled classifier)."""
+    augmentation, tiling (``(grid, pool)`` of a tiled classifier) and, for features computed from
+    the map cache (:func:`features_from_maps`), the cut they were computed from."""
     parts = [backbone, weights_id, size, policy, files, view, seed if view else 0, keras.__version__]
     if view and tuple(ops) != AUG_OPS:
         parts.append(list(ops))
     if tiling is not None:
         parts.append({"tiles": list(tiling)})
+    if from_maps is not None:
+        parts.append({"from_maps": from_maps})
     key = json.dumps(parts)
     digest = hashlib.sha1(key.encode()).hexdigest()[:24]
     return cache_dir() / "features" / backbone / f"{size}_{policy}_v{view}_{digest}.npy"
@@ -384,25 +388,117 @@ def extract_features(
     path = feature_cache_path(
         backbone, _weights_identity(weights_source, seed), size, policy, names, view, seed, ops, tiling_of(model)
     )
+
+    def compute() -> np.ndarray:
+        extractor = keras.Model(model.inputs, model.get_layer("pool").output)
+        ds = make_dataset(paths, None, size, policy=policy, batch_size=batch_size, cache=cache)
+        if view:
+            aug = augmenter(seed + 1000 * view, ops)
+            ds = ds.map(lambda x: aug(x, training=True))
+        bar = progress.predict_callback(int(np.ceil(len(paths) / batch_size)), f"{backbone} features, view {view}")
+        return np.asarray(extractor.predict(ds, verbose=verbose, callbacks=[bar]), dtype=np.float32)
+
+    return _cached_features(path, len(paths), compute)
+
+
+def _cached_features(path: Path, n: int, compute) -> tuple[np.ndarray, bool]:
+    """``(features, was_cached)``: the ``n`` rows cached at ``path``, else ``compute()``'s, saved there."""
     if path.is_file():
         try:
             feats = np.load(path)
-            if feats.shape[0] == len(paths):
+            if feats.shape[0] == n:
                 return feats, True
         except (OSError, ValueError, EOFError):
             pass  # a cut-off or corrupt entry is rebuilt below, never trusted
-    extractor = keras.Model(model.inputs, model.get_layer("pool").output)
-    ds = make_dataset(paths, None, size, policy=policy, batch_size=batch_size, cache=cache)
-    if view:
-        aug = augmenter(seed + 1000 * view, ops)
-        ds = ds.map(lambda x: aug(x, training=True))
-    bar = progress.predict_callback(int(np.ceil(len(paths) / batch_size)), f"{backbone} features, view {view}")
-    feats = np.asarray(extractor.predict(ds, verbose=verbose, callbacks=[bar]), dtype=np.float32)
+    feats = compute()
     writable_dir(path.parent, "the feature cache (set GC10_CACHE_DIR to a writable folder)")
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
     np.save(tmp, feats)
     tmp.replace(path)
     return feats, False
+
+
+def features_from_images(
+    model,
+    train_paths: list[str],
+    val_paths: list[str],
+    *,
+    cfg: TrainConfig,
+    backbone: str,
+    size: int,
+    weights_source: str,
+    views: int,
+) -> tuple[list[np.ndarray], np.ndarray, list[bool]]:
+    """Phase 1's pooled features, each view a pass of the whole model over the images (view 0 plain,
+    view ``k`` augmented with its own seed; :func:`extract_features`). Returns ``(one feature array
+    per train view, val features, cached flags)``."""
+    common = {"size": size, "policy": cfg.policy, "weights_source": weights_source, "backbone": backbone}
+    common.update(seed=cfg.seed, batch_size=cfg.batch_size)
+    out = [extract_features(model, train_paths, view=v, ops=aug_ops(cfg.augment), **common) for v in range(views)]
+    xv, c = extract_features(model, val_paths, **common)
+    return [f for f, _ in out], xv, [*(c for _, c in out), c]
+
+
+def features_from_maps(
+    model,
+    train_paths: list[str],
+    val_paths: list[str],
+    *,
+    cfg: TrainConfig,
+    backbone: str,
+    size: int,
+    weights_source: str,
+    views: int,
+) -> tuple[list[np.ndarray], np.ndarray, list[bool]]:
+    """Phase 1's pooled features of a map-head run, from the trunk maps the map phase needs anyway.
+
+    The trunk (the backbone below the cut) runs once per flip into the map cache; the pooled
+    features are the backbone above the cut on those maps (:func:`gc10lib.maphead.pooled_from_maps`),
+    so the images do not go through the whole backbone a second time. View 0 is plain, view ``k`` a
+    seeded random flip per image (:func:`gc10lib.maphead.flip_codes`). The maps are float16, so the
+    features differ from a float32 pass by float16 rounding (the hand-over check records the effect).
+    Returns ``(one feature array per train view, val features, cached flags)``.
+    """
+    src, _, cut = maphead.map_source(model, cfg.map_fraction, backbone, size, cfg.policy, cfg.batch_size)
+    plan = maphead.flip_codes(cfg.seed, views, len(train_paths))
+    used = sorted({int(c) for codes in plan for c in np.unique(codes)})
+    cache = ImageCache(size, cfg.policy)
+    weights_id = _weights_identity(weights_source, cfg.seed)
+
+    def key(paths, view):
+        names = [Path(f).name for f in cache.ensure(paths)]
+        return feature_cache_path(
+            backbone, weights_id, size, cfg.policy, names, view, cfg.seed, ("flip",), None, from_maps=cut
+        )
+
+    def view_features(codes):
+        maps = [src.maps(train_paths, c) for c in used]
+        return maphead.pooled_from_maps(model, cut, maphead.MixedRows(maps, np.searchsorted(used, codes)))
+
+    xs, cached = [], []
+    for v, codes in enumerate(plan):
+        f, c = _cached_features(key(train_paths, v), len(train_paths), lambda codes=codes: view_features(codes))
+        xs.append(f)
+        cached.append(c)
+    xv, c = _cached_features(
+        key(val_paths, 0), len(val_paths), lambda: maphead.pooled_from_maps(model, cut, src.maps(val_paths, 0))
+    )
+    return xs, xv, [*cached, c]
+
+
+def uses_maps_for_features(cfg: TrainConfig) -> bool:
+    """Whether phase 1 takes its features from the map cache (:func:`features_from_maps`): a map-head
+    run on cached features whose augmentation is flips only (or none), with every flip cached for
+    the map phase when there are augmented views, so no trunk pass is extra."""
+    ops = aug_ops(cfg.augment)
+    views = max(1, int(cfg.aug_views)) if ops else 1
+    return (
+        bool(cfg.map_head)
+        and cfg.head_mode == "features"
+        and cfg.strategy != "multiworker"
+        and int(cfg.tiles) <= 1
+        and (views == 1 or (ops == ("flip",) and int(cfg.map_flips) == len(maphead.FLIPS)))
+    )
 
 
 def tiling_of(model) -> tuple[int, str] | None:
@@ -513,35 +609,21 @@ def train_backbone(
         if cfg.head_mode == "features":
             ops = aug_ops(cfg.augment)
             views = max(1, int(cfg.aug_views)) if ops else 1
-            xs, ys, cached = [], [], []
-            for v in range(views):
-                f, c = extract_features(
-                    model,
-                    list(tr.path),
-                    size=size,
-                    policy=cfg.policy,
-                    weights_source=source,
-                    backbone=spec.name,
-                    view=v,
-                    seed=cfg.seed,
-                    batch_size=cfg.batch_size,
-                    ops=ops,
-                )
-                xs.append(f)
-                ys.append(tr.label.to_numpy())
-                cached.append(c)
-            xv, c = extract_features(
+            features_from = "maps" if uses_maps_for_features(cfg) else "images"
+            fetch = features_from_maps if features_from == "maps" else features_from_images
+            xs, xv, cached = fetch(
                 model,
+                list(tr.path),
                 list(va.path),
-                size=size,
-                policy=cfg.policy,
-                weights_source=source,
+                cfg=cfg,
                 backbone=spec.name,
-                seed=cfg.seed,
-                batch_size=cfg.batch_size,
+                size=size,
+                weights_source=source,
+                views=views,
             )
-            cached.append(c)
+            ys = [tr.label.to_numpy()] * views
             timings["features_s"] = round(time.perf_counter() - t0, 2)
+            timings["features_from"] = features_from
             timings["features_cached"] = all(cached)
             t1 = time.perf_counter()
             adapt_feature_norm(head, np.concatenate(xs))

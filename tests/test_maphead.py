@@ -179,3 +179,68 @@ def test_map_head_that_loses_leaves_the_model_and_best_state_alone(smoke_data):
     assert best.phase == "probe" and best.best_by_phase["maps"] > 0.0
     for a, b in zip(before, best.weights, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_map_head_run_takes_its_features_from_the_maps_and_runs_the_trunk_once_per_flip(
+    smoke_data, tmp_path, monkeypatch
+):
+    """With flips only, phase 1's pooled features come from the maps the map phase caches: the trunk
+    runs once per flip of the training images and once on the val images, the whole backbone never
+    runs over the images for features, and the features match a float32 pass to float16 rounding."""
+    root, split = smoke_data
+    monkeypatch.setenv("GC10_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = training.TrainConfig(
+        backbone="mobilenet",
+        img_size=64,
+        weights=None,
+        augment=["flip"],
+        aug_views=2,
+        epochs_head=2,
+        epochs_finetune=0,
+        map_head=True,
+        map_epochs=2,
+        map_width=8,
+        batch_size=16,
+        verbose=0,
+        seed=5,
+    )
+    assert training.uses_maps_for_features(cfg)
+    assert not training.uses_maps_for_features(training.TrainConfig(map_head=True, augment=["flip", "shift"]))
+    assert not training.uses_maps_for_features(training.TrainConfig(map_head=True, augment=["flip"], map_flips=2))
+    trunk_calls = []
+    real_maps_of = maphead.maps_of
+    monkeypatch.setattr(maphead, "maps_of", lambda *a, **k: trunk_calls.append(1) or real_maps_of(*a, **k))
+
+    def no_full_pass(*a, **k):
+        raise AssertionError("the whole backbone ran over the images for phase-1 features")
+
+    monkeypatch.setattr(training, "extract_features", no_full_pass)
+    m = training.train_backbone(cfg, root, tmp_path / "run", split_csv=split)
+    assert m["timings"]["features_from"] == "maps"
+    assert len(trunk_calls) == len(maphead.FLIPS) + 1  # four flips of the training images, the val images
+    assert m["handover"]["max_prob_gap"] < 5e-3, m["handover"]  # float16 maps: rounding, not a different model
+
+    # the features themselves: view 0 is the plain pass, view 1 each image under its seeded flip
+    monkeypatch.setenv("GC10_CACHE_DIR", str(tmp_path / "cache2"))  # another model: its own cache
+    man = data.read_split(split)
+    tr, va = (list(man[man.subset == s].path) for s in ("train", "val"))
+    model, source = build_classifier("mobilenet", data.split_classes(split), 64, None, seed=0)
+    training.calibrate_batchnorm(model, ImageCache(64, "stretch").load(tr).astype("float32"))
+    xs, xv, cached = training.features_from_maps(
+        model, tr, va, cfg=cfg, backbone="mobilenet", size=64, weights_source="random", views=2
+    )
+    assert len(xs) == 2 and not any(cached)
+    pool = keras.Model(model.inputs, model.get_layer("pool").output)
+    images = ImageCache(64, "stretch").load(tr)
+    codes = maphead.flip_codes(cfg.seed, 2, len(tr))[1]
+    assert len(set(codes.tolist())) > 1  # the view mixes flips
+    flipped = np.stack([maphead.flip(images[i : i + 1], c)[0] for i, c in enumerate(codes)]).astype("float32")
+    scale = np.abs(xs[0]).max()
+    np.testing.assert_allclose(xs[0], pool.predict(images.astype("float32"), verbose=0), atol=2e-3 * scale)
+    np.testing.assert_allclose(xs[1], pool.predict(flipped, verbose=0), atol=2e-3 * scale)
+    assert np.abs(xs[1] - xs[0]).max() > 1e-2 * scale  # and the flips changed them
+    again = training.features_from_maps(
+        model, tr, va, cfg=cfg, backbone="mobilenet", size=64, weights_source="random", views=2
+    )
+    assert all(again[2])  # cached, keyed by the cut
+    np.testing.assert_array_equal(again[0][1], xs[1])
