@@ -454,13 +454,17 @@ def features_from_maps(
 
     The trunk (the backbone below the cut) runs once per flip into the map cache; the pooled
     features are the backbone above the cut on those maps (:func:`gc10lib.maphead.pooled_from_maps`),
-    so the images do not go through the whole backbone a second time. View 0 is plain, view ``k`` a
-    seeded random flip per image (:func:`gc10lib.maphead.flip_codes`). The maps are float16, so the
-    features differ from a float32 pass by float16 rounding (the hand-over check records the effect).
-    Returns ``(one feature array per train view, val features, cached flags)``.
+    so those images do not go through the whole backbone a second time. View 0 (plain) and the val
+    images always come from the maps. An augmented view comes from them too when augmentation is
+    flips only and every flip is cached (:func:`augmented_views_from_maps`): each image under a
+    seeded random flip (:func:`gc10lib.maphead.flip_codes`). Any other augmented view is a pass of
+    the whole model over augmented images, as without maps (:func:`extract_features`). The maps are
+    float16, so their features differ from a float32 pass by float16 rounding (the hand-over check
+    records the effect). Returns ``(one feature array per train view, val features, cached flags)``.
     """
     src, _, cut = maphead.map_source(model, cfg.map_fraction, backbone, size, cfg.policy, cfg.batch_size)
-    plan = maphead.flip_codes(cfg.seed, views, len(train_paths))
+    flips = augmented_views_from_maps(cfg)
+    plan = maphead.flip_codes(cfg.seed, views if flips else 1, len(train_paths))
     used = sorted({int(c) for codes in plan for c in np.unique(codes)})
     cache = ImageCache(size, cfg.policy)
     weights_id = _weights_identity(weights_source, cfg.seed)
@@ -480,6 +484,21 @@ def features_from_maps(
         f, c = _cached_features(key(train_paths, v), len(train_paths), lambda codes=codes: view_features(codes))
         xs.append(f)
         cached.append(c)
+    for v in range(len(plan), views):  # augmentation the maps do not hold: the whole model, as before
+        f, c = extract_features(
+            model,
+            train_paths,
+            size=size,
+            policy=cfg.policy,
+            weights_source=weights_source,
+            backbone=backbone,
+            view=v,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            ops=aug_ops(cfg.augment),
+        )
+        xs.append(f)
+        cached.append(c)
     xv, c = _cached_features(
         key(val_paths, 0), len(val_paths), lambda: maphead.pooled_from_maps(model, cut, src.maps(val_paths, 0))
     )
@@ -487,18 +506,15 @@ def features_from_maps(
 
 
 def uses_maps_for_features(cfg: TrainConfig) -> bool:
-    """Whether phase 1 takes its features from the map cache (:func:`features_from_maps`): a map-head
-    run on cached features whose augmentation is flips only (or none), with every flip cached for
-    the map phase when there are augmented views, so no trunk pass is extra."""
-    ops = aug_ops(cfg.augment)
-    views = max(1, int(cfg.aug_views)) if ops else 1
-    return (
-        bool(cfg.map_head)
-        and cfg.head_mode == "features"
-        and cfg.strategy != "multiworker"
-        and int(cfg.tiles) <= 1
-        and (views == 1 or (ops == ("flip",) and int(cfg.map_flips) == len(maphead.FLIPS)))
-    )
+    """Whether phase 1 takes features from the map cache (:func:`features_from_maps`): a map-head
+    run on cached features, in this process, untiled."""
+    return bool(cfg.map_head) and cfg.head_mode == "features" and cfg.strategy != "multiworker" and int(cfg.tiles) <= 1
+
+
+def augmented_views_from_maps(cfg: TrainConfig) -> bool:
+    """Whether a map-head run's augmented views come from the maps too: flips only, and all four
+    flips cached for the map phase, so no trunk pass is extra."""
+    return aug_ops(cfg.augment) == ("flip",) and int(cfg.map_flips) == len(maphead.FLIPS)
 
 
 def tiling_of(model) -> tuple[int, str] | None:
@@ -609,8 +625,12 @@ def train_backbone(
         if cfg.head_mode == "features":
             ops = aug_ops(cfg.augment)
             views = max(1, int(cfg.aug_views)) if ops else 1
-            features_from = "maps" if uses_maps_for_features(cfg) else "images"
-            fetch = features_from_maps if features_from == "maps" else features_from_images
+            if not uses_maps_for_features(cfg):
+                fetch, features_from = features_from_images, "images"
+            elif views == 1 or augmented_views_from_maps(cfg):
+                fetch, features_from = features_from_maps, "maps"
+            else:  # the plain view and val from the maps, other augmentation from the whole model
+                fetch, features_from = features_from_maps, "maps and images"
             xs, xv, cached = fetch(
                 model,
                 list(tr.path),

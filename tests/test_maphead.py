@@ -204,9 +204,10 @@ def test_a_map_head_run_takes_its_features_from_the_maps_and_runs_the_trunk_once
         verbose=0,
         seed=5,
     )
-    assert training.uses_maps_for_features(cfg)
-    assert not training.uses_maps_for_features(training.TrainConfig(map_head=True, augment=["flip", "shift"]))
-    assert not training.uses_maps_for_features(training.TrainConfig(map_head=True, augment=["flip"], map_flips=2))
+    assert training.uses_maps_for_features(cfg) and training.augmented_views_from_maps(cfg)
+    assert not training.uses_maps_for_features(training.TrainConfig(map_head=False))
+    assert not training.augmented_views_from_maps(training.TrainConfig(map_head=True, augment=["flip", "shift"]))
+    assert not training.augmented_views_from_maps(training.TrainConfig(map_head=True, augment=["flip"], map_flips=2))
     trunk_calls = []
     real_maps_of = maphead.maps_of
     monkeypatch.setattr(maphead, "maps_of", lambda *a, **k: trunk_calls.append(1) or real_maps_of(*a, **k))
@@ -244,3 +245,37 @@ def test_a_map_head_run_takes_its_features_from_the_maps_and_runs_the_trunk_once
     )
     assert all(again[2])  # cached, keyed by the cut
     np.testing.assert_array_equal(again[0][1], xs[1])
+
+
+def test_other_augmentation_takes_only_the_plain_view_and_val_from_the_maps(smoke_data, tmp_path, monkeypatch):
+    """With shifts as well as flips, the maps cannot hold the augmented view: it is one pass of the
+    whole model over augmented images (as without maps), while the plain view and the val images
+    still come from the maps; the trunk runs no more often than the map phase needs."""
+    root, split = smoke_data
+    monkeypatch.setenv("GC10_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = training.TrainConfig(
+        backbone="mobilenet",
+        img_size=64,
+        weights=None,
+        augment=["flip", "shift"],
+        aug_views=2,
+        epochs_head=1,
+        epochs_finetune=0,
+        map_head=True,
+        map_epochs=1,
+        map_width=8,
+        batch_size=16,
+        verbose=0,
+        seed=5,
+    )
+    trunk_calls, full_passes = [], []
+    real_maps_of, real_extract = maphead.maps_of, training.extract_features
+    monkeypatch.setattr(maphead, "maps_of", lambda *a, **k: trunk_calls.append(1) or real_maps_of(*a, **k))
+    monkeypatch.setattr(
+        training, "extract_features", lambda *a, **k: full_passes.append(k["view"]) or real_extract(*a, **k)
+    )
+    m = training.train_backbone(cfg, root, tmp_path / "run", split_csv=split)
+    assert m["timings"]["features_from"] == "maps and images"
+    assert full_passes == [1]  # only the augmented view
+    assert len(trunk_calls) == len(maphead.FLIPS) + 1
+    assert m["handover"]["max_prob_gap"] < 5e-3, m["handover"]
