@@ -432,11 +432,25 @@ def features_from_images(
     """Phase 1's pooled features, each view a pass of the whole model over the images (view 0 plain,
     view ``k`` augmented with its own seed; :func:`extract_features`). Returns ``(one feature array
     per train view, val features, cached flags)``."""
-    common = {"size": size, "policy": cfg.policy, "weights_source": weights_source, "backbone": backbone}
-    common.update(seed=cfg.seed, batch_size=cfg.batch_size)
-    out = [extract_features(model, train_paths, view=v, ops=aug_ops(cfg.augment), **common) for v in range(views)]
-    xv, c = extract_features(model, val_paths, **common)
+    out = [_image_view(model, train_paths, cfg, backbone, size, weights_source, v) for v in range(views)]
+    xv, c = _image_view(model, val_paths, cfg, backbone, size, weights_source, 0)
     return [f for f, _ in out], xv, [*(c for _, c in out), c]
+
+
+def _image_view(model, paths: list[str], cfg: TrainConfig, backbone: str, size: int, weights_source: str, view: int):
+    """:func:`extract_features` of ``paths`` for ``view`` (0 plain, ``k`` augmented as ``cfg.augment`` says)."""
+    return extract_features(
+        model,
+        paths,
+        size=size,
+        policy=cfg.policy,
+        weights_source=weights_source,
+        backbone=backbone,
+        view=view,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        ops=aug_ops(cfg.augment),
+    )
 
 
 def features_from_maps(
@@ -485,18 +499,7 @@ def features_from_maps(
         xs.append(f)
         cached.append(c)
     for v in range(len(plan), views):  # augmentation the maps do not hold: the whole model, as before
-        f, c = extract_features(
-            model,
-            train_paths,
-            size=size,
-            policy=cfg.policy,
-            weights_source=weights_source,
-            backbone=backbone,
-            view=v,
-            seed=cfg.seed,
-            batch_size=cfg.batch_size,
-            ops=aug_ops(cfg.augment),
-        )
+        f, c = _image_view(model, train_paths, cfg, backbone, size, weights_source, v)
         xs.append(f)
         cached.append(c)
     xv, c = _cached_features(

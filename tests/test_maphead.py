@@ -181,6 +181,25 @@ def test_map_head_that_loses_leaves_the_model_and_best_state_alone(smoke_data):
         np.testing.assert_array_equal(a, b)
 
 
+def _map_run_config(augment: list[str], epochs: int) -> training.TrainConfig:
+    """A smoke map-head run at 64 px with random weights, two feature views of ``augment``."""
+    return training.TrainConfig(
+        backbone="mobilenet",
+        img_size=64,
+        weights=None,
+        augment=augment,
+        aug_views=2,
+        epochs_head=epochs,
+        epochs_finetune=0,
+        map_head=True,
+        map_epochs=epochs,
+        map_width=8,
+        batch_size=16,
+        verbose=0,
+        seed=5,
+    )
+
+
 def test_a_map_head_run_takes_its_features_from_the_maps_and_runs_the_trunk_once_per_flip(
     smoke_data, tmp_path, monkeypatch
 ):
@@ -189,21 +208,7 @@ def test_a_map_head_run_takes_its_features_from_the_maps_and_runs_the_trunk_once
     runs over the images for features, and the features match a float32 pass to float16 rounding."""
     root, split = smoke_data
     monkeypatch.setenv("GC10_CACHE_DIR", str(tmp_path / "cache"))
-    cfg = training.TrainConfig(
-        backbone="mobilenet",
-        img_size=64,
-        weights=None,
-        augment=["flip"],
-        aug_views=2,
-        epochs_head=2,
-        epochs_finetune=0,
-        map_head=True,
-        map_epochs=2,
-        map_width=8,
-        batch_size=16,
-        verbose=0,
-        seed=5,
-    )
+    cfg = _map_run_config(["flip"], epochs=2)
     assert training.uses_maps_for_features(cfg) and training.augmented_views_from_maps(cfg)
     assert not training.uses_maps_for_features(training.TrainConfig(map_head=False))
     assert not training.augmented_views_from_maps(training.TrainConfig(map_head=True, augment=["flip", "shift"]))
@@ -253,21 +258,7 @@ def test_other_augmentation_takes_only_the_plain_view_and_val_from_the_maps(smok
     still come from the maps; the trunk runs no more often than the map phase needs."""
     root, split = smoke_data
     monkeypatch.setenv("GC10_CACHE_DIR", str(tmp_path / "cache"))
-    cfg = training.TrainConfig(
-        backbone="mobilenet",
-        img_size=64,
-        weights=None,
-        augment=["flip", "shift"],
-        aug_views=2,
-        epochs_head=1,
-        epochs_finetune=0,
-        map_head=True,
-        map_epochs=1,
-        map_width=8,
-        batch_size=16,
-        verbose=0,
-        seed=5,
-    )
+    cfg = _map_run_config(["flip", "shift"], epochs=1)
     trunk_calls, full_passes = [], []
     real_maps_of, real_extract = maphead.maps_of, training.extract_features
     monkeypatch.setattr(maphead, "maps_of", lambda *a, **k: trunk_calls.append(1) or real_maps_of(*a, **k))
