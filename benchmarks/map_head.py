@@ -88,13 +88,15 @@ def fit_log_bias(y: np.ndarray, proba: np.ndarray, grid=BIAS_GRID, rounds: int =
 def prior_correction_rows(y_va: np.ndarray, pv: np.ndarray, y_te: np.ndarray, pt: np.ndarray) -> str:
     """The head's output (the row above) with log-biases fitted on validation: in-sample, cross-fitted, test."""
     b = fit_log_bias(y_va, pv)
+    label = f"+ prior correction (log-biases {np.round(b, 1).tolist()}), val in-sample"
+    rows = f"| {label} | | {scores(y_va, shift(pv, b))} | {scores(y_te, shift(pt, b))} |"
+    folds = validation_folds(y_va)
+    if folds is None:  # a class with a single validation image: no honest cross-fitted score
+        return rows
     cross = np.zeros_like(pv)
-    for fit, held in validation_folds(y_va).split(pv, y_va):
+    for fit, held in folds.split(pv, y_va):
         cross[held] = shift(pv[held], fit_log_bias(y_va[fit], pv[fit]))
-    return (
-        f"| + prior correction (log-biases {np.round(b, 1).tolist()}), val in-sample | | {scores(y_va, shift(pv, b))} "
-        f"| {scores(y_te, shift(pt, b))} |\n| + prior correction, val cross-fitted | | {scores(y_va, cross)} | |"
-    )
+    return rows + f"\n| + prior correction, val cross-fitted | | {scores(y_va, cross)} | |"
 
 
 def scores(y: np.ndarray, proba: np.ndarray) -> str:
