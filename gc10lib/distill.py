@@ -51,7 +51,7 @@ from gc10lib.inputs import ImageCache, aug_ops, augmenter, make_dataset
 from gc10lib.layers import model_info
 from gc10lib.predict import collect_images, readable
 from gc10lib.quantize import quantize_table
-from gc10lib.records import ModelRecord, pick_models, write_step_summary
+from gc10lib.records import ModelRecord, find_models, pick_models, write_step_summary
 from gc10lib.settings import cache_dir, file_size_mb, new_output_dir, save_json, writable_dir
 from gc10lib.training import (
     BestState,
@@ -95,6 +95,8 @@ class DistillConfig:
     map_width: int = 128  # student_map_width
     map_epochs: int = 25  # student_map_epochs
     map_lr: float = 1e-3
+    warm_start: bool = True  # the student's map head starts from the run's own one of its backbone (02)
+    warm_lr: float = 3e-4  # the map head's peak learning rate when it starts trained
     seed: int = 42
     verbose: int | str = "auto"
 
@@ -462,11 +464,16 @@ def train_student(
     split_csv: str | Path,
     out_dir: str | Path | None,
     teacher_name: str | None = None,
+    start_from: str | Path | None = None,
 ) -> dict:
     """Train one student on ``teacher_path``'s soft targets and write it like any trained model.
 
-    Writes ``model.keras``, ``metrics.json`` (``kind: student``), ``history.csv`` and the
-    probabilities of the val and test splits into ``out_dir``; returns the metrics.
+    ``start_from``: a map-head classifier of the student's backbone trained on the labels (the
+    run's own, from step 02). With ``map_head`` and ``warm_start``, the student's map head starts
+    from its head when that reads the same maps (:func:`gc10lib.maphead.start_head`), and its
+    state before distillation competes on validation too. Writes ``model.keras``,
+    ``metrics.json`` (``kind: student``), ``history.csv`` and the probabilities of the val and
+    test splits into ``out_dir``; returns the metrics.
     """
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
@@ -595,8 +602,9 @@ def train_student(
     map_record = None
     if cfg.map_head:
         t0 = time.perf_counter()
+        start = start_from if cfg.warm_start else None
         student, map_record, hist = _student_map_phase(
-            student, cfg, got, targets, weights, val, y_val, loss, best, spec.name
+            student, cfg, got, targets, weights, val, y_val, loss, best, spec.name, start
         )
         histories.append(hist.assign(phase="maps", epoch=lambda d: np.arange(len(d))))
         timings["maps_s"] = round(time.perf_counter() - t0, 2)
@@ -642,10 +650,11 @@ def train_student(
     return metrics
 
 
-def _student_map_phase(student, cfg: DistillConfig, views, targets, weights, val, y_val, loss, best, name):
+def _student_map_phase(student, cfg: DistillConfig, views, targets, weights, val, y_val, loss, best, name, start):
     """Phase ``maps`` for the student: maps of its cut backbone for every view (the teacher's pixels;
     taken from the view when it already holds them), a map head trained on the views' soft targets,
-    offered to ``best``.
+    offered to ``best``. ``start``: the path of a map-head classifier whose head it starts from,
+    when that fits (else it starts fresh, and the record says why).
 
     Returns ``(the student to save, the phase's record, its history)``.
     """
@@ -663,6 +672,11 @@ def _student_map_phase(student, cfg: DistillConfig, views, targets, weights, val
         else maphead.maps_of(extractor, val["images"], cfg.batch_size, desc=f"{name} maps, val")
     )
     val_maps = np.asarray(val_maps, np.float32)
+    start_head, warm = None, None
+    if start is not None:
+        classes = model_info(student).classes
+        start_head, why = maphead.start_head(load_model(start), trunk, val_maps.shape[1:], classes, cfg.map_width)
+        warm = {"from": str(start), "used": start_head is not None, **({"why_not": why} if why else {})}
     n = len(maps[0])  # targets and weights are stacked view after view
     per_view = [slice(i * n, (i + 1) * n) for i in range(len(maps))]
     t_maps = time.perf_counter() - t0
@@ -680,8 +694,12 @@ def _student_map_phase(student, cfg: DistillConfig, views, targets, weights, val
         scores=val_scores,
         loss=loss,
         verbose=resolve_verbose(cfg.verbose),
+        start=start_head,
+        lr=cfg.warm_lr if start_head is not None else None,
     )
     record["maps_s"] = round(t_maps, 2)
+    if warm is not None:
+        record["warm_start"] = warm
     return saved, record, history
 
 
@@ -757,7 +775,10 @@ def distill_run(
     rec = picked[0]
     best_single = [r for r in pick_models(run_dir, ["best_backbone"]) if r.name != rec.name]
     out = new_output_dir(out_dir, prefix="distill")
-    metrics = train_student(cfg, rec.path, data_dir, split_csv, out, teacher_name=rec.name)
+    own = [r for r in find_models(run_dir, ("backbone",)) if r.backbone == get_spec(cfg.student).name]
+    own.sort(key=lambda r: r.val.get("log_loss", np.inf))  # several (other sizes, tiles): validation's pick
+    start = own[0].path if own and cfg.map_head and cfg.warm_start else None
+    metrics = train_student(cfg, rec.path, data_dir, split_csv, out, teacher_name=rec.name, start_from=start)
     table = None
     lines = [
         f"Student `{metrics['name']}` taught by `{rec.name}` (T={cfg.temperature}, alpha={cfg.alpha}), "

@@ -302,6 +302,7 @@ def fit_head(
     scores,
     loss="sparse_categorical_crossentropy",
     verbose: int | str = 0,
+    keep_start: bool = False,
 ) -> tuple[pd.DataFrame, dict]:
     """Train ``head`` on ``train_maps`` (one array per view, same images and order) and keep its best epoch.
 
@@ -309,8 +310,9 @@ def fit_head(
     they are scored with (sparse cross-entropy on labels; distillation passes its own).
     ``scores(y, proba)`` returns the validation scores by name (``val_loss``, ``val_accuracy``,
     ``val_macro_f1``) on the hard labels ``y_val``; ``monitor`` names the one that chooses (lower
-    is better for the loss). Returns the per-epoch history and ``{"epoch", "scores"}`` of the
-    epoch kept (its weights are in ``head`` on return).
+    is better for the loss). With ``keep_start`` (a head that starts trained), its state before
+    the first epoch competes too, as epoch ``-1``. Returns the per-epoch history and ``{"epoch",
+    "scores"}`` of the epoch kept (its weights are in ``head`` on return).
     """
     if epochs < 1:
         raise InputError(f"map_epochs must be at least 1, got {epochs}")
@@ -319,6 +321,9 @@ def fit_head(
     sched = keras.optimizers.schedules.CosineDecay(0.0, steps, warmup_target=lr, warmup_steps=max(1, steps // 10))
     head.compile(optimizer=keras.optimizers.Adam(sched), loss=loss)
     keep = _KeepBestEpoch(val_maps, np.asarray(y_val), monitor, scores)
+    if keep_start:
+        keep.set_model(head)
+        keep.on_epoch_end(-1)
     hist = head.fit(batches, epochs=epochs, callbacks=[keep], verbose=verbose)
     epoch, s, weights = keep.best
     head.set_weights(weights)
@@ -340,19 +345,25 @@ def compete(
     scores,
     loss="sparse_categorical_crossentropy",
     verbose: int | str = 0,
+    start=None,
+    lr: float | None = None,
 ) -> tuple[keras.Model, dict, pd.DataFrame]:
     """Phase ``maps``: train a map head on ``maps`` (see :func:`fit_head`) and offer its best epoch to
     ``best`` (a :class:`gc10lib.training.BestState`), which keeps the other phases' weights.
 
     ``cfg`` supplies ``map_width``, ``map_epochs``, ``map_lr``, ``batch_size``, ``monitor`` and
-    ``seed``. Returns ``(the model to save, the phase's record, its history)``: the classifier
-    assembled from ``model``, ``trunk`` and the head when it beat every earlier state on
-    validation, else ``model`` unchanged.
+    ``seed``. ``start``: a trained map head of the same shape (:func:`start_head` checks it) whose
+    weights the new head starts from; its own state competes as epoch ``-1``, and ``lr`` (default
+    ``map_lr``) is the peak learning rate. Returns ``(the model to save, the phase's record, its
+    history)``: the classifier assembled from ``model``, ``trunk`` and the head when it beat every
+    earlier state on validation, else ``model`` unchanged.
     """
     t0 = time.perf_counter()
     keras.utils.set_random_seed(int(cfg.seed))
     n_classes = int(model.outputs[0].shape[-1])
     head = build_head(maps[0].shape[1:], n_classes, cfg.map_width, seed=cfg.seed)
+    if start is not None:
+        head.set_weights(start.get_weights())
     history, kept = fit_head(
         head,
         maps,
@@ -361,13 +372,14 @@ def compete(
         y_val,
         weights=weights,
         epochs=int(cfg.map_epochs),
-        lr=cfg.map_lr,
+        lr=cfg.map_lr if lr is None else lr,
         batch_size=cfg.batch_size,
         monitor=cfg.monitor,
         seed=cfg.seed,
         scores=scores,
         loss=loss,
         verbose=verbose,
+        keep_start=start is not None,
     )
     won = best.offer(kept["scores"][cfg.monitor], "maps", kept["epoch"], snapshot=False)
     record = {
@@ -380,6 +392,24 @@ def compete(
         "fit_s": round(time.perf_counter() - t0, 2),
     }
     return (assemble(model, trunk, head) if won else model), record, history
+
+
+def start_head(classifier, trunk, map_shape, classes: list[str], width: int) -> tuple[keras.Model | None, str]:
+    """``(its head, "")`` when the map head of ``classifier`` (a saved map-head classifier) can start
+    a new head of ``width`` on maps of ``map_shape`` from ``trunk``: the same classes in the same
+    order, the same trunk weights (so it reads the same maps) and the same head shape. Otherwise
+    ``(None, why not)``."""
+    if not is_map_head(classifier):
+        return None, "its head reads pooled features, not maps"
+    if list(model_info(classifier).classes) != list(classes):
+        return None, f"its classes {model_info(classifier).classes} differ from {list(classes)}"
+    head = classifier.get_layer("head")
+    if weights_digest(classifier.get_layer("backbone")) != weights_digest(trunk):
+        return None, "its trunk below the cut differs from the student's (other weights or another cut)"
+    want = build_head(tuple(map_shape), len(classes), width)
+    if [tuple(w.shape) for w in head.weights] != [tuple(w.shape) for w in want.weights]:
+        return None, f"its head's shape differs from a width-{width} head on maps {tuple(map_shape)}"
+    return head, ""
 
 
 def assemble(model, trunk, head, name: str | None = None):
@@ -413,4 +443,5 @@ __all__ = [
     "is_map_head",
     "map_source",
     "split_backbone",
+    "start_head",
 ]

@@ -473,3 +473,38 @@ def test_flip_views_are_plain_then_seeded_random_flips_gathered_per_image(map_te
     np.testing.assert_array_equal(views[1]["maps"][5], src.maps(paths, 1)[5])
     assert views[1]["maps"].shape == views[0]["maps"].shape and len(views[1]["maps"]) == 6
     assert rec["flips_used"] == [0, 1, 2, 3] and len(val["teacher"]) == len(val_paths)
+
+
+@needs_weights
+def test_student_map_head_starts_from_the_runs_own_and_that_start_competes(
+    map_teacher, smoke_data, tmp_path, monkeypatch
+):
+    """distill_run finds the run's map head of the student's backbone and the student's map head
+    starts from it. At a learning rate that wrecks every epoch, the start itself is what validation
+    keeps: the student is then that head, never worse. A head of another width starts fresh and
+    the record says why."""
+    root, split = smoke_data
+    run, member = map_teacher
+    monkeypatch.setenv("GC10_WEIGHTS_DIR", str(WEIGHTS))
+    kw = dict(student="mobilenet", epochs_head=0, epochs_finetune=0, map_head=True, map_epochs=2)
+    kw.update(augment=["flip"], aug_views=2, batch_size=16, verbose=0, seed=3)
+    cfg = distill.DistillConfig(map_width=8, warm_lr=50.0, **kw)
+    m, _ = distill.distill_run(run, root, split, tmp_path / "warm", cfg, "best_backbone", quantize=False)
+    rec = m["map_head"]
+    assert rec["warm_start"] == {"from": str(member), "used": True}
+    assert rec["epoch"] == -1 and m["selected"]["phase"] == "maps"
+    start = load_model(member).get_layer("head").get_weights()
+    saved = load_model(m["model_path"]).get_layer("head").get_weights()
+    for a, b in zip(start, saved, strict=True):
+        np.testing.assert_array_equal(a, b)
+    hist = pd.read_csv(Path(m["out_dir"]) / "history.csv")
+    assert (hist[hist.phase == "maps"].val_loss > rec["val_scores"]["val_loss"]).all()  # every epoch lost to it
+
+    cold = distill.train_student(
+        distill.DistillConfig(map_width=16, **kw), member, root, split, tmp_path / "cold", start_from=member
+    )
+    assert cold["map_head"]["warm_start"]["used"] is False
+    assert "shape" in cold["map_head"]["warm_start"]["why_not"] and cold["map_head"]["epoch"] >= 0
+    off = distill.DistillConfig(map_width=8, warm_start=False, **kw)
+    m_off, _ = distill.distill_run(run, root, split, tmp_path / "off", off, "best_backbone", quantize=False)
+    assert "warm_start" not in m_off["map_head"]
