@@ -52,7 +52,7 @@ SMOKE = [
 
 
 def gc10_run(
-    *args: str, runs_root: Path | str, timeout: int = 900, cwd: Path | None = None
+    *args: str, runs_root: Path | str, timeout: int = 1800, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "gc10lib.cli", "run", *args, "--runs-root", str(runs_root)],
