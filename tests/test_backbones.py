@@ -168,7 +168,9 @@ def test_newer_backbones_train_reload_and_explain(name, smoke_data, tmp_path):
     model = B.load_model(m["model_path"])
     assert model_info(model).backbones == [name] and model_info(model).input_size == 64
     va = data.read_split(split).query("subset == 'val'")
-    np.testing.assert_allclose(predict_proba(model, va.path), np.load(tmp_path / name / "proba_val.npy"), atol=1e-5)
+    # 1e-4: float noise only. On busy cores (CI, 2026-12-07) oneDNN's sums moved one EfficientNetV2-S
+    # row by 5.5e-5; wrong weights or preprocessing move near-uniform outputs by far more.
+    np.testing.assert_allclose(predict_proba(model, va.path), np.load(tmp_path / name / "proba_val.npy"), atol=1e-4)
     x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
     cams, proba = explain.gradcam(model, x, [0, 1])
     assert cams.shape == (2, 64, 64) and np.allclose(proba.sum(1), 1, atol=1e-4)
