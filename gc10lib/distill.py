@@ -777,7 +777,7 @@ def distill_run(
     out = new_output_dir(out_dir, prefix="distill")
     own = [r for r in find_models(run_dir, ("backbone",)) if r.backbone == get_spec(cfg.student).name]
     own.sort(key=lambda r: r.val.get("log_loss", np.inf))  # several (other sizes, tiles): validation's pick
-    start = own[0].path if own and cfg.map_head and cfg.warm_start else None
+    start = own[0].path if own else None  # train_student uses it only with map_head and warm_start
     metrics = train_student(cfg, rec.path, data_dir, split_csv, out, teacher_name=rec.name, start_from=start)
     table = None
     lines = [
