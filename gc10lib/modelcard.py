@@ -25,6 +25,12 @@ LIMITATIONS = [
 ]
 
 
+def commit_label(manifest: dict) -> str:
+    """The run's commit for a report: ten hex digits, marked when the tree had uncommitted changes."""
+    label = (manifest.get("git_commit") or "?")[:10]
+    return label + (" + uncommitted changes" if manifest.get("git_dirty") else "")
+
+
 def _chosen(records: list[ModelRecord]) -> ModelRecord | None:
     if not records:
         return None
@@ -90,7 +96,7 @@ def model_card(run_dir: str | Path) -> str:
     chosen = _chosen([r for r in records if r.test])
     lines = [f"# Model card: run `{run_dir.name}`", ""]
     lines += [
-        f"Written by `gc10 run` from commit `{(manifest.get('git_commit') or '?')[:10]}`, seed "
+        f"Written by `gc10 run` from commit `{commit_label(manifest)}`, seed "
         f"{cfg.get('seed', 42)}, config `{cfg.get('name')}`.",
         "",
         "## Data",

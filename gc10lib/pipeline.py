@@ -35,7 +35,7 @@ from jupyter_client.manager import AsyncKernelManager
 
 from gc10lib import data, synth
 from gc10lib.errors import Gc10Error, NotFoundError
-from gc10lib.modelcard import write_model_card
+from gc10lib.modelcard import commit_label, write_model_card
 from gc10lib.records import choose_by_validation, find_models, read_step_summaries
 from gc10lib.settings import writable_dir
 
@@ -235,16 +235,24 @@ def step_parameters(step: Step, cfg: dict, run_dir: Path) -> dict:
 # --------------------------------------------------------------------------- run folder
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
+    """``git ARGS`` in the repository, stripped; ``None`` outside a git checkout or without git."""
     try:
-        return (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-            or None
-        )
+        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _git_commit() -> str | None:
+    return _git("rev-parse", "HEAD") or None
+
+
+def _git_dirty() -> bool | None:
+    """Whether tracked files differ from the commit (so ``git_commit`` alone does not name the code
+    that ran); ``None`` when unknown."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status)
 
 
 def _versions() -> dict[str, str]:
@@ -395,6 +403,7 @@ def execute_run(
             "name": run_dir.name,
             "config": cfg,
             "git_commit": _git_commit(),
+            "git_dirty": _git_dirty(),
             "versions": _versions(),
             "machine": _machine(),
             "seed": cfg.get("seed", 42),
@@ -521,9 +530,7 @@ def write_summary(run_dir: Path) -> dict:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     lines = [f"# Run `{run_dir.name}`", ""]
     cfg = run.manifest.get("config") or {}
-    lines.append(
-        f"Data: `{cfg.get('data_dir')}` · seed {cfg.get('seed')} · commit `{(run.manifest.get('git_commit') or '')[:10]}`"
-    )
+    lines.append(f"Data: `{cfg.get('data_dir')}` · seed {cfg.get('seed')} · commit `{commit_label(run.manifest)}`")
     lines.append("")
     if rows:
         df = pd.DataFrame(rows)

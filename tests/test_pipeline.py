@@ -128,9 +128,30 @@ def test_run_manifest(demo_run):
     m = json.loads((run / "run.json").read_text())
     assert m["config"]["backbones"] == ["mobilenet", "vgg19"] and m["config"]["img_size"] == 48
     assert m["seed"] == 42 and m["versions"]["tensorflow"] and m["versions"]["keras"]
-    assert m["machine"]["cpus"] >= 1 and "git_commit" in m
+    assert m["machine"]["cpus"] >= 1 and "git_commit" in m and "git_dirty" in m
     for step in m["steps"].values():
         assert step["status"] == "done" and step["end"] >= step["start"]
+
+
+def test_run_records_uncommitted_changes(tmp_path, monkeypatch):
+    """A run started from an edited tree says so: ``git_commit`` alone would name other code."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "code.py").write_text("a = 1\n")
+    subprocess.run([*git, "add", "code.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    monkeypatch.setattr(pipeline, "REPO_ROOT", tmp_path)
+    commit = pipeline._git_commit()
+    assert commit and len(commit) == 40 and pipeline._git_dirty() is False
+    (tmp_path / "notes.txt").write_text("untracked files do not count\n")
+    assert pipeline._git_dirty() is False
+    (tmp_path / "code.py").write_text("a = 2\n")
+    assert pipeline._git_dirty() is True
+    manifest = {"git_commit": commit, "git_dirty": True}
+    assert pipeline.commit_label(manifest) == f"{commit[:10]} + uncommitted changes"
+    assert pipeline.commit_label({"git_commit": commit, "git_dirty": False}) == commit[:10]
+    monkeypatch.setattr(pipeline, "REPO_ROOT", tmp_path / "gone")  # no such folder: unknown, not a crash
+    assert pipeline._git_dirty() is None and pipeline._git_commit() is None
 
 
 def test_summary_has_sane_metrics_for_every_model(demo_run):
