@@ -169,6 +169,16 @@ def resolve_weights(
     return str(p), f"file:{p}"
 
 
+def weights_identity(source: str, seed: int) -> str:
+    """A key for a weights source (:func:`resolve_weights`'s label) that changes when the weights do:
+    a file's size and modification time, or the seed of a random init (BatchNorm calibrated)."""
+    if source.startswith(("imagenet-file:", "file:")):
+        p = Path(source.split(":", 1)[1])
+        st = p.stat()
+        return f"{source}|{st.st_size}|{st.st_mtime_ns}"
+    return f"{source}|seed={seed}|bn-calibrated" if source == "random" else source
+
+
 def build_backbone(spec: BackboneSpec, size: int, weights: str | None):
     """The ``include_top=False`` Keras application, with a clear error if weights can't be had."""
     if size < spec.min_size:

@@ -197,33 +197,20 @@ def _export(args: argparse.Namespace) -> int:
 
 def _run_inputs(args: argparse.Namespace) -> tuple[str, str]:
     """``--data`` and ``--split-csv``, by default those of the run folder (``run.json``, ``split.csv``)."""
-    from gc10lib.errors import InputError
+    from gc10lib.runfolder import RunFolder
 
-    run = Path(args.run)
-    split = args.split_csv or str(run / "split.csv")
-    data_dir = args.data
-    if data_dir is None and (run / "run.json").is_file():
-        data_dir = json.loads((run / "run.json").read_text()).get("config", {}).get("data_dir")
-    if not data_dir:
-        raise InputError(f"{run}: not a gc10 run folder with run.json; pass --data and --split-csv")
-    return data_dir, split
+    return RunFolder(args.run).inputs(args.data, args.split_csv)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from dataclasses import fields
-
     from gc10lib import synth, training
-    from gc10lib.errors import InputError
-    from gc10lib.pipeline import load_config, parse_value
+    from gc10lib.config import TrainConfig, apply_overrides
+    from gc10lib.pipeline import load_config
 
-    known = {f.name for f in fields(training.TrainConfig)}
-    values = {k: v for k, v in (load_config(args.config) if args.config else {}).items() if k in known}
-    for key, raw in args.parameters or []:
-        if key not in known:
-            raise InputError(f"unknown training parameter {key!r}; valid names: {', '.join(sorted(known))}")
-        values[key] = parse_value(raw)
-    values.update(backbone=args.backbone, verbose=2)
-    cfg = training.TrainConfig(**values)
+    defaults = TrainConfig.defaults()
+    values = {k: v for k, v in (load_config(args.config) if args.config else {}).items() if k in defaults}
+    values = apply_overrides(values, args.parameters or [], defaults, "training parameter")
+    cfg = TrainConfig(**{**values, "backbone": args.backbone, "verbose": 2})
     m = training.train_backbone(cfg, synth.resolve_data_dir(args.data), args.out, split_csv=args.split_csv)
     sel = m["selected"]
     print(f"wrote {Path(m['model_path']).parent} (saved phase {sel['phase']!r}, {sel['monitor']} {sel['value']:.4f})")
@@ -265,24 +252,21 @@ def _quantize(args: argparse.Namespace) -> int:
 
 
 def _distill(args: argparse.Namespace) -> int:
-    from dataclasses import fields
-
-    from gc10lib.distill import DEPLOY_COLUMNS, STUDENT_OWN, DistillConfig, distill_run
-    from gc10lib.errors import InputError
-    from gc10lib.pipeline import load_config, parse_value
+    from gc10lib.config import DistillConfig, apply_overrides
+    from gc10lib.distill import DEPLOY_COLUMNS, distill_run
+    from gc10lib.pipeline import load_config
 
     params = load_config(args.config) if args.config else {}
-    known = {f.name for f in fields(DistillConfig)} | {f"student_{k}" for k in STUDENT_OWN}
-    for key, raw in args.parameters or []:
-        if key not in known:
-            raise InputError(f"unknown distillation parameter {key!r}; valid names: {', '.join(sorted(known))}")
-        # on this command a bare name is the student's own: -p epochs_finetune 0 means the student's
-        params[f"student_{key}" if key in STUDENT_OWN else key] = parse_value(raw)
+    names = DistillConfig.parameter_names()  # flat name (student_epochs_finetune ...) -> field
+    defaults = DistillConfig.defaults()
+    # on this command a bare name is the student's own: -p epochs_finetune 0 means the student's
+    allowed = {n: defaults[f] for n, f in names.items()}
+    overrides = [(DistillConfig.ALIASES.get(k, k), v) for k, v in args.parameters or []]
+    params = apply_overrides(params, overrides, allowed, "distillation parameter")
     params.update(seed=args.seed, verbose=2)
+    cfg = DistillConfig.from_params(params)
     data_dir, split = _run_inputs(args)
-    m, table = distill_run(
-        args.run, data_dir, split, args.out, DistillConfig.from_params(params), args.teacher, quantize=not args.no_int8
-    )
+    m, table = distill_run(args.run, data_dir, split, args.out, cfg, args.teacher, quantize=not args.no_int8)
     if table is not None:
         print(table[DEPLOY_COLUMNS].to_markdown(index=False, floatfmt=".4g"))
     print(f"wrote {m['out_dir']} (student test accuracy {m['test']['accuracy']:.4f})")

@@ -28,7 +28,7 @@ import json
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import keras
@@ -37,87 +37,28 @@ import pandas as pd
 import tensorflow as tf
 
 from gc10lib import data, maphead, plots, progress
-from gc10lib.backbones import (
-    adapt_feature_norm,
-    build_classifier,
-    get_spec,
-    load_model,
-    save_model,
-    set_finetune_trainable,
-)
+from gc10lib.backbones import adapt_feature_norm, build_classifier, get_spec, load_model, save_model, weights_identity
+from gc10lib.config import DistillConfig
 from gc10lib.ensemble import combine
 from gc10lib.errors import InputError
 from gc10lib.inputs import ImageCache, aug_ops, augmenter, make_dataset
 from gc10lib.layers import model_info
+from gc10lib.phases import (
+    BestState,
+    ValidationScores,
+    finetune_phase,
+    fit_phase,
+    phase_callbacks,
+    resolve_verbose,
+    set_seeds,
+    val_scores,
+    wants_finetune,
+)
 from gc10lib.predict import collect_images, readable
 from gc10lib.quantize import quantize_table
 from gc10lib.records import ModelRecord, find_models, pick_models, write_step_summary
 from gc10lib.settings import cache_dir, file_size_mb, new_output_dir, save_json, writable_dir
-from gc10lib.training import (
-    BestState,
-    _weights_identity,
-    evaluate_parts,
-    finetune_optimizer,
-    resolve_verbose,
-    set_seeds,
-    val_scores,
-)
-
-
-@dataclass
-class DistillConfig:
-    """Everything that shapes one student's training."""
-
-    student: str = "mobilenet_v2"  # any registry backbone; MobileNetV2's weights quantize well
-    img_size: int | None = None  # None: the teacher's input size (then both see the same pixels)
-    weights: str | None = "imagenet"
-    weights_dir: str | None = None
-    temperature: float = 2.0
-    alpha: float = 0.7  # share of the soft-target term for labelled images (unlabelled ones: all of it)
-    class_weight: str = "sqrt"  # balanced | sqrt | none, on the labelled images' classes
-    epochs_head: int = 30
-    epochs_finetune: int = 8  # the notebook's student_epochs_finetune
-    finetune_fraction: float = 0.5  # student_finetune_fraction
-    finetune_optimizer: str = "adam"
-    lr_head: float = 1e-3
-    lr_finetune: float = 1e-4  # student_lr_finetune: peak of warm-up + cosine decay
-    warmup_fraction: float = 0.1
-    clipnorm: float | None = 1.0
-    batch_size: int = 32
-    dropout: float = 0.2
-    augment: bool | list[str] = True
-    aug_views: int = 2  # 1 plain + (aug_views - 1) augmented views per training image
-    patience: int = 5
-    monitor: str = "val_loss"  # or "val_macro_f1"; on the hard labels of the validation split
-    unlabelled_dir: str | None = None  # a folder of extra images without labels, taught by the teacher
-    map_head: bool = False  # phase "maps": a map head on the student's cut backbone (gc10lib.maphead)
-    map_fraction: float = 0.3
-    map_width: int = 128  # student_map_width
-    map_epochs: int = 25  # student_map_epochs
-    map_lr: float = 1e-3
-    warm_start: bool = True  # the student's map head starts from the run's own one of its backbone (02)
-    warm_lr: float = 3e-4  # the map head's peak learning rate when it starts trained
-    seed: int = 42
-    verbose: int | str = "auto"
-
-    @classmethod
-    def from_params(cls, params: dict) -> DistillConfig:
-        """The config from a mapping of pipeline parameters (a config file, a notebook's globals).
-
-        The student's fine-tune and map head have their own names there (:data:`STUDENT_OWN` with a
-        ``student_`` prefix: ``student_epochs_finetune``, ``student_map_epochs`` ...): the bare names
-        belong to the backbones' training (notebook 02). Other names the config does not know are
-        ignored.
-        """
-        names = {f.name for f in fields(cls)} - set(STUDENT_OWN)
-        values = {k: v for k, v in params.items() if k in names}
-        values.update({k: params[f"student_{k}"] for k in STUDENT_OWN if f"student_{k}" in params})
-        return cls(**values)
-
-
-#: DistillConfig fields that pipeline configs and notebook 06 spell with a ``student_`` prefix.
-STUDENT_OWN = ("epochs_finetune", "finetune_fraction", "lr_finetune", "map_width", "map_epochs")
-
+from gc10lib.training import evaluate_parts
 
 # --------------------------------------------------------------------------- soft targets
 
@@ -390,31 +331,6 @@ def flip_views(
 # --------------------------------------------------------------------------- training
 
 
-class ValidationScores(keras.callbacks.Callback):
-    """Puts ``val_loss``/``val_accuracy``/``val_macro_f1`` on the hard validation labels into the epoch
-    logs (the training loss is against soft targets, so Keras' own validation loss would be too),
-    then offers the monitored value to a :class:`BestState`."""
-
-    def __init__(self, predict, y_val: np.ndarray, best: BestState, phase: str):
-        super().__init__()
-        self.predict, self.y_val, self.best, self.phase = predict, np.asarray(y_val), best, phase
-
-    def on_epoch_end(self, epoch, logs=None):
-        scores = val_scores(self.y_val, np.asarray(self.predict(), np.float64))
-        if logs is not None:
-            logs.update(scores)
-        self.best.offer(scores[self.best.monitor], self.phase, epoch)
-
-
-def _callbacks(cfg: DistillConfig, predict, y_val, best: BestState, phase: str, csv: Path) -> list:
-    mode = "max" if cfg.monitor == "val_macro_f1" else "min"
-    return [
-        ValidationScores(predict, y_val, best, phase),
-        keras.callbacks.EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience),
-        keras.callbacks.CSVLogger(str(csv)),
-    ]
-
-
 def _view_dataset(images: np.ndarray, targets: np.ndarray, weights: np.ndarray, batch_size: int, seed: int):
     """Shuffled batches of cached view images (memory-mapped uint8) with their packed targets."""
     n, shape = len(images), images.shape[1:]
@@ -450,11 +366,35 @@ class _ConcatImages:
         return np.stack([self.arrays[w][i - self.offsets[w]] for w, i in zip(which, idx, strict=True)])
 
 
-def _augmented_views(teacher, student, paths, val_paths, views, key, size, policy, ops, cfg) -> tuple[list[dict], dict]:
-    """:func:`teacher_views` for the plain view and ``views - 1`` augmented copies, and for val."""
-    kw = dict(size=size, policy=policy, seed=cfg.seed, key=key, batch_size=cfg.batch_size)
-    got = [teacher_views(teacher, student, paths, view=v, ops=ops, **kw) for v in range(views)]
-    return got, teacher_views(teacher, student, val_paths, view=0, ops=(), **kw)
+@dataclass
+class _Lesson:
+    """One student's training in progress: its teacher, split, output folder and model."""
+
+    cfg: DistillConfig
+    backbone: str
+    classes: list[str]
+    size: int
+    policy: str
+    tr: pd.DataFrame
+    va: pd.DataFrame
+    te: pd.DataFrame
+    extra: list[str]
+    out: Path
+    cw: dict[int, float]
+    student: keras.Model
+    source: str
+    timings: dict = field(default_factory=dict)
+    histories: list = field(default_factory=list)
+
+    @property
+    def y_val(self) -> np.ndarray:
+        return self.va.label.to_numpy()
+
+    def callbacks(self, best: BestState, phase: str, predict) -> list:
+        """Each epoch scored by ``predict()`` on the hard val labels and offered to ``best``; early
+        stopping and the CSV history."""
+        scorer = ValidationScores(predict, self.y_val, best, phase)
+        return phase_callbacks(self.cfg, scorer, self.out / f"history_{phase}.csv")
 
 
 def train_student(
@@ -468,22 +408,62 @@ def train_student(
 ) -> dict:
     """Train one student on ``teacher_path``'s soft targets and write it like any trained model.
 
-    ``start_from``: a map-head classifier of the student's backbone trained on the labels (the
-    run's own, from step 02). With ``map_head`` and ``warm_start``, the student's map head starts
-    from its head when that reads the same maps (:func:`gc10lib.maphead.start_head`), and its
-    state before distillation competes on validation too. Writes ``model.keras``,
+    The phases are a backbone's (:mod:`gc10lib.phases`): a head on cached student features,
+    fine-tuning on the cached views, and (``map_head``) a map head, all on the teacher's soft
+    targets. ``start_from``: a map-head classifier of the student's backbone trained on the labels
+    (the run's own, from step 02). With ``map_head`` and ``warm_start``, the student's map head
+    starts from its head when that reads the same maps (:func:`gc10lib.maphead.start_head`), and
+    its state before distillation competes on validation too. Writes ``model.keras``,
     ``metrics.json`` (``kind: student``), ``history.csv`` and the probabilities of the val and
     test splits into ``out_dir``; returns the metrics.
+
+    >>> m = train_student(DistillConfig(student="mobilenet_v2"), "runs/x/steps/03_ensemble/mean/model.keras",
+    ...                   "data/xsdd", "runs/x/split.csv", "runs/x/student")
     """
     t_all = time.perf_counter()
-    timings: dict[str, float] = {}
-    verbose = resolve_verbose(cfg.verbose)
-    if cfg.monitor not in ("val_loss", "val_macro_f1"):
-        raise InputError(f"unknown monitor {cfg.monitor!r}; expected 'val_loss' or 'val_macro_f1'")
-    if not 0.0 <= cfg.alpha <= 1.0 or cfg.temperature <= 0:
-        raise InputError(f"alpha must be in [0, 1] and temperature > 0 (got {cfg.alpha}, {cfg.temperature})")
-    spec = get_spec(cfg.student)
     teacher = load_model(teacher_path)
+    lesson = _prepare_lesson(cfg, teacher, teacher_path, data_dir, split_csv, out_dir)
+    t0 = time.perf_counter()
+    got, val, view_record = _teach(lesson, teacher, teacher_path)
+    del teacher  # not needed again: everything it says is cached
+    lesson.timings["teacher_s"] = round(time.perf_counter() - t0, 2)
+    views = len(got)
+    labels = np.concatenate([lesson.tr.label.to_numpy(), -np.ones(len(lesson.extra), int)])
+    t_prob = np.concatenate([g["teacher"] for g in got])
+    y_all = np.tile(labels, views)
+    targets = pack_targets(y_all, t_prob, cfg.temperature)
+    weights = sample_weights(y_all, t_prob, lesson.cw)
+    loss = DistillLoss(len(lesson.classes), cfg.temperature, cfg.alpha)
+    best = BestState(lesson.student, cfg.monitor)
+    _student_head(lesson, best, np.concatenate([g["features"] for g in got]), targets, weights, val, loss)
+    if wants_finetune(cfg):
+        _student_finetune(lesson, best, got, targets, weights, val, loss)
+    map_record = None
+    if cfg.map_head:
+        t0 = time.perf_counter()
+        start = start_from if cfg.warm_start else None
+        lesson.student, map_record, hist = _student_map_phase(
+            lesson.student, cfg, got, targets, weights, val, lesson.y_val, loss, best, lesson.backbone, start
+        )
+        lesson.histories.append(hist.assign(phase="maps", epoch=lambda d: np.arange(len(d))))
+        lesson.timings["maps_s"] = round(time.perf_counter() - t0, 2)
+    teacher_info = {
+        "name": teacher_name or Path(teacher_path).parent.name,
+        "path": str(teacher_path),
+        "val": val_scores(lesson.y_val, val["teacher"].astype(np.float64)),
+    }
+    record = {"views": views, "view_source": view_record, "selected": best.record(), "map_head": map_record}
+    metrics = _write_student(lesson, split_csv, teacher_info, record)
+    lesson.timings["total_s"] = round(time.perf_counter() - t_all, 2)
+    metrics["timings"] = lesson.timings
+    save_json(metrics, lesson.out / "metrics.json")
+    return metrics
+
+
+def _prepare_lesson(cfg: DistillConfig, teacher, teacher_path, data_dir, split_csv, out_dir) -> _Lesson:
+    """The split (refused when its classes are not the teacher's), the unlabelled images, a new
+    output folder and the student with its backbone frozen."""
+    spec = get_spec(cfg.student)
     tinfo = model_info(teacher)
     classes = tinfo.classes
     split_classes = data.split_classes(split_csv)
@@ -492,7 +472,6 @@ def train_student(
             f"{teacher_path}: the teacher's classes {classes} differ from those of {split_csv} {split_classes}"
         )
     size = int(cfg.img_size or tinfo.input_size)
-    policy = tinfo.policy
     man = data.read_split(split_csv, data_root=data_dir)
     tr, va, te = (man[man.subset == s] for s in ("train", "val", "test"))
     if len(tr) == 0 or len(va) == 0:
@@ -502,151 +481,129 @@ def train_student(
         found = collect_images([cfg.unlabelled_dir])
         if not found:
             raise InputError(f"{cfg.unlabelled_dir}: no images found for unlabelled_dir")
-        extra = [str(p) for p in readable(found, size, policy)]
+        extra = [str(p) for p in readable(found, size, tinfo.policy)]
     out = new_output_dir(out_dir, prefix=f"distill-{spec.name}")
     set_seeds(cfg.seed)
     cw = data.class_weights(tr.label, len(classes), cfg.class_weight)
-    y_val = va.label.to_numpy()
-
     student, source = build_classifier(
-        spec.name, classes, size, cfg.weights, cfg.dropout, cfg.weights_dir, cfg.seed, policy=policy
+        spec.name, classes, size, cfg.weights, cfg.dropout, cfg.weights_dir, cfg.seed, policy=tinfo.policy
     )
     student.get_layer("backbone").trainable = False
-    key = f"{_file_identity(teacher_path)}|{spec.name}|{_weights_identity(source, cfg.seed)}|{keras.__version__}"
+    return _Lesson(cfg, spec.name, list(classes), size, tinfo.policy, tr, va, te, extra, out, cw, student, source)
 
-    # ---- the teacher, once per image and view, with the student's features of the same pixels
-    t0 = time.perf_counter()
+
+def _teach(lesson: _Lesson, teacher, teacher_path) -> tuple[list[dict], dict, dict]:
+    """The teacher, once per image and view, with the student's features of the same pixels:
+    flips from the map caches (:func:`flip_views`) or augmented copies (:func:`teacher_views`)."""
+    cfg, s = lesson.cfg, lesson
     ops = aug_ops(cfg.augment)
     views = max(1, int(cfg.aug_views)) if ops else 1
-    train_paths = list(tr.path) + extra
-    labels = np.concatenate([tr.label.to_numpy(), -np.ones(len(extra), int)])
-    view_record: dict = {"views": "augmented copies", "n": views}
+    train_paths = list(s.tr.path) + s.extra
     plan = flip_plan(cfg, len(train_paths))
-    if plan is not None:
-        got, val, view_record = flip_views(
-            teacher,
-            teacher_path,
-            student,
-            spec.name,
-            train_paths,
-            list(va.path),
-            plan,
-            size=size,
-            policy=policy,
-            cfg=cfg,
-        )
-        view_record["n"] = views
-    else:
-        got, val = _augmented_views(teacher, student, train_paths, list(va.path), views, key, size, policy, ops, cfg)
-    del teacher  # not needed again: everything it says is cached
-    timings["teacher_s"] = round(time.perf_counter() - t0, 2)
-    x_feat = np.concatenate([g["features"] for g in got])
-    t_prob = np.concatenate([g["teacher"] for g in got])
-    y_all = np.tile(labels, views)
-    targets = pack_targets(y_all, t_prob, cfg.temperature)
-    weights = sample_weights(y_all, t_prob, cw)
-    teacher_val = val_scores(y_val, val["teacher"].astype(np.float64))
-    loss = DistillLoss(len(classes), cfg.temperature, cfg.alpha)
+    if plan is None:
+        key = f"{_file_identity(teacher_path)}|{s.backbone}|{weights_identity(s.source, cfg.seed)}|{keras.__version__}"
+        kw = dict(size=s.size, policy=s.policy, seed=cfg.seed, key=key, batch_size=cfg.batch_size)
+        got = [teacher_views(teacher, s.student, train_paths, view=v, ops=ops, **kw) for v in range(views)]
+        val = teacher_views(teacher, s.student, list(s.va.path), view=0, ops=(), **kw)
+        return got, val, {"views": "augmented copies", "n": views}
+    got, val, record = flip_views(
+        teacher,
+        teacher_path,
+        s.student,
+        s.backbone,
+        train_paths,
+        list(s.va.path),
+        plan,
+        size=s.size,
+        policy=s.policy,
+        cfg=cfg,
+    )
+    return got, val, {**record, "n": views}
 
-    # ---- phase 1: the head on cached student features
+
+def _student_head(lesson: _Lesson, best: BestState, x_feat, targets, weights, val, loss) -> None:
+    """Phase ``head``: the student's head on its cached pooled features, against the soft targets."""
+    cfg = lesson.cfg
     t0 = time.perf_counter()
-    best = BestState(student, cfg.monitor)
-    head = student.get_layer("head")
+    head = lesson.student.get_layer("head")
     adapt_feature_norm(head, x_feat)
-    head.compile(optimizer=keras.optimizers.Adam(cfg.lr_head), loss=loss)
-    hist = head.fit(
+    history = fit_phase(
+        head,
         x_feat,
         targets,
-        sample_weight=weights,
+        phase="head",
+        best=best,
+        optimizer=keras.optimizers.Adam(cfg.lr_head),
+        loss=loss,
         epochs=cfg.epochs_head,
+        callbacks=lesson.callbacks(best, "head", lambda: head(val["features"], training=False)),
+        verbose=resolve_verbose(cfg.verbose),
+        sample_weight=weights,
         batch_size=cfg.batch_size,
         shuffle=True,
-        callbacks=_callbacks(
-            cfg, lambda: head(val["features"], training=False), y_val, best, "head", out / "history_head.csv"
-        ),
-        verbose=verbose,
     )
-    best.restore()
-    histories = [pd.DataFrame(hist.history).assign(phase="head", epoch=lambda d: np.arange(len(d)))]
-    timings["head_s"] = round(time.perf_counter() - t0, 2)
+    lesson.histories.append(history)
+    lesson.timings["head_s"] = round(time.perf_counter() - t0, 2)
 
-    # ---- phase 2: fine-tune the top of the student's backbone on the cached views
-    if cfg.epochs_finetune > 0 and cfg.finetune_fraction > 0:
-        t0 = time.perf_counter()
-        set_finetune_trainable(student, cfg.finetune_fraction)
-        images = _ConcatImages([g["images"] for g in got])
-        ds = _view_dataset(images, targets, weights, cfg.batch_size, cfg.seed)
-        steps = int(np.ceil(len(images) / cfg.batch_size)) * cfg.epochs_finetune
-        student.compile(optimizer=finetune_optimizer(cfg, steps), loss=loss)
-        val_x = np.asarray(val["images"], np.float32)  # read and converted once, not every epoch
-        hist = student.fit(
-            ds,  # shuffled by the dataset itself
-            epochs=cfg.epochs_finetune,
-            shuffle=False,
-            callbacks=_callbacks(
-                cfg,
-                lambda: student.predict(val_x, batch_size=cfg.batch_size, verbose=0),
-                y_val,
-                best,
-                "finetune",
-                out / "history_finetune.csv",
-            ),
-            verbose=verbose,
-        )
-        histories.append(pd.DataFrame(hist.history).assign(phase="finetune", epoch=lambda d: np.arange(len(d))))
-        best.restore()
-        student.get_layer("backbone").trainable = False
-        timings["finetune_s"] = round(time.perf_counter() - t0, 2)
 
-    # ---- phase 3 (optional): a map head on the student's cut backbone, on the same cached views
-    map_record = None
-    if cfg.map_head:
-        t0 = time.perf_counter()
-        start = start_from if cfg.warm_start else None
-        student, map_record, hist = _student_map_phase(
-            student, cfg, got, targets, weights, val, y_val, loss, best, spec.name, start
-        )
-        histories.append(hist.assign(phase="maps", epoch=lambda d: np.arange(len(d))))
-        timings["maps_s"] = round(time.perf_counter() - t0, 2)
+def _student_finetune(lesson: _Lesson, best: BestState, got, targets, weights, val, loss) -> None:
+    """Phase ``finetune``: the top of the student's backbone on the cached views (the same engine as
+    a backbone's, :func:`gc10lib.phases.finetune_phase`)."""
+    cfg, student = lesson.cfg, lesson.student
+    t0 = time.perf_counter()
+    images = _ConcatImages([g["images"] for g in got])
+    ds = _view_dataset(images, targets, weights, cfg.batch_size, cfg.seed)
+    val_x = np.asarray(val["images"], np.float32)  # read and converted once, not every epoch
+    history, _ = finetune_phase(
+        student,
+        ds,  # shuffled by the dataset itself
+        cfg=cfg,
+        n_train=len(images),
+        best=best,
+        loss=loss,
+        callbacks=lesson.callbacks(
+            best, "finetune", lambda: student.predict(val_x, batch_size=cfg.batch_size, verbose=0)
+        ),
+        shuffle=False,
+    )
+    lesson.histories.append(history)
+    lesson.timings["finetune_s"] = round(time.perf_counter() - t0, 2)
 
-    # ---- outputs: an ordinary classifier
+
+def _write_student(lesson: _Lesson, split_csv, teacher: dict, record: dict) -> dict:
+    """Save the student (an ordinary classifier), its history and its val/test metrics."""
+    cfg, student, out = lesson.cfg, lesson.student, lesson.out
     model_path = out / "model.keras"
     save_model(student, model_path)
-    pd.concat(histories, ignore_index=True).to_csv(out / "history.csv", index=False)
+    pd.concat(lesson.histories, ignore_index=True).to_csv(out / "history.csv", index=False)
     metrics: dict = {
-        "name": f"student_{spec.name}",
+        "name": f"student_{lesson.backbone}",
         "kind": "student",
-        "backbone": spec.name,
-        "img_size": size,
-        "policy": policy,
+        "backbone": lesson.backbone,
+        "img_size": lesson.size,
+        "policy": lesson.policy,
         "weights": cfg.weights,
-        "weights_source": source,
+        "weights_source": lesson.source,
         "seed": cfg.seed,
-        "classes": classes,
+        "classes": lesson.classes,
         "class_weight_mode": cfg.class_weight,
         "split_csv": str(split_csv),
-        "teacher": {
-            "name": teacher_name or Path(teacher_path).parent.name,
-            "path": str(teacher_path),
-            "val": teacher_val,
-        },
-        "n_train_labelled": len(tr),
-        "n_train_unlabelled": len(extra),
-        "views": views,
-        "view_source": view_record,
+        "teacher": teacher,
+        "n_train_labelled": len(lesson.tr),
+        "n_train_unlabelled": len(lesson.extra),
+        "views": record["views"],
+        "view_source": record["view_source"],
         "config": asdict(cfg),
         "n_params": int(student.count_params()),
-        "selected": best.record(),
-        "map_head": map_record,
+        "selected": record["selected"],
+        "map_head": record["map_head"],
         "model_path": str(model_path),
         "model_size_mb": file_size_mb(model_path),
     }
     t0 = time.perf_counter()
-    evaluate_parts(student, out, va, te, classes, metrics, policy=policy, batch_size=cfg.batch_size, seed=cfg.seed)
-    timings["eval_s"] = round(time.perf_counter() - t0, 2)
-    timings["total_s"] = round(time.perf_counter() - t_all, 2)
-    metrics["timings"] = timings
-    save_json(metrics, out / "metrics.json")
+    kw = dict(policy=lesson.policy, batch_size=cfg.batch_size, seed=cfg.seed)
+    evaluate_parts(student, out, lesson.va, lesson.te, lesson.classes, metrics, **kw)
+    lesson.timings["eval_s"] = round(time.perf_counter() - t0, 2)
     return metrics
 
 
@@ -680,22 +637,10 @@ def _student_map_phase(student, cfg: DistillConfig, views, targets, weights, val
     n = len(maps[0])  # targets and weights are stacked view after view
     per_view = [slice(i * n, (i + 1) * n) for i in range(len(maps))]
     t_maps = time.perf_counter() - t0
-    saved, record, history = maphead.compete(
-        student,
-        trunk,
-        cut,
-        maps,
-        [targets[s] for s in per_view],
-        val_maps,
-        y_val,
-        best,
-        weights=[weights[s] for s in per_view],
-        cfg=cfg,
-        scores=val_scores,
-        loss=loss,
-        verbose=resolve_verbose(cfg.verbose),
-        start=start_head,
-        lr=cfg.warm_lr if start_head is not None else None,
+    data_ = maphead.MapData(maps, [targets[s] for s in per_view], [weights[s] for s in per_view], val_maps, y_val)
+    lr = cfg.warm_lr if start_head is not None else None
+    saved, record, history = maphead.train_map_head(
+        student, trunk, cut, data_, best, cfg, loss=loss, start=start_head, lr=lr
     )
     record["maps_s"] = round(t_maps, 2)
     if warm is not None:

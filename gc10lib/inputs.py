@@ -28,10 +28,10 @@ import numpy as np
 from PIL import Image
 
 from gc10lib import progress, settings
+from gc10lib.config import AUG_OPS, POLICIES
 from gc10lib.data import DECODE_ERRORS
 from gc10lib.errors import InputError
 
-POLICIES = ("stretch", "pad")
 PREFETCH = 2  # fixed: AUTOTUNE sometimes left predict/fit idle for seconds on 2-core CPUs
 PARALLEL = 2
 
@@ -171,9 +171,6 @@ class ImageCache:
             if cached
             else np.zeros((0, self.size, self.size, 3), np.uint8)
         )
-
-
-AUG_OPS = ("flip", "shift", "brightness", "contrast")
 
 
 def aug_ops(augment) -> tuple[str, ...]:

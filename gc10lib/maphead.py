@@ -12,7 +12,9 @@ Adam with warm-up and cosine decay, class weights as training uses them. Each ep
 training image once, in a random one of its flips; validation (plain images) chooses the epoch.
 :func:`assemble` then makes an ordinary gc10lib classifier of it: the same preprocessing, the
 backbone cut at that layer (named ``backbone``), the head (named ``head``) and the class names.
-:func:`gc10lib.training.train_backbone` runs it as phase ``maps`` when ``map_head`` is on.
+:func:`train_map_head` is the phase ``maps`` of :mod:`gc10lib.phases`, which both
+:func:`gc10lib.training.train_backbone` and :func:`gc10lib.distill.train_student` run when
+``map_head`` is on.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ import numpy as np
 import pandas as pd
 
 from gc10lib import progress
+from gc10lib.config import PhaseConfig
 from gc10lib.errors import InputError
 from gc10lib.inputs import ImageCache
 from gc10lib.layers import ClassNames, model_info
+from gc10lib.phases import BestState, ValidationScores, resolve_verbose
 from gc10lib.settings import cache_dir, writable_dir
 
 #: flip codes: bit 1 mirrors left-right, bit 2 up-down (0 plain, 3 both: a 180-degree rotation)
@@ -269,123 +273,107 @@ class FlipBatches(keras.utils.PyDataset):
         self.codes = self.rng.integers(0, len(self.all_maps), self.n)
 
 
-class _KeepBestEpoch(keras.callbacks.Callback):
-    """Scores the validation maps after each epoch, logs the scores and keeps the best epoch's weights."""
+@dataclass
+class MapData:
+    """What a map head trains on and is chosen by: one map array per view of the training images
+    (same images, same order), their targets and per-image weights (one array for all views, or
+    one per view, as :class:`FlipBatches` takes them), the plain validation maps and hard labels."""
 
-    def __init__(self, val_maps: np.ndarray, y_val: np.ndarray, monitor: str, scores):
-        super().__init__()
-        self.val_maps, self.y_val, self.monitor, self.scores = val_maps, y_val, monitor, scores
-        self.sign = -1.0 if monitor == "val_loss" else 1.0
-        self.best: tuple | None = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        s = self.scores(self.y_val, np.asarray(self.model.predict(self.val_maps, batch_size=64, verbose=0), np.float64))
-        if logs is not None:
-            logs.update(s)
-        if self.best is None or self.sign * s[self.monitor] > self.sign * self.best[1][self.monitor]:
-            self.best = (epoch, s, [np.array(w) for w in self.model.get_weights()])
+    maps: list[np.ndarray]
+    targets: np.ndarray | list[np.ndarray]
+    weights: np.ndarray | list[np.ndarray]
+    val_maps: np.ndarray
+    y_val: np.ndarray
 
 
 def fit_head(
-    head,
-    train_maps: list[np.ndarray],
-    targets,
-    val_maps: np.ndarray,
-    y_val: np.ndarray,
+    head: keras.Model,
+    data: MapData,
     *,
-    weights,
     epochs: int,
     lr: float,
     batch_size: int,
     monitor: str,
     seed: int,
-    scores,
     loss="sparse_categorical_crossentropy",
     verbose: int | str = 0,
     keep_start: bool = False,
 ) -> tuple[pd.DataFrame, dict]:
-    """Train ``head`` on ``train_maps`` (one array per view, same images and order) and keep its best epoch.
+    """Train ``head`` on ``data`` and keep its best epoch on validation.
 
-    ``targets`` and ``weights`` (per image) are as :class:`FlipBatches` takes them; ``loss`` is what
-    they are scored with (sparse cross-entropy on labels; distillation passes its own).
-    ``scores(y, proba)`` returns the validation scores by name (``val_loss``, ``val_accuracy``,
-    ``val_macro_f1``) on the hard labels ``y_val``; ``monitor`` names the one that chooses (lower
-    is better for the loss). With ``keep_start`` (a head that starts trained), its state before
-    the first epoch competes too, as epoch ``-1``. Returns the per-epoch history and ``{"epoch",
-    "scores"}`` of the epoch kept (its weights are in ``head`` on return).
+    ``loss`` is what the targets are scored with (sparse cross-entropy on labels; distillation
+    passes its own). Each epoch is scored on the hard validation labels
+    (:func:`gc10lib.phases.val_scores`); ``monitor`` names the score that chooses. With
+    ``keep_start`` (a head that starts trained), its state before the first epoch competes too,
+    as epoch ``-1``. Returns the per-epoch history and ``{"epoch", "scores"}`` of the epoch kept
+    (its weights are in ``head`` on return).
+
+    >>> history, kept = fit_head(head, MapData(maps, y, w, val_maps, y_val), epochs=25, lr=1e-3,
+    ...                          batch_size=32, monitor="val_loss", seed=42)
     """
     if epochs < 1:
-        raise InputError(f"map_epochs must be at least 1, got {epochs}")
-    batches = FlipBatches(train_maps, targets, weights, batch_size, seed)
+        raise InputError(f"map_epochs: must be >= 1, got {epochs}")
+    batches = FlipBatches(data.maps, data.targets, data.weights, batch_size, seed)
     steps = len(batches) * epochs
     sched = keras.optimizers.schedules.CosineDecay(0.0, steps, warmup_target=lr, warmup_steps=max(1, steps // 10))
     head.compile(optimizer=keras.optimizers.Adam(sched), loss=loss)
-    keep = _KeepBestEpoch(val_maps, np.asarray(y_val), monitor, scores)
+    kept = BestState(head, monitor)
+    scorer = ValidationScores(
+        lambda: head.predict(data.val_maps, batch_size=64, verbose=0), np.asarray(data.y_val), kept, "maps"
+    )
     if keep_start:
-        keep.set_model(head)
-        keep.on_epoch_end(-1)
-    hist = head.fit(batches, epochs=epochs, callbacks=[keep], verbose=verbose)
-    epoch, s, weights = keep.best
-    head.set_weights(weights)
-    return pd.DataFrame(hist.history), {"epoch": int(epoch), "scores": s}
+        scorer.set_model(head)
+        scorer.on_epoch_end(-1)
+    hist = head.fit(batches, epochs=epochs, callbacks=[scorer], verbose=verbose)
+    kept.restore()
+    return pd.DataFrame(hist.history), {"epoch": int(kept.epoch), "scores": scorer.scores[int(kept.epoch)]}
 
 
-def compete(
-    model,
-    trunk,
+def train_map_head(
+    model: keras.Model,
+    trunk: keras.Model,
     cut: str,
-    maps: list[np.ndarray],
-    targets,
-    val_maps: np.ndarray,
-    y_val: np.ndarray,
-    best,
+    data: MapData,
+    best: BestState,
+    cfg: PhaseConfig,
     *,
-    weights,
-    cfg,
-    scores,
     loss="sparse_categorical_crossentropy",
-    verbose: int | str = 0,
-    start=None,
+    start: keras.Model | None = None,
     lr: float | None = None,
 ) -> tuple[keras.Model, dict, pd.DataFrame]:
-    """Phase ``maps``: train a map head on ``maps`` (see :func:`fit_head`) and offer its best epoch to
-    ``best`` (a :class:`gc10lib.training.BestState`), which keeps the other phases' weights.
+    """Phase ``maps``: train a map head on ``data`` (:func:`fit_head`) and offer its best epoch to
+    ``best``, which holds the other phases' best state.
 
-    ``cfg`` supplies ``map_width``, ``map_epochs``, ``map_lr``, ``batch_size``, ``monitor`` and
-    ``seed``. ``start``: a trained map head of the same shape (:func:`start_head` checks it) whose
-    weights the new head starts from; its own state competes as epoch ``-1``, and ``lr`` (default
-    ``map_lr``) is the peak learning rate. Returns ``(the model to save, the phase's record, its
-    history)``: the classifier assembled from ``model``, ``trunk`` and the head when it beat every
-    earlier state on validation, else ``model`` unchanged.
+    ``cfg`` supplies ``map_width``, ``map_epochs``, ``map_lr``, ``batch_size``, ``monitor``, ``seed``
+    and ``verbose``. ``start``: a trained map head of the same shape (:func:`start_head` checks it)
+    whose weights the new head starts from; its own state competes as epoch ``-1``, and ``lr``
+    (default ``map_lr``) is the peak learning rate. Returns ``(the model to save, the phase's
+    record, its history)``: the classifier assembled from ``model``, ``trunk`` and the head when it
+    beat every earlier state on validation, else ``model`` unchanged.
     """
     t0 = time.perf_counter()
     keras.utils.set_random_seed(int(cfg.seed))
     n_classes = int(model.outputs[0].shape[-1])
-    head = build_head(maps[0].shape[1:], n_classes, cfg.map_width, seed=cfg.seed)
+    head = build_head(data.maps[0].shape[1:], n_classes, cfg.map_width, seed=cfg.seed)
     if start is not None:
         head.set_weights(start.get_weights())
     history, kept = fit_head(
         head,
-        maps,
-        targets,
-        val_maps,
-        y_val,
-        weights=weights,
+        data,
         epochs=int(cfg.map_epochs),
         lr=cfg.map_lr if lr is None else lr,
         batch_size=cfg.batch_size,
         monitor=cfg.monitor,
         seed=cfg.seed,
-        scores=scores,
         loss=loss,
-        verbose=verbose,
+        verbose=resolve_verbose(cfg.verbose),
         keep_start=start is not None,
     )
     won = best.offer(kept["scores"][cfg.monitor], "maps", kept["epoch"], snapshot=False)
     record = {
         "cut": cut,
-        "map_shape": [int(d) for d in maps[0].shape[1:]],
-        "views": len(maps),
+        "map_shape": [int(d) for d in data.maps[0].shape[1:]],
+        "views": len(data.maps),
         "epoch": kept["epoch"],
         "val_scores": kept["scores"],
         "won": won,
@@ -435,6 +423,7 @@ def is_map_head(classifier) -> bool:
 
 __all__ = [
     "FLIPS",
+    "MapData",
     "MapSource",
     "assemble",
     "build_head",
@@ -444,4 +433,5 @@ __all__ = [
     "map_source",
     "split_backbone",
     "start_head",
+    "train_map_head",
 ]

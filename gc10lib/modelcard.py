@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from gc10lib.records import CHOICE_RULE, ModelRecord, choose_by_validation, find_models, records_table
+from gc10lib.records import CHOICE_RULE, ModelRecord, choose_by_validation, records_table
+from gc10lib.runfolder import RunFolder
 
 GC10_LICENCE = (
     'GC10-DET is published under CC BY 4.0. Cite: X. Lv, F. Duan, J. Jiang, X. Fu, L. Gan, "Deep Metallic '
@@ -89,10 +90,9 @@ def _student_lines(run_dir: Path) -> list[str]:
 
 def model_card(run_dir: str | Path) -> str:
     """The model card of a run folder, as markdown."""
-    run_dir = Path(run_dir)
-    manifest = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
-    cfg = manifest.get("config") or {}
-    records = find_models(run_dir / "steps") if (run_dir / "steps").is_dir() else []
+    run = RunFolder(run_dir)
+    run_dir, manifest, cfg = run.dir, run.manifest, run.config
+    records = run.models()
     chosen = _chosen([r for r in records if r.test])
     lines = [f"# Model card: run `{run_dir.name}`", ""]
     lines += [

@@ -34,9 +34,12 @@ import yaml
 from jupyter_client.manager import AsyncKernelManager
 
 from gc10lib import data, synth
+from gc10lib.config import apply_overrides as apply_parameter_overrides
+from gc10lib.config import check_run_config
 from gc10lib.errors import Gc10Error, NotFoundError
 from gc10lib.modelcard import commit_label, write_model_card
-from gc10lib.records import choose_by_validation, find_models, read_step_summaries
+from gc10lib.records import choose_by_validation, read_step_summaries
+from gc10lib.runfolder import RunFolder
 from gc10lib.settings import writable_dir
 
 log = logging.getLogger(__name__)
@@ -114,45 +117,12 @@ def load_config(path: str | Path) -> dict:
     return cfg
 
 
-def parse_value(text: str, key: str = "value"):
-    """Parse a ``-p`` value as YAML (numbers, bools, lists, ``null``/``None``); unparsable text is an error."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        problem = str(exc).splitlines()[0]
-        raise PipelineError(f"-p {key} {text!r}: not a valid value ({problem}); lists look like '[a, b]'") from None
-    return None if value in ("None", "none") else value
-
-
 def _literal(source: str | None):
     """A notebook parameter's default value, when its source is a plain literal (else ``None``)."""
     try:
         return ast.literal_eval(source) if source is not None else None
     except (ValueError, SyntaxError):
         return None
-
-
-def typed_value(key: str, raw: str, default):
-    """``raw`` parsed and checked against the type of ``default``, so that ``-p backbones mobilenet``
-    (a string where a list is expected) fails at once instead of planning one step per letter."""
-    value = parse_value(raw, key)
-    if value is None or default is None:
-        return value
-    if isinstance(default, str):
-        return value if isinstance(value, str) else raw  # -p data_dir 2024 is a folder name, not a number
-    if isinstance(default, bool):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            raise PipelineError(f"-p {key} {raw!r}: expected true or false")
-        return value  # some switches also take a list or a name (augment: [flip]; mixed_precision: a policy)
-    if isinstance(default, (int, float)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise PipelineError(f"-p {key} {raw!r}: expected a number")
-        return value
-    if isinstance(default, list) and not isinstance(value, list):
-        raise PipelineError(f"-p {key} {raw!r}: expected a list, e.g. -p {key} '[{raw}]'")
-    if isinstance(default, dict) and not isinstance(value, dict):
-        raise PipelineError(f"-p {key} {raw!r}: expected a mapping, e.g. -p {key} '{{a: 1}}'")
-    return value
 
 
 def notebook_parameters(notebook: str | Path) -> dict[str, str]:
@@ -187,14 +157,9 @@ def valid_keys(cfg: dict) -> set[str]:
 
 
 def apply_overrides(cfg: dict, overrides: Sequence[tuple[str, str]]) -> dict:
-    """Apply ``-p KEY VALUE`` pairs, rejecting unknown names before anything runs."""
-    cfg = copy.deepcopy(cfg)
-    defaults = parameter_defaults(cfg)
-    for key, raw in overrides:
-        if key not in defaults:
-            raise PipelineError(f"unknown parameter {key!r}; valid names: {', '.join(sorted(defaults))}")
-        cfg[key] = typed_value(key, raw, defaults[key]) if isinstance(raw, str) else raw
-    return cfg
+    """Apply ``-p KEY VALUE`` pairs (:func:`gc10lib.config.apply_overrides`), rejecting unknown names
+    before anything runs."""
+    return apply_parameter_overrides(copy.deepcopy(cfg), overrides, parameter_defaults(cfg))
 
 
 def plan_steps(cfg: dict, run_dir: Path) -> list[Step]:
@@ -220,10 +185,11 @@ def step_parameters(step: Step, cfg: dict, run_dir: Path) -> dict:
     """Only the parameters the step's notebook declares, from config, run and step."""
     declared = notebook_parameters(NOTEBOOK_DIR / f"{step.notebook}.ipynb")
     values = {k: v for k, v in cfg.items() if k not in RUNNER_KEYS}
+    run = RunFolder(run_dir)
     values.update(
         {
-            "out_dir": str(run_dir / "steps" / step.id),
-            "split_csv": str(run_dir / "split.csv"),
+            "out_dir": str(run.step_dir(step.id)),
+            "split_csv": str(run.split_csv),
             "run_dir": str(run_dir),
             "data_dir": cfg.get("data_dir"),
         }
@@ -299,48 +265,6 @@ def _machine() -> dict:
     }
 
 
-def choose_run_dir(runs_root: Path, name: str | None, default: str, resume: bool) -> Path:
-    """Never overwrite: an explicit existing name is an error (unless resuming); a default name
-    gets a fresh timestamped folder."""
-    if name:
-        d = runs_root / name
-        if resume:
-            if not (d / "run.json").is_file():
-                raise PipelineError(f"{d}: nothing to resume (no run.json).")
-            return d
-        if d.exists() and not (d / "run.json").is_file():
-            raise PipelineError(
-                f"{d}: exists but holds no run.json (not a gc10 run, or one that failed before it started); "
-                "choose another --name or remove the folder."
-            )
-        if d.exists():
-            raise PipelineError(
-                f"{d}: run folder already exists; pass --resume to continue it or choose another --name."
-            )
-        return d
-    if resume:
-        raise PipelineError("--resume needs --name of the run to continue.")
-    base = f"{default}-{time.strftime('%Y%m%d-%H%M%S')}"
-    d, k = runs_root / base, 2
-    while d.exists():
-        d, k = runs_root / f"{base}-{k}", k + 1
-    return d
-
-
-class Run:
-    """A run folder and its ``run.json`` manifest."""
-
-    def __init__(self, run_dir: Path):
-        self.dir = run_dir
-        self.manifest_path = run_dir / "run.json"
-        self.manifest: dict = json.loads(self.manifest_path.read_text()) if self.manifest_path.is_file() else {}
-
-    def save(self) -> None:
-        tmp = self.manifest_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.manifest, indent=2, default=str))
-        tmp.replace(self.manifest_path)
-
-
 def _prepare_data(cfg: dict):
     """Resolve ``data_dir`` (generating synthetic data), read the dataset and split it, in memory.
 
@@ -354,27 +278,7 @@ def _prepare_data(cfg: dict):
     fractions = cfg.get("fractions") or (0.7, 0.15, 0.15)
     man = data.split_dataset(ds, fractions, seed)
     return lambda run_dir: data.write_split(
-        man, run_dir / "split.csv", ds.root, classes=ds.classes, seed=seed, fractions=fractions
-    )
-
-
-def _keep_aside(paths: Sequence[Path]) -> None:
-    """Rename an earlier attempt's outputs to ``<name>.failed-K`` (one K for all), never deleting them."""
-    present = [p for p in paths if p.exists()]
-    if not present:
-        return
-    k = 1
-    while any(_aside(p, k).exists() for p in paths):
-        k += 1
-    for p in present:
-        p.rename(_aside(p, k))
-
-
-def _aside(path: Path, k: int) -> Path:
-    return (
-        path.with_name(f"{path.stem}.failed-{k}{path.suffix}")
-        if path.suffix
-        else path.with_name(f"{path.name}.failed-{k}")
+        man, RunFolder(run_dir).split_csv, ds.root, classes=ds.classes, seed=seed, fractions=fractions
     )
 
 
@@ -387,10 +291,10 @@ def execute_run(
 ) -> Path:
     """Run (or resume) a pipeline and return its run folder; ``echo`` receives the progress lines."""
     runs_root = Path(runs_root).resolve()  # notebooks run with cwd=notebooks/: pass absolute paths
-    run_dir = choose_run_dir(runs_root, name, str(cfg.get("name", "run")), resume)
+    run = RunFolder.choose(runs_root, name, str(cfg.get("name", "run")), resume)
+    run_dir = run.dir
     if resume:
-        run = Run(run_dir)
-        cfg = run.manifest["config"]
+        cfg = run.config
     else:
         if cfg.get("data_dir") in (None, ""):
             raise PipelineError("data_dir is not set: pass -p data_dir PATH (or set GC10_DATA for gc10.yaml).")
@@ -398,7 +302,6 @@ def execute_run(
         writable_dir(runs_root, "runs (--runs-root)")
         writable_dir(run_dir / "logs", "the run")
         write_split(run_dir)
-        run = Run(run_dir)
         run.manifest = {
             "name": run_dir.name,
             "config": cfg,
@@ -425,10 +328,8 @@ def execute_run(
             if rec.get("status") == "done":
                 echo(f"[{i}/{len(steps)}] {step.id}: done earlier, skipped")
                 continue
-            out_dir = run_dir / "steps" / step.id
-            nb_out = run_dir / f"{step.id}.ipynb"
-            log = run_dir / "logs" / f"{step.id}.log"
-            _keep_aside([out_dir, nb_out, log])  # a failed or interrupted attempt: kept, never overwritten
+            nb_out, log = run.notebook(step.id), run.log(step.id)
+            run.keep_aside(step.id)  # a failed or interrupted attempt: kept, never overwritten
             params = step_parameters(step, cfg, run_dir)
             eta = ""
             if durations:
@@ -500,9 +401,7 @@ def collect_rows(run_dir: Path) -> list[dict]:
     A trained backbone whose validation accuracy or macro-F1 is below its own probe's is flagged in
     ``vs_probe`` (``below: accuracy, macro_f1``); ``ok`` otherwise.
     """
-    if not (run_dir / "steps").is_dir():  # no step has written anything yet
-        return []
-    records = [r for r in find_models(run_dir / "steps") if r.test]
+    records = [r for r in RunFolder(run_dir).models() if r.test]
     probes = {r.backbone: r for r in records if r.kind == "probe"}
     rows = []
     for r in records:
@@ -517,7 +416,7 @@ def collect_rows(run_dir: Path) -> list[dict]:
 
 def write_summary(run_dir: Path) -> dict:
     """Write ``summary.json`` and ``summary.md`` for a run folder."""
-    run = Run(run_dir)
+    run = RunFolder(run_dir)
     rows = collect_rows(run_dir)
     extra = read_step_summaries(run_dir)
     summary = {
@@ -598,9 +497,12 @@ def dry_run(config: str, overrides: Sequence[tuple[str, str]], runs_root: str | 
 
 
 def _resolve_config(config: str, overrides: Sequence[tuple[str, str]]) -> dict:
+    """The config file with its overrides, checked (:func:`gc10lib.config.check_run_config`)
+    before any run folder exists."""
     cfg = apply_overrides(load_config(config), overrides)
     if cfg.get("data_dir") and isinstance(cfg["data_dir"], str) and cfg["data_dir"].startswith("$"):
         cfg["data_dir"] = os.environ.get(cfg["data_dir"][1:])
+    check_run_config(cfg, notebooks_for(cfg))
     return cfg
 
 

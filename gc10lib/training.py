@@ -1,29 +1,28 @@
-"""Per-backbone training: frozen-backbone head (with a cached-feature fast path), then fine-tuning.
+"""Per-backbone training: a probe and a head on cached frozen features, fine-tuning, a map head.
 
-:func:`train_backbone` is what notebook ``02_finetune`` calls. It writes to ``out_dir``:
-``model.keras``, ``metrics.json`` (val and test metrics, split manifest, timings, seed, weights
-source), ``history.csv`` and ``curves.png``/``confusion.png``.
+:func:`train_backbone` is what notebook ``02_finetune`` and ``gc10 train`` call. Its phases are
+those of :mod:`gc10lib.phases` (the distilled student runs the same ones), on the cached
+features of :mod:`gc10lib.features`. It writes to ``out_dir``: ``model.keras``, ``metrics.json``
+(val and test metrics, split manifest, timings, seed, weights source), ``history.csv``, the
+probabilities of the val and test splits, and the probe on its own as ``probe/``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
-import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from sklearn.metrics import f1_score
 
-from gc10lib import data, maphead, progress
+from gc10lib import data, maphead
 from gc10lib import probe as probes
 from gc10lib.backbones import (
     adapt_feature_norm,
@@ -33,80 +32,31 @@ from gc10lib.backbones import (
     save_model,
     set_finetune_trainable,
 )
+from gc10lib.config import TrainConfig
 from gc10lib.errors import InputError, SetupError
 from gc10lib.evaluation import compute_metrics
-from gc10lib.inputs import AUG_OPS, ImageCache, aug_ops, augmenter, make_dataset
-from gc10lib.layers import model_classes, tile_grid
+from gc10lib.features import FeatureSource, extract_features, phase1_features
+from gc10lib.inputs import ImageCache, make_dataset
+from gc10lib.layers import model_classes
+from gc10lib.phases import (
+    BestState,
+    KeepBest,
+    finetune_optimizer,
+    finetune_phase,
+    fit_phase,
+    history_frame,
+    phase_callbacks,
+    resolve_verbose,
+    set_seeds,
+    val_scores,
+    wants_finetune,
+)
 from gc10lib.predict import predict_proba
-from gc10lib.settings import cache_dir, file_size_mb, new_output_dir, save_json, writable_dir
+from gc10lib.settings import file_size_mb, new_output_dir, save_json
 
 log = logging.getLogger(__name__)
 
-FINETUNE_OPTIMIZERS = ("sgd", "adam", "lamb")
-
-
-@dataclass
-class TrainConfig:
-    """Everything that shapes one backbone's training run."""
-
-    backbone: str = "mobilenet"
-    img_size: int | None = None  # None: the backbone's native size (x tiles)
-    weights: str | None = "imagenet"  # "imagenet", "auto" (ImageNet if it can be had, else random), None, or a file
-    weights_dir: str | None = None  # offline ImageNet weights (default $GC10_WEIGHTS_DIR)
-    policy: str = "stretch"  # resize policy, see gc10lib.inputs
-    tiles: int = 1  # > 1: cut the img_size input into a tiles x tiles grid, the backbone at img_size/tiles
-    tile_pool: str = "max"  # how a tiled model pools its tiles' features: max, mean or meanmax
-    epochs_head: int = 10
-    epochs_finetune: int = 5
-    finetune_fraction: float = 0.3  # top share of backbone layers unfrozen in phase 2
-    batch_size: int = 32
-    lr_head: float = 1e-3
-    lr_finetune: float = 3e-5  # peak of the warm-up + cosine schedule
-    finetune_optimizer: str = "adam"  # "adam", "sgd" (momentum 0.9) or "lamb"; see README "Why fine-tuning hurt"
-    warmup_fraction: float = 0.1  # share of fine-tune steps with a linear warm-up from 0
-    clipnorm: float | None = 1.0  # global gradient-norm clip in fine-tuning (None: off)
-    class_weight: str = "sqrt"  # "balanced", "sqrt" or "none" (gc10lib.data.class_weights)
-    probe: bool = True  # fit a logistic-regression probe on the cached features (a floor, and a candidate head)
-    dropout: float = 0.2
-    augment: bool | list[str] = True  # or a list of ops from gc10lib.inputs.AUG_OPS, e.g. ["flip"]
-    aug_views: int = 2  # feature fast path: 1 plain + (aug_views - 1) augmented views per train image
-    head_mode: str = "features"  # "features" (cached-feature fast path) or "fit" (frozen backbone every epoch)
-    map_head: bool = False  # phase "maps": a new head on cached middle-layer maps (gc10lib.maphead)
-    map_fraction: float = 0.3  # share of the backbone's depth above the cut (MobileNet: conv_pw_9)
-    map_width: int = 128  # channels of the map head's two convolutions
-    map_epochs: int = 25
-    map_lr: float = 1e-3  # peak of the map head's warm-up + cosine schedule (Adam)
-    map_flips: int = 4  # flips cached per training image: 1 plain, 2 + left-right, 4 + up-down and both
-    monitor: str = "val_loss"  # or "val_macro_f1"
-    tensorboard: bool = False  # TensorBoard logs in <out_dir>/tensorboard/<phase> (`tensorboard --logdir runs`)
-    patience: int = 4
-    seed: int = 42
-    mixed_precision: bool | str = False  # True -> "mixed_float16"; or a policy name
-    strategy: str | None = None  # None, "mirrored", "multiworker"
-    verbose: int | str = "auto"
-    extra: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_params(cls, params: dict) -> TrainConfig:
-        """The config from a mapping (a notebook's parameters), taking only the names it knows."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in params.items() if k in names})
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def set_seeds(seed: int) -> None:
-    """Seed Python, NumPy and TensorFlow (via Keras)."""
-    keras.utils.set_random_seed(int(seed))
-
-
-def resolve_verbose(v: int | str) -> int | str:
-    """``"auto"`` becomes ``$GC10_VERBOSE`` (the pipeline sets 2) or Keras' own ``"auto"``."""
-    if v == "auto":
-        env = os.environ.get("GC10_VERBOSE")
-        return int(env) if env else "auto"
-    return v
+__all__ = ["BestState", "TrainConfig", "load_manifest", "train_backbone"]  # BestState: see gc10lib.phases
 
 
 def make_strategy(name: str | None):
@@ -134,106 +84,6 @@ def precision_policy(mixed: bool | str):
         yield
     finally:
         keras.mixed_precision.set_global_policy(old)
-
-
-class MacroF1(keras.callbacks.Callback):
-    """Adds ``val_macro_f1`` to the epoch logs (place before EarlyStopping/ReduceLROnPlateau)."""
-
-    def __init__(self, x_val, y_val):
-        super().__init__()
-        self.x_val, self.y_val = x_val, np.asarray(y_val)
-
-    def on_epoch_end(self, epoch, logs=None):
-        pred = np.asarray(self.model.predict(self.x_val, verbose=0)).argmax(1)
-        if logs is not None:
-            logs["val_macro_f1"] = float(f1_score(self.y_val, pred, average="macro", zero_division=0))
-
-
-class BestState:
-    """The best validation state over every phase (probe, head epochs, fine-tune epochs), in memory.
-
-    ``offer`` takes a monitored value and snapshots the whole model's weights when it is the best
-    so far; ``restore`` puts that snapshot back. Lower is better for losses, higher for scores.
-    """
-
-    def __init__(self, model, monitor: str):
-        self.model, self.monitor = model, monitor
-        self.sign = 1.0 if monitor in ("val_macro_f1", "val_accuracy") else -1.0
-        self.value: float | None = None
-        self.phase: str | None = None
-        self.epoch: int | None = None
-        self.weights: list | None = None
-        self.best_by_phase: dict[str, float] = {}
-
-    def offer(self, value, phase: str, epoch: int, snapshot: bool = True) -> bool:
-        """Record ``value``; True (and a snapshot of the model's weights, if ``snapshot``) when it is the
-        best so far. ``snapshot=False`` is for a phase that trains another model (the map head)."""
-        if value is None or not np.isfinite(float(value)):
-            return False
-        value = float(value)
-        prev = self.best_by_phase.get(phase)
-        if prev is None or self.sign * value > self.sign * prev:
-            self.best_by_phase[phase] = value
-        if self.value is not None and self.sign * value <= self.sign * self.value:
-            return False
-        self.value, self.phase, self.epoch = value, phase, int(epoch)
-        if snapshot:
-            self.weights = [np.array(w) for w in self.model.get_weights()]
-        return True
-
-    def restore(self) -> None:
-        if self.weights is not None:
-            self.model.set_weights(self.weights)
-
-    def record(self) -> dict:
-        return {
-            "monitor": self.monitor,
-            "value": self.value,
-            "phase": self.phase,
-            "epoch": self.epoch,
-            "best_by_phase": dict(self.best_by_phase),
-        }
-
-
-class KeepBest(keras.callbacks.Callback):
-    """Offers each epoch's monitored value to a :class:`BestState` (place after :class:`MacroF1`)."""
-
-    def __init__(self, state: BestState, phase: str):
-        super().__init__()
-        self.state, self.phase = state, phase
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.state.offer((logs or {}).get(self.state.monitor), self.phase, epoch)
-
-
-def val_scores(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    """``val_loss`` (unweighted cross-entropy, as Keras reports it), ``val_accuracy`` and ``val_macro_f1``."""
-    pred = proba.argmax(1)
-    return {
-        "val_loss": probes.log_loss(y, proba),
-        "val_accuracy": float(np.mean(pred == y)),
-        "val_macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
-    }
-
-
-def finetune_optimizer(cfg: TrainConfig, steps: int):
-    """The phase-2 optimizer: linear warm-up to ``lr_finetune``, then cosine decay to 0 over ``steps``."""
-    warm = int(round(cfg.warmup_fraction * steps)) if cfg.warmup_fraction > 0 else 0
-    lr = keras.optimizers.schedules.CosineDecay(
-        0.0 if warm else cfg.lr_finetune,
-        max(1, steps - warm),
-        alpha=0.0,
-        warmup_target=cfg.lr_finetune if warm else None,
-        warmup_steps=warm,
-    )
-    clip = {"global_clipnorm": float(cfg.clipnorm)} if cfg.clipnorm else {}
-    if cfg.finetune_optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=0.9, **clip)
-    if cfg.finetune_optimizer == "adam":
-        return keras.optimizers.Adam(lr, **clip)
-    if cfg.finetune_optimizer == "lamb":  # Adam with a per-layer trust ratio: steps relative to each layer's norm
-        return keras.optimizers.Lamb(lr, **clip)
-    raise InputError(f"unknown finetune_optimizer {cfg.finetune_optimizer!r}; expected {FINETUNE_OPTIMIZERS}")
 
 
 def fit_distributed(
@@ -296,246 +146,6 @@ def fit_distributed(
     return history
 
 
-def callbacks(
-    cfg: TrainConfig,
-    x_val,
-    y_val,
-    csv_path: Path,
-    best: BestState | None = None,
-    phase: str = "head",
-    plateau: bool = True,
-) -> list:
-    """Macro-F1 (if monitored), best-state tracking, early stopping, LR plateau (head only), CSV history."""
-    mode = "max" if cfg.monitor == "val_macro_f1" else "min"
-    cbs: list = []
-    if cfg.monitor == "val_macro_f1":
-        cbs.append(MacroF1(x_val, y_val))
-    if best is not None:
-        cbs.append(KeepBest(best, phase))
-    cbs.append(
-        keras.callbacks.EarlyStopping(
-            monitor=cfg.monitor, mode=mode, patience=cfg.patience, restore_best_weights=best is None
-        )
-    )
-    if plateau:  # not with a learning-rate schedule
-        cbs.append(
-            keras.callbacks.ReduceLROnPlateau(
-                monitor=cfg.monitor, mode=mode, factor=0.3, patience=max(1, cfg.patience // 2), min_lr=1e-7
-            )
-        )
-    cbs.append(keras.callbacks.CSVLogger(str(csv_path)))
-    if cfg.tensorboard:  # one folder per phase: <out>/tensorboard/head, <out>/tensorboard/finetune
-        cbs.append(keras.callbacks.TensorBoard(log_dir=str(csv_path.parent / "tensorboard" / phase)))
-    return cbs
-
-
-def _weights_identity(source: str, seed: int) -> str:
-    if source.startswith(("imagenet-file:", "file:")):
-        p = Path(source.split(":", 1)[1])
-        st = p.stat()
-        return f"{source}|{st.st_size}|{st.st_mtime_ns}"
-    return f"{source}|seed={seed}|bn-calibrated" if source == "random" else source
-
-
-def feature_cache_path(
-    backbone: str,
-    weights_id: str,
-    size: int,
-    policy: str,
-    files: list[str],
-    view: int,
-    seed: int,
-    ops: tuple[str, ...] = AUG_OPS,
-    tiling: tuple[int, str] | None = None,
-    from_maps: str | None = None,
-) -> Path:
-    """Disk location of cached pooled features, keyed by backbone, weights, size, data, view,
-    augmentation, tiling (``(grid, pool)`` of a tiled classifier) and, for features computed from
-    the map cache (:func:`features_from_maps`), the cut they were computed from."""
-    parts = [backbone, weights_id, size, policy, files, view, seed if view else 0, keras.__version__]
-    if view and tuple(ops) != AUG_OPS:
-        parts.append(list(ops))
-    if tiling is not None:
-        parts.append({"tiles": list(tiling)})
-    if from_maps is not None:
-        parts.append({"from_maps": from_maps})
-    key = json.dumps(parts)
-    digest = hashlib.sha1(key.encode()).hexdigest()[:24]
-    return cache_dir() / "features" / backbone / f"{size}_{policy}_v{view}_{digest}.npy"
-
-
-def extract_features(
-    model,
-    paths: list[str],
-    *,
-    size: int,
-    policy: str,
-    weights_source: str,
-    backbone: str,
-    view: int = 0,
-    seed: int = 42,
-    batch_size: int = 32,
-    verbose: int | str = 0,
-    ops: tuple[str, ...] = AUG_OPS,
-) -> tuple[np.ndarray, bool]:
-    """Pooled backbone features for ``paths`` (view 0 plain, view k>0 augmented with its own seed).
-
-    Cached on disk; returns ``(features, was_cached)``.
-    """
-    cache = ImageCache(size, policy)
-    files = cache.ensure(paths)
-    names = [Path(f).name for f in files]
-    path = feature_cache_path(
-        backbone, _weights_identity(weights_source, seed), size, policy, names, view, seed, ops, tiling_of(model)
-    )
-
-    def compute() -> np.ndarray:
-        extractor = keras.Model(model.inputs, model.get_layer("pool").output)
-        ds = make_dataset(paths, None, size, policy=policy, batch_size=batch_size, cache=cache)
-        if view:
-            aug = augmenter(seed + 1000 * view, ops)
-            ds = ds.map(lambda x: aug(x, training=True))
-        bar = progress.predict_callback(int(np.ceil(len(paths) / batch_size)), f"{backbone} features, view {view}")
-        return np.asarray(extractor.predict(ds, verbose=verbose, callbacks=[bar]), dtype=np.float32)
-
-    return _cached_features(path, len(paths), compute)
-
-
-def _cached_features(path: Path, n: int, compute) -> tuple[np.ndarray, bool]:
-    """``(features, was_cached)``: the ``n`` rows cached at ``path``, else ``compute()``'s, saved there."""
-    if path.is_file():
-        try:
-            feats = np.load(path)
-            if feats.shape[0] == n:
-                return feats, True
-        except (OSError, ValueError, EOFError):
-            pass  # a cut-off or corrupt entry is rebuilt below, never trusted
-    feats = compute()
-    writable_dir(path.parent, "the feature cache (set GC10_CACHE_DIR to a writable folder)")
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, feats)
-    tmp.replace(path)
-    return feats, False
-
-
-def features_from_images(
-    model,
-    train_paths: list[str],
-    val_paths: list[str],
-    *,
-    cfg: TrainConfig,
-    backbone: str,
-    size: int,
-    weights_source: str,
-    views: int,
-) -> tuple[list[np.ndarray], np.ndarray, list[bool]]:
-    """Phase 1's pooled features, each view a pass of the whole model over the images (view 0 plain,
-    view ``k`` augmented with its own seed; :func:`extract_features`). Returns ``(one feature array
-    per train view, val features, cached flags)``."""
-    out = [_image_view(model, train_paths, cfg, backbone, size, weights_source, v) for v in range(views)]
-    xv, c = _image_view(model, val_paths, cfg, backbone, size, weights_source, 0)
-    return [f for f, _ in out], xv, [*(c for _, c in out), c]
-
-
-def _image_view(model, paths: list[str], cfg: TrainConfig, backbone: str, size: int, weights_source: str, view: int):
-    """:func:`extract_features` of ``paths`` for ``view`` (0 plain, ``k`` augmented as ``cfg.augment`` says)."""
-    return extract_features(
-        model,
-        paths,
-        size=size,
-        policy=cfg.policy,
-        weights_source=weights_source,
-        backbone=backbone,
-        view=view,
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-        ops=aug_ops(cfg.augment),
-    )
-
-
-def features_from_maps(
-    model,
-    train_paths: list[str],
-    val_paths: list[str],
-    *,
-    cfg: TrainConfig,
-    backbone: str,
-    size: int,
-    weights_source: str,
-    views: int,
-) -> tuple[list[np.ndarray], np.ndarray, list[bool]]:
-    """Phase 1's pooled features of a map-head run, from the trunk maps the map phase needs anyway.
-
-    The trunk (the backbone below the cut) runs once per flip into the map cache; the pooled
-    features are the backbone above the cut on those maps (:func:`gc10lib.maphead.pooled_from_maps`),
-    so those images do not go through the whole backbone a second time. View 0 (plain) and the val
-    images always come from the maps. An augmented view comes from them too when augmentation is
-    flips only and every flip is cached (:func:`augmented_views_from_maps`): each image under a
-    seeded random flip (:func:`gc10lib.maphead.flip_codes`). Any other augmented view is a pass of
-    the whole model over augmented images, as without maps (:func:`extract_features`). The maps are
-    float16, so their features differ from a float32 pass by float16 rounding (the hand-over check
-    records the effect). Returns ``(one feature array per train view, val features, cached flags)``.
-    """
-    src, _, cut = maphead.map_source(model, cfg.map_fraction, backbone, size, cfg.policy, cfg.batch_size)
-    flips = augmented_views_from_maps(cfg)
-    plan = maphead.flip_codes(cfg.seed, views if flips else 1, len(train_paths))
-    used = sorted({int(c) for codes in plan for c in np.unique(codes)})
-    cache = ImageCache(size, cfg.policy)
-    weights_id = _weights_identity(weights_source, cfg.seed)
-
-    def key(paths, view):
-        names = [Path(f).name for f in cache.ensure(paths)]
-        return feature_cache_path(
-            backbone, weights_id, size, cfg.policy, names, view, cfg.seed, ("flip",), None, from_maps=cut
-        )
-
-    def view_features(codes):
-        maps = [src.maps(train_paths, c) for c in used]
-        return maphead.pooled_from_maps(model, cut, maphead.MixedRows(maps, np.searchsorted(used, codes)))
-
-    xs, cached = [], []
-    for v, codes in enumerate(plan):
-        f, c = _cached_features(key(train_paths, v), len(train_paths), lambda codes=codes: view_features(codes))
-        xs.append(f)
-        cached.append(c)
-    for v in range(len(plan), views):  # augmentation the maps do not hold: the whole model, as before
-        f, c = _image_view(model, train_paths, cfg, backbone, size, weights_source, v)
-        xs.append(f)
-        cached.append(c)
-    xv, c = _cached_features(
-        key(val_paths, 0), len(val_paths), lambda: maphead.pooled_from_maps(model, cut, src.maps(val_paths, 0))
-    )
-    return xs, xv, [*cached, c]
-
-
-def uses_maps_for_features(cfg: TrainConfig) -> bool:
-    """Whether phase 1 takes features from the map cache (:func:`features_from_maps`): a map-head
-    run on cached features, in this process, untiled."""
-    return bool(cfg.map_head) and cfg.head_mode == "features" and cfg.strategy != "multiworker" and int(cfg.tiles) <= 1
-
-
-def augmented_views_from_maps(cfg: TrainConfig) -> bool:
-    """Whether a map-head run's augmented views come from the maps too: flips only, and all four
-    flips cached for the map phase, so no trunk pass is extra."""
-    return aug_ops(cfg.augment) == ("flip",) and int(cfg.map_flips) == len(maphead.FLIPS)
-
-
-def tiling_of(model) -> tuple[int, str] | None:
-    """``(grid, pool)`` of a tiled classifier (:class:`gc10lib.layers.TileGrid`), else None."""
-    grid = tile_grid(model)
-    return None if grid is None else (int(grid.grid), str(model.get_layer("pool").mode))
-
-
-@dataclass
-class _History:
-    """The part of ``keras.callbacks.History`` that train_backbone reads."""
-
-    history: dict
-
-
-# --------------------------------------------------------------------------- main entry
-
-
 def load_manifest(
     data_dir: str | Path, split_csv: str | Path | None, seed: int, fractions=(0.7, 0.15, 0.15)
 ) -> tuple[pd.DataFrame, list[str], Path | None]:
@@ -550,6 +160,64 @@ def load_manifest(
     return data.split_dataset(ds, fractions, seed), ds.classes, None
 
 
+@dataclass
+class _Job:
+    """One backbone's training in progress: its settings, split, output folder and model."""
+
+    cfg: TrainConfig
+    backbone: str
+    size: int
+    classes: list[str]
+    tr: pd.DataFrame
+    va: pd.DataFrame
+    te: pd.DataFrame
+    split_path: Path | None
+    cw: dict[int, float]
+    out: Path
+    strategy: object = None
+    model: keras.Model | None = None
+    source: str = ""
+    best: BestState | None = None
+    timings: dict = field(default_factory=dict)
+    histories: list = field(default_factory=list)
+
+    @property
+    def y_val(self) -> np.ndarray:
+        return self.va.label.to_numpy()
+
+    @property
+    def verbose(self) -> int | str:
+        return resolve_verbose(self.cfg.verbose)
+
+    def head_phase(self, model, x, y, x_val, **fit_kwargs):
+        """Phase ``head`` (Adam at ``lr_head``, class-weighted cross-entropy, an LR plateau) on
+        ``model``: the head alone on cached features, or the classifier with its backbone frozen."""
+        return fit_phase(
+            model,
+            x,
+            y,
+            phase="head",
+            best=self.best,
+            optimizer=keras.optimizers.Adam(self.cfg.lr_head),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+            epochs=self.cfg.epochs_head,
+            callbacks=self.callbacks("head", x_val, plateau=True),
+            verbose=self.verbose,
+            class_weight=self.cw,
+            **fit_kwargs,
+        )
+
+    def callbacks(self, phase: str, x_val, plateau: bool) -> list:
+        """The phase's callbacks: each epoch offered to the best state (Keras' validation logs, plus
+        macro-F1 on ``x_val`` when monitored), early stopping, CSV history, TensorBoard if asked."""
+        macro = (x_val, self.va.label) if self.cfg.monitor == "val_macro_f1" else None
+        keep = KeepBest(self.best, phase, macro_f1_on=macro)
+        return phase_callbacks(
+            self.cfg, keep, self.out / f"history_{phase}.csv", plateau=plateau, tensorboard=self.cfg.tensorboard
+        )
+
+
 def train_backbone(
     cfg: TrainConfig,
     data_dir: str | Path,
@@ -560,20 +228,48 @@ def train_backbone(
 ) -> dict:
     """Train one backbone end to end and write its outputs; returns the metrics dict.
 
-    Phases: a logistic-regression probe and a class-weighted head on cached frozen features, then
-    fine-tuning, then (``map_head``) a new head on cached middle-layer maps (:mod:`gc10lib.maphead`).
-    Every probe/head/fine-tune/maps epoch is a candidate; the one best on validation (by
-    ``cfg.monitor``) is what gets saved, and ``metrics["selected"]`` says which phase won. The probe
-    is also saved on its own, as ``probe/`` (``probe_<backbone>``).
+    Phases (:mod:`gc10lib.phases`): a logistic-regression probe and a class-weighted head on cached
+    frozen features, then fine-tuning, then (``map_head``) a new head on cached middle-layer maps
+    (:mod:`gc10lib.maphead`). Every probe/head/fine-tune/maps epoch is a candidate; the one best on
+    validation (by ``cfg.monitor``) is what gets saved, and ``metrics["selected"]`` says which
+    phase won. The probe is also saved on its own, as ``probe/`` (``probe_<backbone>``).
+
+    >>> m = train_backbone(TrainConfig(backbone="mobilenet", img_size=224), "data/xsdd", "runs/mn")
+    >>> m["val"]["accuracy"], m["selected"]["phase"]
     """
     t_all = time.perf_counter()
+    job = _prepare(cfg, data_dir, out_dir, split_csv, manifest, classes)
+    scope = job.strategy.scope() if job.strategy is not None else contextlib.nullcontext()
+    with precision_policy(cfg.mixed_precision), scope:
+        _build(job)
+        t0 = time.perf_counter()
+        if cfg.head_mode == "features":
+            probe_info, handover = _head_on_features(job)
+        else:
+            probe_info, handover = _head_on_images(job), None
+        job.timings["head_s"] = round(time.perf_counter() - t0, 2)
+        n_unfrozen = _finetune(job)
+        saved, map_record = job.model, None
+        if cfg.map_head:
+            t0 = time.perf_counter()
+            saved, map_record, hist_maps = _map_phase(
+                job.model, cfg, job.tr, job.va, job.backbone, job.size, job.cw, job.best
+            )
+            job.histories.append(hist_maps.assign(phase="maps", epoch=lambda d: np.arange(len(d))))
+            job.timings["maps_s"] = round(time.perf_counter() - t0, 2)
+    metrics = _write_outputs(job, saved, probe_info, handover, n_unfrozen, map_record)
+    job.timings["total_s"] = round(time.perf_counter() - t_all, 2)
+    metrics["timings"] = job.timings
+    save_json(metrics, job.out / "metrics.json")
+    assert model_classes(saved) == job.classes
+    return metrics
+
+
+def _prepare(cfg: TrainConfig, data_dir, out_dir, split_csv, manifest, classes) -> _Job:
+    """The split, class weights and a new output folder; everything that can be refused is refused
+    before the folder exists."""
     spec = get_spec(cfg.backbone)
     size = int(cfg.img_size or spec.native_size * max(int(cfg.tiles), 1))  # tiles: each at the native size
-    verbose = resolve_verbose(cfg.verbose)
-    if cfg.monitor not in ("val_loss", "val_macro_f1"):
-        raise InputError(f"unknown monitor {cfg.monitor!r}; expected 'val_loss' or 'val_macro_f1'")
-    if cfg.finetune_optimizer not in FINETUNE_OPTIMIZERS:
-        raise InputError(f"unknown finetune_optimizer {cfg.finetune_optimizer!r}; expected {FINETUNE_OPTIMIZERS}")
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise SetupError("tensorboard=True needs the tensorboard package: pip install 'gc10lib[tensorboard]'")
     if manifest is None:
@@ -585,249 +281,179 @@ def train_backbone(
     if len(tr) == 0 or len(va) == 0:
         raise InputError("the split has no train or no val images; use a larger dataset or other fractions")
     cw = data.class_weights(tr.label, len(classes), cfg.class_weight)
-    if cfg.strategy == "multiworker" and cfg.head_mode != "features":
-        raise InputError("strategy 'multiworker' trains the head on cached features: use head_mode='features'")
-    if cfg.map_head and int(cfg.tiles) > 1:
-        raise InputError(
-            "map_head cuts a whole-image backbone; it does not combine with tiles > 1 (use one or the other)"
-        )
-    if cfg.strategy == "multiworker" and cfg.map_head:
-        raise InputError("map_head trains in this process only; it does not run under strategy 'multiworker'")
     out = new_output_dir(out_dir, prefix=f"train-{spec.name}")
     set_seeds(cfg.seed)
-    timings: dict[str, float] = {}
-    strategy = make_strategy(cfg.strategy)
-    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
-    y_val = va.label.to_numpy()
-    probe_info: dict | None = None
-    handover: dict | None = None
+    job = _Job(cfg, spec.name, size, list(classes), tr, va, te, split_path, cw, out)
+    job.strategy = make_strategy(cfg.strategy)
+    return job
 
-    with precision_policy(cfg.mixed_precision), scope:
-        model, source = build_classifier(
-            spec.name,
-            classes,
-            size,
-            cfg.weights,
-            cfg.dropout,
-            cfg.weights_dir,
-            cfg.seed,
-            policy=cfg.policy,
-            tiles=cfg.tiles,
-            tile_pool=cfg.tile_pool,
+
+def _build(job: _Job) -> None:
+    """The classifier (BatchNorm calibrated on training images under random init), its backbone
+    frozen, and the best state that every phase offers to."""
+    cfg = job.cfg
+    kw = {k: getattr(cfg, k) for k in ("weights", "dropout", "weights_dir", "seed", "policy", "tiles", "tile_pool")}
+    job.model, job.source = build_classifier(job.backbone, job.classes, job.size, **kw)
+    if job.source == "random":  # no pretrained BatchNorm statistics: take them from training images
+        pick = job.tr.sample(min(len(job.tr), 64), random_state=cfg.seed)
+        calibrate_batchnorm(job.model, ImageCache(job.size, cfg.policy).load(list(pick.path)).astype("float32"))
+    job.model.get_layer("backbone").trainable = False
+    job.best = BestState(job.model, cfg.monitor)
+
+
+def _head_on_features(job: _Job) -> tuple[dict | None, dict]:
+    """Phase 1 on cached features: the probe, then a class-weighted head. Returns the probe's
+    record (``None`` without one) and the hand-over check."""
+    cfg, model, best, tr = job.cfg, job.model, job.best, job.tr
+    t0 = time.perf_counter()
+    head = model.get_layer("head")
+    src = FeatureSource(model, cfg, job.backbone, job.size, job.source)
+    xs, xv, cached, features_from = phase1_features(src, list(tr.path), list(job.va.path))
+    x, y = np.concatenate(xs), np.concatenate([tr.label.to_numpy()] * len(xs))
+    job.timings.update(
+        features_s=round(time.perf_counter() - t0, 2), features_from=features_from, features_cached=all(cached)
+    )
+    t1 = time.perf_counter()
+    adapt_feature_norm(head, x)
+    probe_info = None
+    if cfg.probe:
+        probe_info = _fit_probe_into(model, best, x, y, xv, job.y_val, len(job.classes), job.cw, cfg.seed)
+        job.timings["probe_s"] = round(time.perf_counter() - t1, 2)
+    t1 = time.perf_counter()
+    if cfg.strategy == "multiworker":
+        feats = tf.data.Dataset.from_tensor_slices((x, y.astype("int32")))
+        feats = feats.shuffle(len(feats), seed=cfg.seed).batch(cfg.batch_size)
+        history = _fit_multiworker(job, head, feats, "head", cfg.epochs_head, cfg.lr_head, xv)
+    else:
+        history = job.head_phase(
+            head, x, y, xv, validation_data=(xv, job.y_val), batch_size=cfg.batch_size, shuffle=True
         )
-        if source == "random":  # no pretrained BatchNorm statistics: take them from training images
-            pick = tr.sample(min(len(tr), 64), random_state=cfg.seed)
-            calibrate_batchnorm(model, ImageCache(size, cfg.policy).load(list(pick.path)).astype("float32"))
+    job.timings["head_fit_s"] = round(time.perf_counter() - t1, 2)
+    job.histories.append(history)
+    return probe_info, handover_check(model, tr, xs[0], size=job.size, policy=cfg.policy)
+
+
+def _head_on_images(job: _Job) -> None:
+    """Phase 1 with the frozen backbone run every epoch (``head_mode: fit``); no probe."""
+    cfg, model = job.cfg, job.model
+    sample = list(job.tr.sample(min(len(job.tr), 256), random_state=cfg.seed).path)
+    f, _ = extract_features(
+        model,
+        sample,
+        size=job.size,
+        policy=cfg.policy,
+        weights_source=job.source,
+        backbone=job.backbone,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+    )
+    adapt_feature_norm(model.get_layer("head"), f)
+    train_ds, val_ds, val_x = _image_datasets(job.tr, job.va, job.size, cfg)
+    job.histories.append(job.head_phase(model, train_ds, None, val_x, validation_data=val_ds))
+
+
+def _finetune(job: _Job) -> int:
+    """Phase 2: the top of the backbone fine-tuned on images (:func:`gc10lib.phases.finetune_phase`;
+    under ``multiworker``, :func:`fit_distributed`). Returns the number of layers unfrozen."""
+    cfg, model, best = job.cfg, job.model, job.best
+    if not wants_finetune(cfg):
+        return 0
+    t0 = time.perf_counter()
+    train_ds, val_ds, val_x = _image_datasets(job.tr, job.va, job.size, cfg)
+    if cfg.strategy == "multiworker":
+        n_unfrozen = set_finetune_trainable(model, cfg.finetune_fraction)
+        steps = int(np.ceil(len(job.tr) / cfg.batch_size)) * cfg.epochs_finetune
+        history = _fit_multiworker(
+            job,
+            model,
+            train_ds,
+            "finetune",
+            cfg.epochs_finetune,
+            cfg.lr_finetune,
+            val_x,
+            lambda: finetune_optimizer(cfg, steps),
+        )
         model.get_layer("backbone").trainable = False
-        best = BestState(model, cfg.monitor)
-        histories = []
+    else:
+        history, n_unfrozen = finetune_phase(
+            model,
+            train_ds,
+            cfg=cfg,
+            n_train=len(job.tr),
+            best=best,
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+            callbacks=job.callbacks("finetune", val_x, plateau=False),
+            validation_data=val_ds,
+            class_weight=job.cw,
+        )
+    job.histories.append(history)
+    job.timings["finetune_s"] = round(time.perf_counter() - t0, 2)
+    return n_unfrozen
 
-        # ---- phase 1: frozen backbone; a probe and a class-weighted head on cached features
-        t0 = time.perf_counter()
-        head = model.get_layer("head")
-        if cfg.head_mode == "features":
-            ops = aug_ops(cfg.augment)
-            views = max(1, int(cfg.aug_views)) if ops else 1
-            if not uses_maps_for_features(cfg):
-                fetch, features_from = features_from_images, "images"
-            elif views == 1 or augmented_views_from_maps(cfg):
-                fetch, features_from = features_from_maps, "maps"
-            else:  # the plain view and val from the maps, other augmentation from the whole model
-                fetch, features_from = features_from_maps, "maps and images"
-            xs, xv, cached = fetch(
-                model,
-                list(tr.path),
-                list(va.path),
-                cfg=cfg,
-                backbone=spec.name,
-                size=size,
-                weights_source=source,
-                views=views,
-            )
-            ys = [tr.label.to_numpy()] * views
-            timings["features_s"] = round(time.perf_counter() - t0, 2)
-            timings["features_from"] = features_from
-            timings["features_cached"] = all(cached)
-            t1 = time.perf_counter()
-            adapt_feature_norm(head, np.concatenate(xs))
-            if cfg.probe:
-                probe_info = _fit_probe_into(
-                    model, best, np.concatenate(xs), np.concatenate(ys), xv, y_val, len(classes), cw, cfg.seed
-                )
-                timings["probe_s"] = round(time.perf_counter() - t1, 2)
-            t1 = time.perf_counter()
-            if cfg.strategy == "multiworker":
-                feats = tf.data.Dataset.from_tensor_slices((np.concatenate(xs), np.concatenate(ys).astype("int32")))
-                hist = _History(
-                    fit_distributed(
-                        head,
-                        feats.shuffle(len(feats), seed=cfg.seed).batch(cfg.batch_size),
-                        epochs=cfg.epochs_head,
-                        lr=cfg.lr_head,
-                        class_weight=cw,
-                        strategy=strategy,
-                        csv_path=out / "history_head.csv",
-                        verbose=verbose,
-                    )
-                )
-                best.offer(
-                    val_scores(y_val, np.asarray(head.predict(xv, verbose=0)))[cfg.monitor], "head", cfg.epochs_head - 1
-                )
-            else:
-                head.compile(
-                    optimizer=keras.optimizers.Adam(cfg.lr_head),
-                    loss="sparse_categorical_crossentropy",
-                    metrics=["accuracy"],
-                )
-                hist = head.fit(
-                    np.concatenate(xs),
-                    np.concatenate(ys),
-                    validation_data=(xv, y_val),
-                    epochs=cfg.epochs_head,
-                    batch_size=cfg.batch_size,
-                    class_weight=cw,
-                    shuffle=True,
-                    callbacks=callbacks(cfg, xv, va.label, out / "history_head.csv", best, "head"),
-                    verbose=verbose,
-                )
-            timings["head_fit_s"] = round(time.perf_counter() - t1, 2)
-            best.restore()
-            handover = handover_check(model, tr, xs[0], size=size, policy=cfg.policy)
-        elif cfg.head_mode == "fit":
-            sample = list(tr.sample(min(len(tr), 256), random_state=cfg.seed).path)
-            f, _ = extract_features(
-                model,
-                sample,
-                size=size,
-                policy=cfg.policy,
-                weights_source=source,
-                backbone=spec.name,
-                seed=cfg.seed,
-                batch_size=cfg.batch_size,
-            )
-            adapt_feature_norm(head, f)
-            train_ds, val_ds, val_x = _image_datasets(tr, va, size, cfg)
-            model.compile(
-                optimizer=keras.optimizers.Adam(cfg.lr_head),
-                loss="sparse_categorical_crossentropy",
-                metrics=["accuracy"],
-            )
-            hist = model.fit(
-                train_ds,
-                validation_data=val_ds,
-                epochs=cfg.epochs_head,
-                class_weight=cw,
-                callbacks=callbacks(cfg, val_x, va.label, out / "history_head.csv", best, "head"),
-                verbose=verbose,
-            )
-            best.restore()
-        else:
-            raise InputError(f"unknown head_mode {cfg.head_mode!r}; expected 'features' or 'fit'")
-        timings["head_s"] = round(time.perf_counter() - t0, 2)
-        histories.append(pd.DataFrame(hist.history).assign(phase="head", epoch=lambda d: np.arange(len(d))))
 
-        # ---- phase 2: fine-tune the top of the backbone, BatchNorm frozen, warm-up + cosine schedule
-        n_unfrozen = 0
-        if cfg.epochs_finetune > 0 and cfg.finetune_fraction > 0:
-            t0 = time.perf_counter()
-            n_unfrozen = set_finetune_trainable(model, cfg.finetune_fraction)
-            train_ds, val_ds, val_x = _image_datasets(tr, va, size, cfg)
-            steps = int(np.ceil(len(tr) / cfg.batch_size)) * cfg.epochs_finetune
-            if cfg.strategy == "multiworker":
-                hist = _History(
-                    fit_distributed(
-                        model,
-                        train_ds,
-                        epochs=cfg.epochs_finetune,
-                        lr=cfg.lr_finetune,
-                        class_weight=cw,
-                        strategy=strategy,
-                        csv_path=out / "history_finetune.csv",
-                        verbose=verbose,
-                        make_optimizer=lambda: finetune_optimizer(cfg, steps),
-                    )
-                )
-                best.offer(
-                    val_scores(y_val, np.asarray(model.predict(val_x, verbose=0)))[cfg.monitor],
-                    "finetune",
-                    cfg.epochs_finetune - 1,
-                )
-            else:
-                model.compile(
-                    optimizer=finetune_optimizer(cfg, steps),
-                    loss="sparse_categorical_crossentropy",
-                    metrics=["accuracy"],
-                )
-                hist = model.fit(
-                    train_ds,
-                    validation_data=val_ds,
-                    epochs=cfg.epochs_finetune,
-                    class_weight=cw,
-                    callbacks=callbacks(
-                        cfg, val_x, va.label, out / "history_finetune.csv", best, "finetune", plateau=False
-                    ),
-                    verbose=verbose,
-                )
-            histories.append(pd.DataFrame(hist.history).assign(phase="finetune", epoch=lambda d: np.arange(len(d))))
-            best.restore()
-            model.get_layer("backbone").trainable = False
-            timings["finetune_s"] = round(time.perf_counter() - t0, 2)
+def _fit_multiworker(job: _Job, model, train, phase: str, epochs: int, lr: float, x_val, make_optimizer=None):
+    """A phase under ``MultiWorkerMirroredStrategy`` (:func:`fit_distributed`): no callbacks, so its
+    last epoch is offered to the best state, which is then put back. Returns the phase's history."""
+    hist = fit_distributed(
+        model,
+        train,
+        epochs=epochs,
+        lr=lr,
+        class_weight=job.cw,
+        strategy=job.strategy,
+        csv_path=job.out / f"history_{phase}.csv",
+        verbose=job.verbose,
+        make_optimizer=make_optimizer,
+    )
+    proba = np.asarray(model.predict(x_val, verbose=0))
+    job.best.offer(val_scores(job.y_val, proba)[job.cfg.monitor], phase, epochs - 1)
+    job.best.restore()
+    return history_frame(hist, phase)
 
-        # ---- phase 3 (optional): a new head on cached middle-layer maps, competing on validation
-        saved = model
-        map_record: dict | None = None
-        if cfg.map_head:
-            t0 = time.perf_counter()
-            saved, map_record, hist_maps = _map_phase(model, cfg, tr, va, spec.name, size, cw, best)
-            histories.append(hist_maps.assign(phase="maps", epoch=lambda d: np.arange(len(d))))
-            timings["maps_s"] = round(time.perf_counter() - t0, 2)
 
-    # ---- evaluation and outputs
+def _write_outputs(job: _Job, saved, probe_info: dict | None, handover, n_unfrozen: int, map_record) -> dict:
+    """Save the chosen model, its history, its val/test metrics and the probe; returns the metrics."""
+    cfg, out = job.cfg, job.out
     t0 = time.perf_counter()
     model_path = out / "model.keras"
     save_model(saved, model_path)
-    history = pd.concat(histories, ignore_index=True)
-    history.to_csv(out / "history.csv", index=False)
+    pd.concat(job.histories, ignore_index=True).to_csv(out / "history.csv", index=False)
     metrics: dict = {
-        "name": spec.name,
+        "name": job.backbone,
         "kind": "backbone",
-        "backbone": spec.name,
-        "img_size": size,
+        "backbone": job.backbone,
+        "img_size": job.size,
         "policy": cfg.policy,
         "tiles": int(cfg.tiles),
         "weights": cfg.weights,
-        "weights_source": source,
+        "weights_source": job.source,
         "seed": cfg.seed,
-        "classes": classes,
+        "classes": job.classes,
         "class_weight_mode": cfg.class_weight,
-        "class_weights": {classes[k]: v for k, v in cw.items()},
-        "split_csv": str(split_path) if split_path else None,
+        "class_weights": {job.classes[k]: v for k, v in job.cw.items()},
+        "split_csv": str(job.split_path) if job.split_path else None,
         "config": asdict(cfg),
         "n_params": int(saved.count_params()),
         "n_unfrozen_layers": n_unfrozen,
-        "selected": best.record(),
+        "selected": job.best.record(),
         "map_head": map_record,
         "handover": handover,
         "model_path": str(model_path),
         "model_size_mb": file_size_mb(model_path),
     }
-    probas = evaluate_parts(
-        saved, out, va, te, classes, metrics, policy=cfg.policy, batch_size=cfg.batch_size, seed=cfg.seed
-    )
+    kw = dict(policy=cfg.policy, batch_size=cfg.batch_size, seed=cfg.seed)
+    probas = evaluate_parts(saved, out, job.va, job.te, job.classes, metrics, **kw)
     if probe_info is not None and probas:
         # the probe's val probabilities come from the cached features; when the probe is also the
         # saved state, its test probabilities are the model's own
-        known = {
-            "val": probe_info["proba_val"],
-            **({"test": probas["test"]} if best.phase == "probe" and "test" in probas else {}),
-        }
-        same = model_path if best.phase == "probe" else None  # the saved model *is* the probe: one file, two names
-        metrics["probe"] = _save_probe(model, probe_info, out / "probe", va, te, classes, cfg, metrics, known, same)
-    timings["eval_s"] = round(time.perf_counter() - t0, 2)
-    timings["total_s"] = round(time.perf_counter() - t_all, 2)
-    metrics["timings"] = timings
-    save_json(metrics, out / "metrics.json")
-    assert model_classes(saved) == classes
+        won = job.best.phase == "probe"
+        known = {"val": probe_info["proba_val"], **({"test": probas["test"]} if won and "test" in probas else {})}
+        same = model_path if won else None  # the saved model *is* the probe: one file, two names
+        metrics["probe"] = _save_probe(
+            job.model, probe_info, out / "probe", job.va, job.te, job.classes, cfg, metrics, known, same
+        )
+    job.timings["eval_s"] = round(time.perf_counter() - t0, 2)
     return metrics
 
 
@@ -837,28 +463,15 @@ def _map_phase(model, cfg: TrainConfig, tr, va, backbone: str, size: int, cw, be
     Returns ``(the model to save, the phase's record, its history)``: the assembled map-head
     classifier when it beat every earlier state on validation, else ``model`` unchanged.
     """
-    if not 1 <= int(cfg.map_flips) <= len(maphead.FLIPS):
-        raise InputError(f"map_flips must be 1 to {len(maphead.FLIPS)}, got {cfg.map_flips}")
     t0 = time.perf_counter()
     src, trunk, cut = maphead.map_source(model, cfg.map_fraction, backbone, size, cfg.policy, cfg.batch_size)
     train_maps = [src.maps(list(tr.path), c) for c in maphead.FLIPS[: int(cfg.map_flips)]]
     val_maps = np.asarray(src.maps(list(va.path)), np.float32)
     t_maps = time.perf_counter() - t0
     y = tr.label.to_numpy()
-    saved, record, history = maphead.compete(
-        model,
-        trunk,
-        cut,
-        train_maps,
-        y,
-        val_maps,
-        va.label.to_numpy(),
-        best,
-        weights=np.array([cw.get(int(k), 1.0) for k in y], np.float32),
-        cfg=cfg,
-        scores=val_scores,
-        verbose=resolve_verbose(cfg.verbose),
-    )
+    weights = np.array([cw.get(int(k), 1.0) for k in y], np.float32)
+    maps = maphead.MapData(train_maps, y, weights, val_maps, va.label.to_numpy())
+    saved, record, history = maphead.train_map_head(model, trunk, cut, maps, best, cfg)
     record["maps_s"] = round(t_maps, 2)
     return saved, record, history
 

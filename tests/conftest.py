@@ -54,27 +54,79 @@ def needs_weights(test):
     return pytest.mark.shared(_skip_weights(test))
 
 
-#: Fixtures that train or export models: every test using one is in the ``slow`` tier. Under
-#: pytest-xdist (``make test`` runs two workers with ``--dist loadgroup``) the tests sharing one
-#: such fixture run on one worker, so each expensive fixture is built once.
-SLOW_FIXTURES = {
-    "smoke_models": "smoke_models",
-    "members": "smoke_models",
-    "demo_run": "demo_run",
-    "exported": "exported",
-    "pad_model": "pad_model",
-    "trained": "trained",
-    "distilled": "distilled",
-}
+def trains(fixture_function):
+    """Declares that a fixture trains, exports or runs a notebook: every test using it, directly or
+    through another fixture, is in the ``slow`` tier. Put it under ``@pytest.fixture``."""
+    fixture_function.gc10_slow = True
+    return fixture_function
+
+
+def _slow_fixtures(item) -> list[str]:
+    """The fixtures an item uses (its whole closure) that are declared with :func:`trains`."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return []
+    found = []
+    for name in info.names_closure:
+        for fdef in info.name2fixturedefs.get(name, ()):
+            func = getattr(fdef, "func", None)
+            if getattr(func, "gc10_slow", False) or getattr(getattr(func, "__wrapped__", None), "gc10_slow", False):
+                found.append(name)
+                break
+    return found
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
+    """Tests using a fixture that trains are ``slow``; under pytest-xdist (``make test`` runs two workers
+    with ``--dist loadgroup``) the tests sharing such a fixture run on one worker, so it is built once."""
     for item in items:
-        used = [SLOW_FIXTURES[f] for f in getattr(item, "fixturenames", ()) if f in SLOW_FIXTURES]
+        used = _slow_fixtures(item)
         if used:
             item.add_marker(pytest.mark.slow)
             item.add_marker(pytest.mark.xdist_group(sorted(used)[0]))
+
+
+class TrainedInFastTier(AssertionError):
+    """A test outside the ``slow`` tier trained, exported or ran a notebook."""
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_do_not_train(request, monkeypatch):
+    """The tiers cannot drift: a test that is not ``slow`` fails the moment it fits a model, converts one
+    to LiteRT, executes a notebook or starts a whole ``gc10 run``. Mark it ``slow`` (or use a
+    fixture declared with :func:`trains`)."""
+    if request.node.get_closest_marker("slow") is not None:
+        yield
+        return
+    import keras
+    import papermill
+    import tensorflow as tf
+
+    def refuse(what):
+        def guard(*args, **kwargs):
+            raise TrainedInFastTier(f"{request.node.nodeid} {what} but is not marked slow")
+
+        return guard
+
+    monkeypatch.setattr(keras.Model, "fit", refuse("fits a model"))
+    monkeypatch.setattr(keras.Model, "export", refuse("exports a model"))
+    for make in ("from_saved_model", "from_keras_model", "from_concrete_functions"):
+        monkeypatch.setattr(tf.lite.TFLiteConverter, make, refuse("converts a model to LiteRT"))
+    monkeypatch.setattr(papermill, "execute_notebook", refuse("executes a notebook"))
+    real_run = subprocess.run
+
+    def whole_run(cmd) -> bool:
+        words = [str(w) for w in (cmd if isinstance(cmd, (list, tuple)) else str(cmd).split())]
+        return "gc10lib.cli" in words and "run" in words and "--dry-run" not in words and "--list-configs" not in words
+
+    def run(cmd, *a, **k):
+        if whole_run(cmd):
+            refuse("starts a whole gc10 run")()
+        return real_run(cmd, *a, **k)
+
+    monkeypatch.setattr(subprocess, "run", run)
+    yield
 
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -120,6 +172,7 @@ def smoke_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+@trains
 def smoke_models(smoke_data, tmp_path_factory):
     """All six backbones trained at smoke size (75 px, random init, 1+1 epochs)."""
     from gc10lib import training

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import WEIGHTS, needs_weights
+from conftest import WEIGHTS, needs_weights, trains
 
 from gc10lib import data, distill, maphead, training
 from gc10lib.backbones import build_classifier, load_model, save_model
@@ -128,6 +128,7 @@ def test_unknown_cli_parameter_is_a_clear_error(tmp_path):
 
 
 @pytest.fixture(scope="module")
+@trains
 def distilled(smoke_data, tmp_path_factory):
     """A run folder with one trained MobileNet (the teacher) and a MobileNetV2 student taught by it,
     with real ImageNet weights from ../shared/weights, at 75 px."""
@@ -246,6 +247,7 @@ def test_notebook_06_defaults_are_distill_config_defaults():
     assert not wrong, f"06 parameters differ from DistillConfig (notebook, DistillConfig): {wrong}"
 
 
+@pytest.mark.slow
 def test_unlabelled_images_count_through_the_teacher(smoke_data, tmp_path):
     """Images from ``unlabelled_dir`` join the training set with the teacher's targets alone."""
     import shutil
@@ -295,6 +297,7 @@ def test_config_names_for_the_students_own_fine_tune():
     assert cfg.lr_finetune == distill.DistillConfig().lr_finetune  # not the backbones' 3e-5
 
 
+@pytest.mark.slow
 def test_student_map_head_trains_on_each_views_soft_targets_and_is_saved(smoke_data, tmp_path):
     """With no head epochs and no fine-tune, the student's map head is the only candidate: it is saved."""
     root, split = smoke_data
@@ -330,6 +333,7 @@ def test_student_map_head_trains_on_each_views_soft_targets_and_is_saved(smoke_d
 
 
 @pytest.fixture(scope="module")
+@trains
 def map_teacher(smoke_data, tmp_path_factory):
     """A run folder whose only model is a MobileNet map-head classifier (ImageNet weights, 64 px),
     its maps of four flips cached by its training."""

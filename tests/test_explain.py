@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import trains
 
 from gc10lib import explain
 from gc10lib.inputs import resize_geometry
@@ -65,6 +66,7 @@ def test_summary_counts_images_without_boxes():
 
 
 @pytest.fixture(scope="module")
+@trains
 def trained(synth_root, tmp_path_factory):
     """MobileNet with real ImageNet weights, head trained on 12 synthetic images per class at 224 px."""
     import os

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import WEIGHTS, XSDD, needs_shared, needs_weights
+from conftest import WEIGHTS, XSDD, needs_shared, needs_weights, trains
 
 from gc10lib import data
 from gc10lib.backbones import load_model
@@ -18,6 +18,7 @@ from gc10lib.predict import KerasPredictor, LiteRTPredictor, load_predictor, sid
 
 
 @pytest.fixture(scope="module")
+@trains
 def exported(smoke_data, tmp_path_factory):
     """MobileNetV2 with real ImageNet weights (from ../shared/weights), head trained on synthetic data.
 

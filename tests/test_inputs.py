@@ -93,7 +93,7 @@ def test_augmentation_ops_are_chosen_and_validated():
 
 
 def test_feature_cache_key_depends_on_augmentation_ops():
-    from gc10lib.training import feature_cache_path
+    from gc10lib.features import feature_cache_path
 
     args = ("mobilenet", "w", 224, "stretch", ["a.png"])
     default = feature_cache_path(*args, 1, 42)

@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import fresh_process_gap
+from conftest import fresh_process_gap, trains
 
-from gc10lib import data, export, maphead, training
+from gc10lib import data, export, features, maphead, training
 from gc10lib.backbones import build_classifier, load_model
 from gc10lib.errors import InputError
 from gc10lib.explain import gradcam
@@ -76,6 +76,7 @@ def test_maps_are_cached_and_flipped(smoke_data, monkeypatch):
 
 
 @pytest.fixture(scope="module")
+@trains
 def map_run(smoke_data, tmp_path_factory):
     """A run in which the map head is the only candidate (no probe, no head epochs), so it is saved."""
     root, split = smoke_data
@@ -163,6 +164,7 @@ def test_gradcam_and_export_take_a_map_head_classifier(map_run, tmp_path):
     assert lite.output == "logits" and np.allclose(lite(x).sum(1), 1.0)
 
 
+@pytest.mark.slow
 def test_map_head_that_loses_leaves_the_model_and_best_state_alone(smoke_data):
     root, split = smoke_data
     man = data.read_split(split)
@@ -200,6 +202,7 @@ def _map_run_config(augment: list[str], epochs: int) -> training.TrainConfig:
     )
 
 
+@pytest.mark.slow
 def test_a_map_head_run_takes_its_features_from_the_maps_and_runs_the_trunk_once_per_flip(
     smoke_data, tmp_path, monkeypatch
 ):
@@ -209,10 +212,10 @@ def test_a_map_head_run_takes_its_features_from_the_maps_and_runs_the_trunk_once
     root, split = smoke_data
     monkeypatch.setenv("GC10_CACHE_DIR", str(tmp_path / "cache"))
     cfg = _map_run_config(["flip"], epochs=2)
-    assert training.uses_maps_for_features(cfg) and training.augmented_views_from_maps(cfg)
-    assert not training.uses_maps_for_features(training.TrainConfig(map_head=False))
-    assert not training.augmented_views_from_maps(training.TrainConfig(map_head=True, augment=["flip", "shift"]))
-    assert not training.augmented_views_from_maps(training.TrainConfig(map_head=True, augment=["flip"], map_flips=2))
+    assert features.uses_maps_for_features(cfg) and features.augmented_views_from_maps(cfg)
+    assert not features.uses_maps_for_features(training.TrainConfig(map_head=False))
+    assert not features.augmented_views_from_maps(training.TrainConfig(map_head=True, augment=["flip", "shift"]))
+    assert not features.augmented_views_from_maps(training.TrainConfig(map_head=True, augment=["flip"], map_flips=2))
     trunk_calls = []
     real_maps_of = maphead.maps_of
     monkeypatch.setattr(maphead, "maps_of", lambda *a, **k: trunk_calls.append(1) or real_maps_of(*a, **k))
@@ -220,7 +223,7 @@ def test_a_map_head_run_takes_its_features_from_the_maps_and_runs_the_trunk_once
     def no_full_pass(*a, **k):
         raise AssertionError("the whole backbone ran over the images for phase-1 features")
 
-    monkeypatch.setattr(training, "extract_features", no_full_pass)
+    monkeypatch.setattr(features, "extract_features", no_full_pass)
     m = training.train_backbone(cfg, root, tmp_path / "run", split_csv=split)
     assert m["timings"]["features_from"] == "maps"
     assert len(trunk_calls) == len(maphead.FLIPS) + 1  # four flips of the training images, the val images
@@ -232,9 +235,8 @@ def test_a_map_head_run_takes_its_features_from_the_maps_and_runs_the_trunk_once
     tr, va = (list(man[man.subset == s].path) for s in ("train", "val"))
     model, source = build_classifier("mobilenet", data.split_classes(split), 64, None, seed=0)
     training.calibrate_batchnorm(model, ImageCache(64, "stretch").load(tr).astype("float32"))
-    xs, xv, cached = training.features_from_maps(
-        model, tr, va, cfg=cfg, backbone="mobilenet", size=64, weights_source="random", views=2
-    )
+    src = features.FeatureSource(model, cfg, "mobilenet", 64, "random")
+    xs, xv, cached = features.features_from_maps(src, tr, va, views=2)
     assert len(xs) == 2 and not any(cached)
     pool = keras.Model(model.inputs, model.get_layer("pool").output)
     images = ImageCache(64, "stretch").load(tr)
@@ -245,13 +247,12 @@ def test_a_map_head_run_takes_its_features_from_the_maps_and_runs_the_trunk_once
     np.testing.assert_allclose(xs[0], pool.predict(images.astype("float32"), verbose=0), atol=2e-3 * scale)
     np.testing.assert_allclose(xs[1], pool.predict(flipped, verbose=0), atol=2e-3 * scale)
     assert np.abs(xs[1] - xs[0]).max() > 1e-2 * scale  # and the flips changed them
-    again = training.features_from_maps(
-        model, tr, va, cfg=cfg, backbone="mobilenet", size=64, weights_source="random", views=2
-    )
+    again = features.features_from_maps(src, tr, va, views=2)
     assert all(again[2])  # cached, keyed by the cut
     np.testing.assert_array_equal(again[0][1], xs[1])
 
 
+@pytest.mark.slow
 def test_other_augmentation_takes_only_the_plain_view_and_val_from_the_maps(smoke_data, tmp_path, monkeypatch):
     """With shifts as well as flips, the maps cannot hold the augmented view: it is one pass of the
     whole model over augmented images (as without maps), while the plain view and the val images
@@ -260,10 +261,10 @@ def test_other_augmentation_takes_only_the_plain_view_and_val_from_the_maps(smok
     monkeypatch.setenv("GC10_CACHE_DIR", str(tmp_path / "cache"))
     cfg = _map_run_config(["flip", "shift"], epochs=1)
     trunk_calls, full_passes = [], []
-    real_maps_of, real_extract = maphead.maps_of, training.extract_features
+    real_maps_of, real_extract = maphead.maps_of, features.extract_features
     monkeypatch.setattr(maphead, "maps_of", lambda *a, **k: trunk_calls.append(1) or real_maps_of(*a, **k))
     monkeypatch.setattr(
-        training, "extract_features", lambda *a, **k: full_passes.append(k["view"]) or real_extract(*a, **k)
+        features, "extract_features", lambda *a, **k: full_passes.append(k["view"]) or real_extract(*a, **k)
     )
     m = training.train_backbone(cfg, root, tmp_path / "run", split_csv=split)
     assert m["timings"]["features_from"] == "maps and images"

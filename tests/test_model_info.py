@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import trains
 
 from gc10lib import cli, data, export, training
 from gc10lib.backbones import build_classifier, load_model
@@ -16,6 +17,7 @@ from gc10lib.predict import KerasPredictor, LiteRTPredictor, evaluate_model, pre
 
 
 @pytest.fixture(scope="module")
+@trains
 def pad_model(smoke_data, tmp_path_factory):
     root, split = smoke_data
     cfg = training.TrainConfig(

@@ -13,8 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import trains
 
 from gc10lib import pipeline, records
+from gc10lib.runfolder import RunFolder
 
 SMOKE = [
     "-p",
@@ -65,6 +67,7 @@ def gc10_run(
 
 
 @pytest.fixture(scope="module")
+@trains
 def demo_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("work")
     # a relative --runs-root, as `make run` uses: notebooks run with cwd=notebooks/, so paths must be absolute
@@ -231,10 +234,12 @@ def test_every_config_key_is_a_known_parameter(config):
     assert not unknown, f"{config}: keys no notebook or the runner reads: {unknown}"
 
 
-def test_unknown_parameter_is_rejected_before_anything_runs(tmp_path):
-    r = gc10_run("--config", "demo", "-p", "epocs_head", "3", runs_root=tmp_path, timeout=120)
-    assert r.returncode == 2
-    assert "unknown parameter 'epocs_head'" in r.stderr and "epochs_head" in r.stderr
+def test_unknown_parameter_is_rejected_before_anything_runs(tmp_path, capsys):
+    from gc10lib import cli
+
+    assert cli.main(["run", "--config", "demo", "-p", "epocs_head", "3", "--runs-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown parameter 'epocs_head'" in err and "epochs_head" in err
     assert not any(tmp_path.iterdir())
 
 
@@ -247,9 +252,9 @@ def test_existing_run_is_never_overwritten(demo_run):
 
 
 def test_default_names_never_collide(tmp_path):
-    a = pipeline.choose_run_dir(tmp_path, None, "demo", resume=False)
+    a = RunFolder.choose(tmp_path, None, "demo", resume=False).dir
     a.mkdir()
-    b = pipeline.choose_run_dir(tmp_path, None, "demo", resume=False)
+    b = RunFolder.choose(tmp_path, None, "demo", resume=False).dir
     assert a != b and not b.exists()
 
 
