@@ -1,7 +1,7 @@
 # gc10lib — two commands do all the set-up on a fresh machine:
 #   make run    install if needed, then run the demo pipeline on the embedded synthetic data
 #   make test   install if needed, then ruff (lint and format) + the whole pytest suite
-#   make test-fast   the tests that train, export and run no notebooks (under 3 minutes on 2 CPU cores)
+#   make test-fast   the tests that train, export and run no notebooks (under 2 minutes on 2 CPU cores)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -40,6 +40,7 @@ test-fast: install lint
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check gc10lib tests benchmarks notebooks docs
+	$(BIN)/mypy
 
 clean-cache:
 	rm -rf .cache/gc10lib

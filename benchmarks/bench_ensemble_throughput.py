@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gc10lib import backbones, ensemble
+from gc10lib import backbones, ensembles
 from gc10lib.data import IMAGE_EXTENSIONS
 from gc10lib.inputs import load_rgb, resize_array
 
@@ -48,7 +48,7 @@ def main() -> None:
         )[0]
         for m in args.members
     ]
-    ens = ensemble.build_ensemble(models, "mean")
+    ens = ensembles.build_ensemble(models, "mean")
     for m in (*models, ens):  # warm-up: graph tracing is not throughput
         m.predict(np.zeros((args.batch, args.size, args.size, 3), "float32"), verbose=0)
     print(f"{len(paths)} images from {args.image_dir}; members {args.members} at {args.size} px; batch {args.batch}")

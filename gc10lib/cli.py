@@ -31,7 +31,7 @@ def _data_summary(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = data.discover(args.path)
+        ds = data.discover(args.data)
     _echo_skipped(caught)
     s = data.summarize(ds)
     if args.json:
@@ -62,7 +62,7 @@ def _data_summary(args: argparse.Namespace) -> int:
 def _data_split(args: argparse.Namespace) -> int:
     from gc10lib import data
 
-    ds = data.discover(args.path)
+    ds = data.discover(args.data)
     man = data.split_dataset(ds, args.fractions, args.seed)
     out = data.write_split(
         man, args.out, ds.root, classes=ds.classes, seed=args.seed, fractions=args.fractions, overwrite=args.overwrite
@@ -100,19 +100,15 @@ def _run(args: argparse.Namespace) -> int:
         for name, text in pipeline.list_configs().items():
             print(f"{name:<10} {text}")
         return 0
+    overrides = [*(args.parameters or []), *([("data_dir", args.data)] if args.data else [])]
     if args.dry_run:
-        for step in pipeline.dry_run(args.config, args.parameters or [], args.runs_root):
+        for step in pipeline.dry_run(args.config, overrides, args.runs_root):
             print(f"{step.id} ({step.notebook}.ipynb)")
             for k, v in step.params.items():
                 print(f"    {k} = {v!r}")
         return 0
     return main_run(
-        args.config,
-        args.parameters or [],
-        args.name,
-        args.resume,
-        args.runs_root,
-        echo=lambda line: print(line, flush=True),
+        args.config, overrides, args.name, args.resume, args.runs_root, echo=lambda line: print(line, flush=True)
     )
 
 
@@ -143,7 +139,7 @@ def _echo_skipped(caught) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from gc10lib.evaluation import headline
-    from gc10lib.predict import evaluate_model
+    from gc10lib.inference import evaluate_model
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -160,13 +156,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from gc10lib.predict import predict_files
+    from gc10lib.inference import predict_files
 
     if args.out and Path(args.out).exists():  # checked before inference, not after
         raise OutputExistsError(f"{args.out}: already exists; choose another --out.")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        df = predict_files(args.model, args.paths, top_k=args.top_k, policy=args.policy)
+        df = predict_files(args.model, args.paths, top_k=args.top_k, policy=args.policy, batch_size=args.batch_size)
     _echo_skipped(caught)
     if args.out:
         print(f"wrote {len(df)} predictions to {_write_new_csv(df, args.out)}")
@@ -184,14 +180,14 @@ def _export(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     info = model_info(model)
     rep = None
-    if args.format == "int8":
+    if args.variant == "int8":
         if not args.data:
-            raise InputError("--format int8 needs --data (and preferably --split-csv) for calibration images")
+            raise InputError("--variant int8 needs --data (and preferably --split-csv) for calibration images")
         rep = representative_images(
             args.data, args.split_csv, info.input_size, n=args.calibration, policy=args.policy or info.policy
         )
-    out = export_litert(model, args.out, args.format, representative=rep, float_stem=not args.full_integer)
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB, {args.format})")
+    out = export_litert(model, args.out, args.variant, representative=rep, float_stem=not args.full_integer)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB, {args.variant})")
     return 0
 
 
@@ -218,7 +214,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _ensemble(args: argparse.Namespace) -> int:
-    from gc10lib.ensemble import ensemble_run, find_recipe, materialize
+    from gc10lib.ensembles import ensemble_run, find_recipe, materialize
 
     if args.materialize:
         path = materialize(find_recipe(args.run, args.materialize))
@@ -232,7 +228,7 @@ def _ensemble(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from gc10lib.quantize import markdown_table, quantize_run
+    from gc10lib.quantization import markdown_table, quantize_run
 
     data_dir, split = _run_inputs(args)
     table = quantize_run(
@@ -253,7 +249,7 @@ def _quantize(args: argparse.Namespace) -> int:
 
 def _distill(args: argparse.Namespace) -> int:
     from gc10lib.config import DistillConfig, apply_overrides
-    from gc10lib.distill import DEPLOY_COLUMNS, distill_run
+    from gc10lib.distillation import DEPLOY_COLUMNS, distill_run
     from gc10lib.pipeline import load_config
 
     params = load_config(args.config) if args.config else {}
@@ -274,7 +270,7 @@ def _distill(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from gc10lib.explain import explain_run
+    from gc10lib.explanation import explain_run
 
     data_dir, split = _run_inputs(args)
     table, _ = explain_run(args.run, data_dir, split, args.out, args.models, per_class=args.per_class, seed=args.seed)
@@ -283,74 +279,90 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_parameter_option(parser: argparse.ArgumentParser, help_text: str) -> None:
-    parser.add_argument(
-        "-p", "--parameter", dest="parameters", nargs=2, action="append", metavar=("KEY", "VALUE"), help=help_text
-    )
+def _cache(args: argparse.Namespace) -> int:
+    from gc10lib import cache
+
+    if args.action == "info":
+        info = cache.info()
+        print(f"{info['root']}: {cache.human(info['bytes'])} in {info['files']} files")
+        for part, v in info["parts"].items():
+            print(f"  {part:<10} {cache.human(v['bytes']):>10}  {v['files']:>7} files  {cache.PARTS.get(part, '')}")
+        return 0
+    freed = cache.clear(args.part)
+    print(f"removed {cache.human(freed)} from {cache.info()['root']}")
+    return 0
 
 
-def _step_parser(sub, name: str, help_text: str, func, example: str) -> argparse.ArgumentParser:
-    s = _command(sub, name, help_text, example)
-    s.add_argument("run", help="run folder holding the trained models (searched for metrics.json)")
-    s.add_argument("--data", help="dataset folder (default: the run's data_dir from run.json)")
-    s.add_argument("--split-csv", help="split manifest (default: <run>/split.csv)")
-    s.add_argument("--out", help=f"output folder (default: a fresh runs/{name}-<time>; never overwritten)")
-    s.add_argument("--seed", type=int, default=42, help="seed for sampling and fitting (default 42)")
-    s.set_defaults(func=func)
-    return s
-
-
-def _command(sub, name: str, help_text: str, example: str) -> argparse.ArgumentParser:
-    """A sub-command whose help ends with examples."""
-    return sub.add_parser(
-        name,
-        help=help_text,
-        description=help_text[0].upper() + help_text[1:] + ".",
-        epilog="examples:\n" + "\n".join(f"  {line}" for line in example.strip().splitlines()),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-
+# --------------------------------------------------------------------------- the parser
 
 POLICY_HELP = "override the resize policy the model records (stretch or pad); normally not needed"
 FULL_INTEGER_HELP = (
     "int8 without the float stem (MobileNet/MobileNetV2 keep their preprocessing and first block in "
     "float by default, which keeps their accuracy): for accelerators that run integer ops only"
 )
+OUT_HELP = "a new path for the results, never overwritten"
+MODELS_HELP = "model names in the run, or best_backbone / best_ensemble (chosen on validation)"
+DEPRECATED = "deprecated spelling, kept for one release"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="gc10",
-        description="GC10-DET defect classification toolkit: data checks, training, ensembles, LiteRT export, "
-        "Grad-CAM, and the notebook pipeline.",
-        epilog="examples:\n  gc10 run                      # the demo pipeline on synthetic data (what `make run` does)\n"
-        "  gc10 run --list-configs       # the configurations and what each is for\n"
-        "  gc10 data summary data/gc10   # what a dataset folder holds, and its data-quality table\n"
-        "Each command has its own --help with examples.",
+def _add_parameter_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument(
+        "-p", "--parameter", dest="parameters", nargs=2, action="append", metavar=("KEY", "VALUE"), help=help_text
+    )
+
+
+def _command(sub, name: str, help_text: str, example: str, func=None) -> argparse.ArgumentParser:
+    """A sub-command whose help ends with examples."""
+    s = sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text[0].upper() + help_text[1:] + ".",
+        epilog="examples:\n" + "\n".join(f"  {line}" for line in example.strip().splitlines()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    with contextlib.suppress(PackageNotFoundError):  # a source tree that was never installed has no version
-        p.add_argument("--version", action="version", version=f"gc10lib {version('gc10lib')}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    if func is not None:
+        s.set_defaults(func=func)
+    return s
 
+
+def _step_parser(sub, name: str, help_text: str, func, example: str) -> argparse.ArgumentParser:
+    """A step on a run folder: ``--model RUN`` (the run whose models it reads), ``--data``, ``--split-csv``."""
+    s = _command(sub, name, help_text, example, func)
+    s.add_argument("--model", dest="run", metavar="RUN", help="run folder holding the trained models")
+    s.add_argument("run_positional", nargs="?", metavar="RUN", help=f"{DEPRECATED}: use --model RUN")
+    s.add_argument("--data", help="dataset folder (default: the run's data_dir from run.json)")
+    s.add_argument("--split-csv", help="split manifest (default: <run>/split.csv)")
+    s.add_argument("--out", help=f"output folder, {OUT_HELP} (default: a fresh runs/{name}-<time>)")
+    s.add_argument("--seed", type=int, default=42, help="seed for sampling and fitting (default 42)")
+    return s
+
+
+def _data_argument(s: argparse.ArgumentParser, help_text: str) -> None:
+    """``--data PATH``, with the old positional spelling still accepted."""
+    s.add_argument("--data", help=help_text)
+    s.add_argument("path", nargs="?", metavar="PATH", help=f"{DEPRECATED}: use --data PATH")
+
+
+def _add_data_commands(sub) -> None:
     d = sub.add_parser("data", help="inspect, split, synthesize or download datasets")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     s = _command(
         dsub,
         "summary",
         "layout, class counts, sizes, boxes and data-quality table of a dataset folder",
-        "gc10 data summary ../shared/data/gc10-sample\ngc10 data summary data/gc10 --json > summary.json",
+        "gc10 data summary --data ../shared/data/gc10-sample\ngc10 data summary --data data/gc10 --json > summary.json",
+        _data_summary,
     )
-    s.add_argument("path", help="dataset folder: a Kaggle GC10 download, the original release, or one folder per class")
+    _data_argument(s, "dataset folder: a Kaggle GC10 download, the original release, or one folder per class")
     s.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
-    s.set_defaults(func=_data_summary)
     s = _command(
         dsub,
         "split",
         "write a seeded, stratified, grouped split manifest (CSV plus a .json sidecar)",
-        "gc10 data split data/gc10 --out split.csv --seed 42 --fractions 0.7 0.15 0.15",
+        "gc10 data split --data data/gc10 --out split.csv --seed 42 --fractions 0.7 0.15 0.15",
+        _data_split,
     )
-    s.add_argument("path", help="dataset folder")
+    _data_argument(s, "dataset folder")
     s.add_argument("--out", required=True, help="manifest file to write, ending in .csv (its sidecar is <name>.json)")
     s.add_argument("--seed", type=int, default=42, help="seed of the split (default 42)")
     s.add_argument(
@@ -362,25 +374,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="shares of train, val and test (default 0.7 0.15 0.15)",
     )
     s.add_argument("--overwrite", action="store_true", help="replace an existing manifest and sidecar")
-    s.set_defaults(func=_data_split)
     s = _command(
         dsub,
         "synth",
         "write a synthetic GC10-like dataset in the Kaggle layout (for smoke tests and demos)",
         "gc10 data synth /tmp/synth --per-class 30 --seed 0",
+        _data_synth,
     )
     s.add_argument("out", help="empty folder to write into")
     s.add_argument("--per-class", type=int, default=30, help="images per class (default 30)")
     s.add_argument("--seed", type=int, default=0, help="seed of the generator (default 0)")
-    s.set_defaults(func=_data_synth)
     s = _command(
         dsub,
         "download",
-        "download GC10-DET from Kaggle (needs an API token and network)",
-        "gc10 data download data/gc10\ngc10 data summary data/gc10",
+        "download GC10-DET from Kaggle: public, kagglehub needs no login (the kaggle package, the fallback, "
+        "needs an API token)",
+        "gc10 data download data/gc10\ngc10 data summary --data data/gc10",
+        _data_download,
     )
     s.add_argument("out", help="empty folder to unpack the download into")
-    s.set_defaults(func=_data_download)
+
+
+def _add_training_commands(sub) -> None:
+    from gc10lib.config import BACKBONES
 
     t = _command(
         sub,
@@ -388,96 +404,76 @@ def build_parser() -> argparse.ArgumentParser:
         "train one backbone, as notebook 02 does",
         "gc10 train --backbone mobilenet --data synthetic -p epochs_head 3\n"
         "gc10 train --backbone mobilenet --data ../shared/data/neu-det --config neu --out runs/neu-mobilenet",
+        _train,
     )
-    t.add_argument(
-        "--backbone",
-        required=True,
-        help="a registry name: efficientnet_b5, resnet50_v2, inception_v3, mobilenet, mobilenet_v2, vgg19",
-    )
+    t.add_argument("--backbone", required=True, choices=BACKBONES, metavar="BACKBONE", help=", ".join(BACKBONES))
     t.add_argument("--data", required=True, help="dataset folder, or 'synthetic'")
     t.add_argument("--split-csv", help="split manifest (default: a seeded 70/15/15 split in memory)")
-    t.add_argument("--out", help="output folder (default: a fresh runs/train-<backbone>-<time>)")
+    t.add_argument("--out", help=f"output folder, {OUT_HELP} (default: a fresh runs/train-<backbone>-<time>)")
     t.add_argument("--config", help="take training values from this YAML config (a path or a name in configs/)")
     _add_parameter_option(t, "a TrainConfig field (YAML-parsed), e.g. -p epochs_head 3 -p augment '[flip]'")
-    t.set_defaults(func=_train)
     s = _step_parser(
         sub,
         "ensemble",
         "build, save and compare every ensemble method over a run's backbones",
         _ensemble,
-        "gc10 ensemble runs/neu\ngc10 ensemble runs/neu --methods mean stack --probes\n"
-        "gc10 ensemble runs/neu --materialize mean    # build a .keras from a method's recipe",
+        "gc10 ensemble --model runs/neu\ngc10 ensemble --model runs/neu --methods mean stack --probes\n"
+        "gc10 ensemble --model runs/neu --materialize mean    # build a .keras from a method's recipe",
     )
-    s.add_argument(
-        "--methods",
-        nargs="+",
-        default=["mean", "weighted", "stack", "select"],
-        help="ensemble methods to build (default: all four)",
-    )
+    methods = ["mean", "weighted", "stack", "select"]
+    s.add_argument("--methods", nargs="+", default=methods, choices=methods, help="methods to build (default: all)")
     s.add_argument("--probes", action="store_true", help="also use each backbone's probe as a member")
     s.add_argument(
         "--materialize",
         metavar="METHOD",
-        choices=["mean", "weighted", "stack", "select"],
+        choices=methods,
         help="build the .keras of a method the run kept as a recipe (only the method chosen on validation "
         "is saved as a model); fits and evaluates nothing",
     )
     s = _step_parser(
         sub,
-        "quantize",
-        "LiteRT variants of a run's models against Keras: size, accuracy, speed",
-        _quantize,
-        "gc10 quantize runs/neu\ngc10 quantize runs/neu --models mobilenet --variants int8",
-    )
-    s.add_argument(
-        "--models",
-        nargs="+",
-        default=["best_backbone", "best_ensemble"],
-        help="model names, or best_backbone / best_ensemble (chosen on validation)",
-    )
-    s.add_argument(
-        "--variants",
-        nargs="+",
-        default=["float32", "float16", "dynamic", "int8"],
-        help="LiteRT variants to export and score (default: all four)",
-    )
-    s.add_argument("--max-images", type=int, help="cap on test images (default: all)")
-    s.add_argument("--full-integer", action="store_true", help=FULL_INTEGER_HELP)
-    s = _step_parser(
-        sub,
         "distill",
         "train one small student on a run's chosen ensemble, and its int8 LiteRT file",
         _distill,
-        "gc10 distill runs/xsdd\n"
-        "gc10 distill runs/xsdd -p student mobilenet -p temperature 4 -p unlabelled_dir data/unlabelled",
+        "gc10 distill --model runs/xsdd\n"
+        "gc10 distill --model runs/xsdd -p student mobilenet -p temperature 4 -p unlabelled_dir data/unlabelled",
     )
-    s.add_argument(
-        "--teacher", default="best_ensemble", help="model name, or best_ensemble / best_backbone (chosen on validation)"
-    )
+    s.add_argument("--teacher", default="best_ensemble", help="model name, or best_ensemble / best_backbone")
     s.add_argument("--config", help="take distillation values from this YAML config (a path or a name in configs/)")
     _add_parameter_option(s, "a DistillConfig field (YAML-parsed), e.g. -p epochs_finetune 0 -p alpha 0.9")
     s.add_argument("--no-int8", action="store_true", help="train and evaluate the student only; no LiteRT table")
+
+
+def _add_model_commands(sub) -> None:
+    from gc10lib.config import VARIANTS
+
+    s = _step_parser(
+        sub,
+        "quantize",
+        "LiteRT variants of a run's models against Keras: size, accuracy, speed",
+        _quantize,
+        "gc10 quantize --model runs/neu\ngc10 quantize --model runs/neu --models mobilenet --variants int8",
+    )
+    s.add_argument("--models", nargs="+", default=["best_backbone", "best_ensemble"], help=MODELS_HELP)
+    s.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="LiteRT variants (all)")
+    s.add_argument("--max-images", type=int, help="cap on test images (default: all)")
+    s.add_argument("--full-integer", action="store_true", help=FULL_INTEGER_HELP)
     s = _step_parser(
         sub,
         "explain",
         "Grad-CAM localization of a run's models against the boxes",
         _explain,
-        "gc10 explain runs/neu --per-class 5\ngc10 explain runs/neu --models mobilenet ensemble_mean",
+        "gc10 explain --model runs/neu --per-class 5\ngc10 explain --model runs/neu --models mobilenet ensemble_mean",
     )
-    s.add_argument(
-        "--models",
-        nargs="+",
-        default=["best_backbone", "best_ensemble"],
-        help="model names, or best_backbone / best_ensemble (chosen on validation)",
-    )
+    s.add_argument("--models", nargs="+", default=["best_backbone", "best_ensemble"], help=MODELS_HELP)
     s.add_argument("--per-class", type=int, default=5, help="test images per class (default 5)")
-
     e = _command(
         sub,
         "evaluate",
         "metrics of a .keras or .tflite model on a dataset or one split subset",
         "gc10 evaluate --model runs/neu/steps/02_finetune_mobilenet/model.keras --data ../shared/data/neu-det\n"
         "gc10 evaluate --model m.tflite --data data/gc10 --split-csv runs/x/split.csv --subset test --json",
+        _evaluate,
     )
     e.add_argument("--model", required=True, help="a .keras or .tflite file written by gc10lib")
     e.add_argument("--data", required=True, help="dataset folder (any layout gc10 data reads)")
@@ -485,76 +481,144 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--subset", default="test", choices=["train", "val", "test"], help="subset of --split-csv")
     e.add_argument("--policy", choices=["stretch", "pad"], help=POLICY_HELP)
     e.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
-    e.set_defaults(func=_evaluate)
     pr = _command(
         sub,
         "predict",
-        "top-k classes for image files or folders",
+        "top-k classes for image files or folders (decoded in memory: nothing is cached)",
         "gc10 predict --model model.keras images/ more.jpg --top-k 3 --out preds.csv",
+        _predict,
     )
     pr.add_argument("--model", required=True, help="a .keras or .tflite file written by gc10lib")
     pr.add_argument("paths", nargs="+", help="image files and folders (searched recursively)")
-    pr.add_argument("--out", help="CSV file to write (never overwritten); default: print CSV")
+    pr.add_argument("--out", help=f"CSV file, {OUT_HELP} (default: print CSV)")
     pr.add_argument("--top-k", type=int, default=3, help="classes per image (default 3)")
+    pr.add_argument("--batch-size", type=int, default=32, help="images decoded and predicted at a time (default 32)")
     pr.add_argument("--policy", choices=["stretch", "pad"], help=POLICY_HELP)
-    pr.set_defaults(func=_predict)
     x = _command(
         sub,
         "export",
         "export a .keras model to LiteRT (.tflite)",
-        "gc10 export --model model.keras --format float16 --out model_f16.tflite\n"
-        "gc10 export --model model.keras --format int8 --data data/gc10 --split-csv split.csv --out m_int8.tflite",
+        "gc10 export --model model.keras --variant float16 --out model_f16.tflite\n"
+        "gc10 export --model model.keras --variant int8 --data data/gc10 --split-csv split.csv --out m_int8.tflite",
+        _export,
     )
     x.add_argument("--model", required=True, help="a .keras file written by gc10lib")
     x.add_argument(
-        "--format",
-        required=True,
-        choices=["float32", "float16", "dynamic", "int8"],
+        "--variant",
+        choices=VARIANTS,
         help="float32, float16 (half-size weights), dynamic (int8 weights) or int8 (int8 weights and activations)",
     )
+    x.add_argument("--format", choices=VARIANTS, help=f"{DEPRECATED}: use --variant")
     x.add_argument("--data", help="dataset for int8 calibration images")
     x.add_argument("--split-csv", help="split manifest: calibrate on its train subset")
     x.add_argument("--calibration", type=int, default=200, help="number of calibration images (default 200)")
-    x.add_argument("--out", required=True, help="output .tflite file (never overwritten; its sidecar is <out>.json)")
+    x.add_argument("--out", required=True, help=f"output .tflite file, {OUT_HELP} (its sidecar is <out>.json)")
     x.add_argument("--policy", choices=["stretch", "pad"], help=POLICY_HELP)
     x.add_argument("--full-integer", action="store_true", help=FULL_INTEGER_HELP)
-    x.set_defaults(func=_export)
 
+
+def _add_pipeline_commands(sub) -> None:
     r = _command(
         sub,
         "run",
         "run the notebook pipeline headless with papermill",
-        "gc10 run                                        # configs/demo.yaml\n"
-        "gc10 run --config neu -p data_dir ../shared/data/neu-det --name neu\n"
+        "gc10 run                                        # the demo config on synthetic data\n"
+        "gc10 run --config neu --data ../shared/data/neu-det --name neu\n"
         "gc10 run --config demo -p backbones '[mobilenet, vgg19]' --dry-run\n"
+        "gc10 run --config my.yaml --data data/mine      # a config file of your own\n"
         "gc10 run --resume --name neu                     # after a failure or Ctrl-C",
+        _run,
     )
-    r.add_argument("--config", default="demo", help="YAML config, or a name in configs/ (default: demo)")
+    r.add_argument("--config", default="demo", help="a YAML config file, or the name of a bundled one (default: demo)")
+    r.add_argument("--data", help="dataset folder (the same as -p data_dir PATH)")
     _add_parameter_option(r, "override a config value (YAML-parsed), e.g. -p data_dir ../data -p epochs_head 3")
     r.add_argument("--name", help="run folder name under --runs-root (default: <config>-<time>)")
     r.add_argument("--resume", action="store_true", help="continue the run --name: skip finished steps")
     r.add_argument("--runs-root", default="runs", help="folder holding the run folders (default: runs)")
     r.add_argument("--dry-run", action="store_true", help="print the steps and their parameters; run nothing")
-    r.add_argument("--list-configs", action="store_true", help="list the configurations in configs/ and exit")
-    r.set_defaults(func=_run)
+    r.add_argument("--list-configs", action="store_true", help="list the bundled configurations and exit")
     c = _command(
         sub,
         "compare",
         "mean and std per model over finished runs (e.g. one per seed)",
         "for s in 42 43 44; do gc10 run --config xsdd -p seed $s --name xsdd-s$s; done\n"
         "gc10 compare runs/xsdd-s42 runs/xsdd-s43 runs/xsdd-s44 --out seeds.csv",
+        _compare,
     )
     c.add_argument("runs", nargs="+", help="run folders holding summary.json")
-    c.add_argument("--out", help="also write the table as CSV (never overwritten)")
-    c.set_defaults(func=_compare)
+    c.add_argument("--out", help=f"also write the table as CSV, {OUT_HELP}")
+    k = _command(
+        sub,
+        "cache",
+        "the size of gc10lib's cache ($GC10_CACHE_DIR, default ~/.cache/gc10lib), or clear it",
+        "gc10 cache info\ngc10 cache clear --part images",
+        _cache,
+    )
+    k.add_argument("action", choices=["info", "clear"], help="info: sizes per part; clear: delete cached files")
+    k.add_argument("--part", help="with clear: only this part (images, features, maps, distill); default: all")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``gc10`` argument parser; backbone names and LiteRT variants come from their registries."""
+    p = argparse.ArgumentParser(
+        prog="gc10",
+        description="GC10-DET defect classification toolkit: data checks, training, ensembles, LiteRT export, "
+        "Grad-CAM, and the notebook pipeline.",
+        epilog="examples:\n  gc10 run                      # the demo pipeline on synthetic data (what `make run` does)\n"
+        "  gc10 run --list-configs       # the configurations and what each is for\n"
+        "  gc10 data summary --data data/gc10   # what a dataset folder holds, and its data-quality table\n"
+        "A model is always --model (a file, or for ensemble/quantize/distill/explain a run folder), data "
+        "always --data, and --out a new path that is never overwritten. Each command has its own --help.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    with contextlib.suppress(PackageNotFoundError):  # a source tree that was never installed has no version
+        p.add_argument("--version", action="version", version=f"gc10lib {version('gc10lib')}")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="also print gc10lib's debug messages")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_data_commands(sub)
+    _add_training_commands(sub)
+    _add_model_commands(sub)
+    _add_pipeline_commands(sub)
     return p
+
+
+def _normalize(args: argparse.Namespace) -> None:
+    """Old spellings (a positional run folder or dataset, ``export --format``) still work for one
+    release, with a note saying the new one; a missing run folder is the usual usage error."""
+    old = [
+        ("run_positional", "run", "--model RUN"),
+        ("path", "data", "--data PATH"),
+        ("format", "variant", "--variant"),
+    ]
+    for attr, new, spelling in old:
+        value = getattr(args, attr, None)
+        if value is None:
+            continue
+        if getattr(args, new, None) is None:
+            setattr(args, new, value)
+        print(f"gc10: note: that spelling is deprecated; use {spelling}", file=sys.stderr)
+    for attr, flag in (("run", "--model RUN"), ("data", "--data PATH"), ("variant", "--variant")):
+        if hasattr(args, attr) and getattr(args, attr) is None and _required(args, attr):
+            raise Gc10Error(f"{args.command}: {flag} is required")
+
+
+def _required(args: argparse.Namespace, attr: str) -> bool:
+    """Whether ``attr`` must be given: a step's run folder, a data command's dataset, export's variant."""
+    if attr == "run":
+        return hasattr(args, "run_positional")
+    if attr == "data":
+        return hasattr(args, "path") and args.command == "data"
+    return attr == "variant" and args.command == "export"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # other libraries: warnings only
-    logging.getLogger("gc10lib").setLevel(logging.INFO)
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.getLogger("gc10lib").setLevel(level)
     try:
+        _normalize(args)
         return int(args.func(args) or 0)
     except Gc10Error as exc:
         print(f"gc10: error: {exc}", file=sys.stderr)

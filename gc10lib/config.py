@@ -48,6 +48,8 @@ FINETUNE_OPTIMIZERS = ("sgd", "adam", "lamb")
 MONITORS = ("val_loss", "val_macro_f1")
 CLASS_WEIGHTS = ("balanced", "sqrt", "none")
 POLICIES = ("stretch", "pad")
+#: LiteRT variants of an export (gc10lib.export), smallest change first
+VARIANTS = ("float32", "float16", "dynamic", "int8")
 
 
 def setting(
@@ -188,7 +190,11 @@ class PhaseConfig(Settings):
 
 @dataclass
 class TrainConfig(PhaseConfig):
-    """Everything that shapes one backbone's training run (notebook ``02_finetune``, ``gc10 train``)."""
+    """Everything that shapes one backbone's training run (notebook ``02_finetune``, ``gc10 train``).
+
+    >>> cfg = TrainConfig(backbone="mobilenet", img_size=224, map_head=True, epochs_finetune=0)
+    >>> TrainConfig.from_params(yaml.safe_load(open("my.yaml")))   # the names it knows; ranges checked
+    """
 
     backbone: str = setting("mobilenet", choices=BACKBONES)
     policy: str = setting("stretch", choices=POLICIES)  # resize policy, see gc10lib.inputs
@@ -215,7 +221,11 @@ class TrainConfig(PhaseConfig):
 
 @dataclass
 class DistillConfig(PhaseConfig):
-    """Everything that shapes one student's training (notebook ``06_distill``, ``gc10 distill``)."""
+    """Everything that shapes one student's training (notebook ``06_distill``, ``gc10 distill``).
+
+    >>> DistillConfig(student="mobilenet_v2", temperature=4.0, epochs_finetune=0)
+    >>> DistillConfig.from_params({"student_epochs_finetune": 2})   # a flat pipeline config's spelling
+    """
 
     ALIASES: ClassVar[dict[str, str]] = {
         "epochs_finetune": "student_epochs_finetune",

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 
 class Gc10Error(Exception):
-    """Base of every error gc10lib raises on purpose; the message names the file and the problem."""
+    """Base of every error gc10lib raises on purpose; the message names the file and the problem.
+
+    >>> try:
+    ...     gc10lib.inference("model.keras", "empty_folder/")
+    ... except gc10lib.Gc10Error as exc:
+    ...     print(exc)   # empty_folder/: no image files found (looked for .jpg, ...)
+    """
 
 
 class InputError(Gc10Error, ValueError):

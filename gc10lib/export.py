@@ -3,7 +3,7 @@
 Post-training quantization is the path: ``tensorflow-model-optimization`` (quantization-aware
 training) does not support Keras 3. The converter path is Keras 3 ``model.export`` to a SavedModel,
 then ``tf.lite.TFLiteConverter.from_saved_model``; inference uses the ``ai-edge-litert``
-interpreter (:class:`gc10lib.predict.LiteRTPredictor`), not the deprecated ``tf.lite.Interpreter``.
+interpreter (:class:`gc10lib.inference.LiteRTPredictor`), not the deprecated ``tf.lite.Interpreter``.
 
 Variants: ``float32``; ``float16`` (weights stored as float16); ``dynamic`` (int8 weights, float
 activations); ``int8`` (full-integer, calibrated on ~200 training images made with the model's own
@@ -32,7 +32,7 @@ integer-only accelerators need.
 
 Each ``.tflite`` gets a sidecar ``<name>.tflite.json`` with the class names, input size, resize
 policy, variant and ``output`` (``probabilities`` or ``logits``);
-:class:`gc10lib.predict.LiteRTPredictor` applies the softmax to a ``logits`` file itself.
+:class:`gc10lib.inference.LiteRTPredictor` applies the softmax to a ``logits`` file itself.
 """
 
 from __future__ import annotations
@@ -51,13 +51,12 @@ from tensorflow.lite.tools import flatbuffer_utils
 
 from gc10lib import data
 from gc10lib.backbones import REGISTRY, load_model
+from gc10lib.config import VARIANTS
 from gc10lib.errors import InputError, OutputExistsError
+from gc10lib.inference import sidecar
 from gc10lib.inputs import ImageCache
 from gc10lib.layers import ClassNames, ModelInfo, model_info
 from gc10lib.maphead import is_map_head
-from gc10lib.predict import sidecar
-
-VARIANTS = ("float32", "float16", "dynamic", "int8")
 
 
 def fold_head_normalization(model, activation: str | None = "softmax"):
@@ -130,7 +129,7 @@ def float_stem_layers(info: ModelInfo) -> list[str]:
 
 
 def write_sidecar(out: Path, info: ModelInfo, variant: str, output: str, float_layers: Sequence[str] = ()) -> Path:
-    """``<out>.json`` beside a ``.tflite``: what :class:`gc10lib.predict.LiteRTPredictor` needs to read it."""
+    """``<out>.json`` beside a ``.tflite``: what :class:`gc10lib.inference.LiteRTPredictor` needs to read it."""
     full_integer = variant == "int8" and not float_layers
     meta = {
         "classes": info.classes,

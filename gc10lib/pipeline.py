@@ -33,7 +33,7 @@ import papermill as pm
 import yaml
 from jupyter_client.manager import AsyncKernelManager
 
-from gc10lib import data, synth
+from gc10lib import data, resources, synth
 from gc10lib.config import apply_overrides as apply_parameter_overrides
 from gc10lib.config import check_run_config
 from gc10lib.errors import Gc10Error, NotFoundError
@@ -44,10 +44,9 @@ from gc10lib.settings import writable_dir
 
 log = logging.getLogger(__name__)
 
-PACKAGE_ROOT = Path(__file__).resolve().parent
-REPO_ROOT = PACKAGE_ROOT.parent
-NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-CONFIG_DIR = REPO_ROOT / "configs"
+NOTEBOOK_DIR = resources.notebooks_dir()
+CONFIG_DIR = resources.configs_dir()
+REPO_ROOT = resources.REPO_ROOT  # where git is asked for the commit (a clone; elsewhere git says nothing)
 
 #: Keys that only the runner reads (not forwarded to notebooks).
 RUNNER_DEFAULTS = {
@@ -58,6 +57,7 @@ RUNNER_DEFAULTS = {
     "synthetic_per_class": 30,
     "fractions": [0.7, 0.15, 0.15],
     "img_sizes": {},
+    "notebooks_dir": "",  # a folder of your own numbered notebooks (default: gc10lib's own)
 }
 RUNNER_KEYS = set(RUNNER_DEFAULTS)
 #: Kernel start-up arguments: no "Kernel is running over TCP without encryption" warning per step.
@@ -133,7 +133,12 @@ def notebook_parameters(notebook: str | Path) -> dict[str, str]:
 
 def notebooks_for(cfg: dict) -> list[str]:
     """The notebooks a config runs, in order (default: every numbered notebook in notebooks/)."""
-    return list(cfg.get("notebooks") or sorted(p.stem for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb")))
+    return list(cfg.get("notebooks") or sorted(p.stem for p in notebook_folder(cfg).glob("[0-9][0-9]_*.ipynb")))
+
+
+def notebook_folder(cfg: dict) -> Path:
+    """Where a config's notebooks are: its ``notebooks_dir``, else gc10lib's own."""
+    return resources.notebooks_dir(cfg.get("notebooks_dir")) if cfg.get("notebooks_dir") else NOTEBOOK_DIR
 
 
 def parameter_defaults(cfg: dict) -> dict:
@@ -141,7 +146,7 @@ def parameter_defaults(cfg: dict) -> dict:
     value, else the notebook parameter's default (``None`` where neither says)."""
     defaults: dict = copy.deepcopy(RUNNER_DEFAULTS)
     for nb in notebooks_for(cfg):
-        path = NOTEBOOK_DIR / f"{nb}.ipynb"
+        path = notebook_folder(cfg) / f"{nb}.ipynb"
         if path.is_file():
             for k, source in notebook_parameters(path).items():
                 defaults.setdefault(k, _literal(source))
@@ -166,8 +171,8 @@ def plan_steps(cfg: dict, run_dir: Path) -> list[Step]:
     """The ordered steps of a run with their notebook parameters."""
     planned: list[tuple[str, str, dict]] = []
     for nb in notebooks_for(cfg):
-        if not (NOTEBOOK_DIR / f"{nb}.ipynb").is_file():
-            raise PipelineError(f"notebook {nb!r} not found in {NOTEBOOK_DIR}")
+        if not (notebook_folder(cfg) / f"{nb}.ipynb").is_file():
+            raise PipelineError(f"notebook {nb!r} not found in {notebook_folder(cfg)}")
         stem = nb.split("_", 1)[1] if nb[:2].isdigit() else nb
         if nb.startswith("02_"):
             for bb in cfg.get("backbones") or []:
@@ -183,7 +188,7 @@ def plan_steps(cfg: dict, run_dir: Path) -> list[Step]:
 
 def step_parameters(step: Step, cfg: dict, run_dir: Path) -> dict:
     """Only the parameters the step's notebook declares, from config, run and step."""
-    declared = notebook_parameters(NOTEBOOK_DIR / f"{step.notebook}.ipynb")
+    declared = notebook_parameters(notebook_folder(cfg) / f"{step.notebook}.ipynb")
     values = {k: v for k, v in cfg.items() if k not in RUNNER_KEYS}
     run = RunFolder(run_dir)
     values.update(
@@ -292,31 +297,13 @@ def execute_run(
     """Run (or resume) a pipeline and return its run folder; ``echo`` receives the progress lines."""
     runs_root = Path(runs_root).resolve()  # notebooks run with cwd=notebooks/: pass absolute paths
     run = RunFolder.choose(runs_root, name, str(cfg.get("name", "run")), resume)
-    run_dir = run.dir
     if resume:
         cfg = run.config
-    else:
-        if cfg.get("data_dir") in (None, ""):
-            raise PipelineError("data_dir is not set: pass -p data_dir PATH (or set GC10_DATA for gc10.yaml).")
-        write_split = _prepare_data(cfg)
-        writable_dir(runs_root, "runs (--runs-root)")
-        writable_dir(run_dir / "logs", "the run")
-        write_split(run_dir)
-        run.manifest = {
-            "name": run_dir.name,
-            "config": cfg,
-            "git_commit": _git_commit(),
-            "git_dirty": _git_dirty(),
-            "versions": _versions(),
-            "machine": _machine(),
-            "seed": cfg.get("seed", 42),
-            "started": time.time(),
-            "steps": {},
-        }
-        run.save()
-    steps = plan_steps(cfg, run_dir)
+    steps = plan_steps(cfg, run.dir)  # before the folder exists: a missing notebook leaves nothing behind
     if not steps:
-        raise PipelineError(f"no notebooks found to run in {NOTEBOOK_DIR}")
+        raise PipelineError(f"no notebooks found to run in {notebook_folder(cfg)}")
+    if not resume:
+        _start(run, cfg, runs_root)
     env_keep = {k: os.environ.get(k) for k in ("GC10_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
     os.environ["GC10_VERBOSE"] = "2"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -324,61 +311,16 @@ def execute_run(
     durations: list[float] = []
     try:
         for i, step in enumerate(steps, start=1):
-            rec = run.manifest["steps"].get(step.id, {})
-            if rec.get("status") == "done":
+            if run.manifest["steps"].get(step.id, {}).get("status") == "done":
                 echo(f"[{i}/{len(steps)}] {step.id}: done earlier, skipped")
                 continue
-            nb_out, log = run.notebook(step.id), run.log(step.id)
-            run.keep_aside(step.id)  # a failed or interrupted attempt: kept, never overwritten
-            params = step_parameters(step, cfg, run_dir)
-            eta = ""
-            if durations:
-                remaining = sum(
-                    1 for s in steps[i - 1 :] if run.manifest["steps"].get(s.id, {}).get("status") != "done"
-                )
-                eta = f", about {sum(durations) / len(durations) * remaining / 60:.1f} min left"
+            left = sum(1 for s in steps[i - 1 :] if run.manifest["steps"].get(s.id, {}).get("status") != "done")
+            eta = f", about {sum(durations) / len(durations) * left / 60:.1f} min left" if durations else ""
             echo(
                 f"[{i}/{len(steps)}] {step.id} ({step.notebook}) — elapsed {(time.time() - t_start) / 60:.1f} min{eta}"
-                f" — log {log.relative_to(run_dir.parent)}"
+                f" — log {run.log(step.id).relative_to(run.dir.parent)}"
             )
-            rec = {"status": "running", "notebook": str(nb_out), "params": params, "start": time.time()}
-            run.manifest["steps"][step.id] = rec
-            run.save()
-            try:
-                with open(log, "a") as fh:
-                    pm.execute_notebook(
-                        str(NOTEBOOK_DIR / f"{step.notebook}.ipynb"),
-                        str(nb_out),
-                        parameters=params,
-                        kernel_name="python3",
-                        cwd=str(NOTEBOOK_DIR),
-                        progress_bar=False,
-                        stdout_file=fh,
-                        stderr_file=fh,
-                        log_output=False,
-                        extra_arguments=KERNEL_ARGS,
-                        kernel_manager_class=_kernel_manager_for(fh),
-                    )
-            except pm.PapermillExecutionError as exc:
-                rec.update(status="failed", end=time.time(), error=f"{exc.ename}: {exc.evalue}", cell=exc.exec_count)
-                run.save()
-                raise PipelineError(
-                    f"step {step.id} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue}).\n"
-                    f"  executed notebook: {nb_out}\n  log: {log}\n  resume with: gc10 run --resume --name {run_dir.name}"
-                ) from None
-            except KeyboardInterrupt:
-                rec.update(status="failed", end=time.time(), error="interrupted")
-                run.save()
-                raise RunInterrupted(
-                    f"interrupted in step {step.id}; resume with: gc10 run --resume --name {run_dir.name}"
-                ) from None
-            except BaseException:
-                rec.update(status="failed", end=time.time(), error="interrupted")
-                run.save()
-                raise
-            rec.update(status="done", end=time.time(), seconds=round(time.time() - rec["start"], 1))
-            durations.append(rec["seconds"])
-            run.save()
+            durations.append(_run_step(run, step, cfg))
     finally:
         for k, v in env_keep.items():
             if v is None:
@@ -387,9 +329,77 @@ def execute_run(
                 os.environ[k] = v
     run.manifest["ended"] = time.time()
     run.save()
-    write_summary(run_dir)
-    echo(f"run complete in {(time.time() - t_start) / 60:.1f} min: {run_dir}")
-    return run_dir
+    write_summary(run.dir)
+    echo(f"run complete in {(time.time() - t_start) / 60:.1f} min: {run.dir}")
+    return run.dir
+
+
+def _start(run: RunFolder, cfg: dict, runs_root: Path) -> None:
+    """A new run: the data read and split (a bad ``data_dir`` leaves nothing behind), then the folder,
+    its ``split.csv`` and ``run.json``."""
+    if cfg.get("data_dir") in (None, ""):
+        raise PipelineError("data_dir is not set: pass -p data_dir PATH (or set GC10_DATA for gc10.yaml).")
+    write_split = _prepare_data(cfg)
+    writable_dir(runs_root, "runs (--runs-root)")
+    writable_dir(run.dir / "logs", "the run")
+    write_split(run.dir)
+    run.manifest = {
+        "name": run.name,
+        "config": cfg,
+        "git_commit": _git_commit(),
+        "git_dirty": _git_dirty(),
+        "versions": _versions(),
+        "machine": _machine(),
+        "seed": cfg.get("seed", 42),
+        "started": time.time(),
+        "steps": {},
+    }
+    run.save()
+
+
+def _run_step(run: RunFolder, step: Step, cfg: dict) -> float:
+    """Execute one step's notebook with papermill into the run folder, recording it in ``run.json``;
+    an earlier attempt is kept aside first. Returns the step's seconds."""
+    run.keep_aside(step.id)  # a failed or interrupted attempt: kept, never overwritten
+    nb_out, log_path = run.notebook(step.id), run.log(step.id)
+    rec = {"status": "running", "notebook": str(nb_out), "params": step_parameters(step, cfg, run.dir)}
+    rec["start"] = time.time()
+    run.manifest["steps"][step.id] = rec
+    run.save()
+    resume = f"resume with: gc10 run --resume --name {run.name}"
+    try:
+        with open(log_path, "a") as fh:
+            pm.execute_notebook(
+                str(notebook_folder(cfg) / f"{step.notebook}.ipynb"),
+                str(nb_out),
+                parameters=rec["params"],
+                kernel_name="python3",
+                cwd=str(notebook_folder(cfg)),
+                progress_bar=False,
+                stdout_file=fh,
+                stderr_file=fh,
+                log_output=False,
+                extra_arguments=KERNEL_ARGS,
+                kernel_manager_class=_kernel_manager_for(fh),
+            )
+    except pm.PapermillExecutionError as exc:
+        rec.update(status="failed", end=time.time(), error=f"{exc.ename}: {exc.evalue}", cell=exc.exec_count)
+        run.save()
+        raise PipelineError(
+            f"step {step.id} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue}).\n"
+            f"  executed notebook: {nb_out}\n  log: {log_path}\n  {resume}"
+        ) from None
+    except KeyboardInterrupt:
+        rec.update(status="failed", end=time.time(), error="interrupted")
+        run.save()
+        raise RunInterrupted(f"interrupted in step {step.id}; {resume}") from None
+    except BaseException:
+        rec.update(status="failed", end=time.time(), error="interrupted")
+        run.save()
+        raise
+    rec.update(status="done", end=time.time(), seconds=round(time.time() - rec["start"], 1))
+    run.save()
+    return rec["seconds"]
 
 
 # --------------------------------------------------------------------------- summary

@@ -217,7 +217,7 @@ def comparison_bars(table: pd.DataFrame, metrics: Sequence[str] = ("test_accurac
 
 def localization_bars(table: pd.DataFrame):
     """Pointing game and energy in the boxes per class and model, against the box share (what a
-    uniform map would score), from :func:`gc10lib.explain.localization_summary` rows with ``model``."""
+    uniform map would score), from :func:`gc10lib.explanation.localization_summary` rows with ``model``."""
     models = list(dict.fromkeys(table["model"]))
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.8), squeeze=False, sharey=True)
     for ax, name in zip(axes[0], models, strict=True):

@@ -35,7 +35,11 @@ class RunFolderError(Gc10Error, RuntimeError):
 
 
 class RunFolder:
-    """One run folder: its paths, its ``run.json`` manifest and the models its steps saved."""
+    """One run folder: its paths, its ``run.json`` manifest and the models its steps saved.
+
+    >>> run = RunFolder("runs/xsdd-s42")
+    >>> run.config["backbones"], run.step_dir("03_ensemble"), run.inputs()   # (data_dir, split.csv)
+    """
 
     MANIFEST = "run.json"
 
@@ -113,10 +117,10 @@ class RunFolder:
         tmp.replace(self.manifest_path)
 
     # ---- what the steps read
-    def inputs(self, data_dir: str | None = None, split_csv: str | None = None) -> tuple[str, str]:
+    def inputs(self, data_dir: str | Path | None = None, split_csv: str | Path | None = None) -> tuple[str, str]:
         """``(data_dir, split_csv)`` for a step on this run: the ones given, else the run's own
         (``run.json``'s ``data_dir``, ``split.csv``)."""
-        split = split_csv or str(self.split_csv)
+        split = str(split_csv or self.split_csv)
         data_dir = data_dir or (self.config.get("data_dir") if self.exists() else None)
         if not data_dir:
             raise InputError(f"{self.dir}: not a gc10 run folder with run.json; pass --data and --split-csv")

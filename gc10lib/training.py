@@ -36,6 +36,7 @@ from gc10lib.config import TrainConfig
 from gc10lib.errors import InputError, SetupError
 from gc10lib.evaluation import compute_metrics
 from gc10lib.features import FeatureSource, extract_features, phase1_features
+from gc10lib.inference import predict_proba
 from gc10lib.inputs import ImageCache, make_dataset
 from gc10lib.layers import model_classes
 from gc10lib.phases import (
@@ -51,7 +52,6 @@ from gc10lib.phases import (
     val_scores,
     wants_finetune,
 )
-from gc10lib.predict import predict_proba
 from gc10lib.settings import file_size_mb, new_output_dir, save_json
 
 log = logging.getLogger(__name__)

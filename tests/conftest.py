@@ -34,7 +34,7 @@ def fresh_process_gap(model_path: Path, paths: list[str], expected: Path) -> flo
     predict ``paths`` there and return the largest difference from the probabilities in ``expected``."""
     code = (
         "import json, keras, numpy as np\n"
-        "from gc10lib.predict import predict_proba\n"
+        "from gc10lib.inference import predict_proba\n"
         f"m = keras.saving.load_model({str(model_path)!r}, safe_mode=True)\n"
         f"p = predict_proba(m, {list(paths)!r})\n"
         f"print(json.dumps(float(np.abs(p - np.load({str(expected)!r})).max())))\n"

@@ -147,9 +147,9 @@ def test_newer_backbones_train_reload_and_explain(name, smoke_data, tmp_path):
     """EfficientNetV2-S, ConvNeXt-Tiny and MobileNetV3-Large at smoke size with random init: the whole
     training path (probe, head, one fine-tune epoch), an exact hand-over, a safe-mode reload that
     reproduces the recorded probabilities, and a Grad-CAM at the input size."""
-    from gc10lib import data, explain, training
+    from gc10lib import data, explanation, training
+    from gc10lib.inference import predict_proba
     from gc10lib.layers import model_info
-    from gc10lib.predict import predict_proba
 
     root, split = smoke_data
     cfg = training.TrainConfig(
@@ -172,7 +172,7 @@ def test_newer_backbones_train_reload_and_explain(name, smoke_data, tmp_path):
     # row by 5.5e-5; wrong weights or preprocessing move near-uniform outputs by far more.
     np.testing.assert_allclose(predict_proba(model, va.path), np.load(tmp_path / name / "proba_val.npy"), atol=1e-4)
     x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
-    cams, proba = explain.gradcam(model, x, [0, 1])
+    cams, proba = explanation.gradcam(model, x, [0, 1])
     assert cams.shape == (2, 64, 64) and np.allclose(proba.sum(1), 1, atol=1e-4)
 
 

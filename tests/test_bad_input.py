@@ -16,8 +16,8 @@ from gc10lib import cli, data, pipeline
 from gc10lib.backbones import build_classifier
 from gc10lib.classes import GC10_CLASSES
 from gc10lib.errors import Gc10Error, InputError, SkippedImageWarning
+from gc10lib.inference import KerasPredictor, evaluate_model
 from gc10lib.inputs import ImageCache, load_rgb
-from gc10lib.predict import KerasPredictor, evaluate_model
 from gc10lib.settings import new_output_dir
 
 
@@ -46,10 +46,10 @@ def _png_claiming(path: Path, width: int, height: int) -> None:
 
 def test_split_never_overwrites_its_sidecar_or_writes_the_manifest_over_it(synth_root, tmp_path, capsys):
     (tmp_path / "keep.json").write_text('{"mine": 1}')
-    assert cli.main(["data", "split", str(synth_root), "--out", str(tmp_path / "keep.csv")]) == 2
+    assert cli.main(["data", "split", "--data", str(synth_root), "--out", str(tmp_path / "keep.csv")]) == 2
     assert "keep.json: already exists" in capsys.readouterr().err
     assert (tmp_path / "keep.json").read_text() == '{"mine": 1}' and not (tmp_path / "keep.csv").exists()
-    assert cli.main(["data", "split", str(synth_root), "--out", str(tmp_path / "man.json")]) == 2
+    assert cli.main(["data", "split", "--data", str(synth_root), "--out", str(tmp_path / "man.json")]) == 2
     assert "choose a .csv name" in capsys.readouterr().err and not (tmp_path / "man.json").exists()
 
 
@@ -159,8 +159,7 @@ def test_decompression_bomb_header_is_excluded_and_named(synth_copy, tmp_path):
 def test_cache_dir_that_is_a_file_is_one_line(tiny_model, synth_root, tmp_path, monkeypatch, capsys):
     (tmp_path / "cache").write_text("a file")
     monkeypatch.setenv("GC10_CACHE_DIR", str(tmp_path / "cache"))
-    image = next((synth_root / "images" / "images" / "crease").iterdir())
-    assert cli.main(["predict", "--model", str(tiny_model), str(image)]) == 2
+    assert cli.main(["evaluate", "--model", str(tiny_model), "--data", str(synth_root)]) == 2  # predict caches nothing
     err = capsys.readouterr().err
     assert "cache" in err and "is a file, expected a folder" in err and "Traceback" not in err
 
@@ -187,7 +186,7 @@ def test_permission_errors_name_the_path(tmp_path, monkeypatch, capsys):
         raise PermissionError(13, "Permission denied", "/data/locked")
 
     monkeypatch.setattr(data, "discover", unreadable)
-    assert cli.main(["data", "summary", "/data/locked"]) == 2
+    assert cli.main(["data", "summary", "--data", "/data/locked"]) == 2
     assert capsys.readouterr().err.strip() == "gc10: error: /data/locked: Permission denied"
 
 
@@ -229,10 +228,10 @@ def test_a_run_that_fails_in_data_preparation_leaves_no_folder(tmp_path, capsys)
 
 
 def test_predict_checks_out_before_inference(tiny_model, synth_root, tmp_path, monkeypatch, capsys):
-    import gc10lib.predict
+    import gc10lib.inference
 
     (tmp_path / "p.csv").write_text("mine")
-    monkeypatch.setattr(gc10lib.predict, "predict_files", lambda *a, **k: pytest.fail("inference ran"))
+    monkeypatch.setattr(gc10lib.inference, "predict_files", lambda *a, **k: pytest.fail("inference ran"))
     assert cli.main(["predict", "--model", str(tiny_model), str(synth_root), "--out", str(tmp_path / "p.csv")]) == 2
     assert "p.csv: already exists" in capsys.readouterr().err and (tmp_path / "p.csv").read_text() == "mine"
 

@@ -25,7 +25,7 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 120) -> subproce
 
 @needs_shared
 def test_summary_json_real_sample(capsys):
-    assert main(["data", "summary", str(SAMPLE), "--json"]) == 0
+    assert main(["data", "summary", "--data", str(SAMPLE), "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
     assert s["layout"] == "kaggle" and s["n_images"] == 18 and s["n_classes"] == 7
     assert s["boxes"]["n_boxes"] > 0
@@ -33,30 +33,32 @@ def test_summary_json_real_sample(capsys):
 
 @needs_shared
 def test_summary_json_neu(capsys):
-    assert main(["data", "summary", str(NEU), "--json"]) == 0
+    assert main(["data", "summary", "--data", str(NEU), "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
     assert s["n_images"] == 1499 and s["n_classes"] == 6
 
 
 def test_summary_text_and_quality(synth_copy, capsys):
     (synth_copy / "label" / "label" / "syn_01_00001.xml").unlink()
-    assert main(["data", "summary", str(synth_copy)]) == 0
+    assert main(["data", "summary", "--data", str(synth_copy)]) == 0
     out = capsys.readouterr().out
     assert "120 in 10 classes" in out and "no_xml" in out and "syn_01_00001.jpg" in out
 
 
 def test_split_and_synth_cli(tmp_path, capsys):
     assert main(["data", "synth", str(tmp_path / "s"), "--per-class", "5", "--seed", "1"]) == 0
-    assert main(["data", "split", str(tmp_path / "s"), "--out", str(tmp_path / "split.csv"), "--seed", "3"]) == 0
+    assert (
+        main(["data", "split", "--data", str(tmp_path / "s"), "--out", str(tmp_path / "split.csv"), "--seed", "3"]) == 0
+    )
     m = pd.read_csv(tmp_path / "split.csv")
     assert len(m) == 50 and set(m.subset) == {"train", "val", "test"}
-    assert main(["data", "split", str(tmp_path / "s"), "--out", str(tmp_path / "split.csv")]) == 2
+    assert main(["data", "split", "--data", str(tmp_path / "s"), "--out", str(tmp_path / "split.csv")]) == 2
     assert "already exists" in capsys.readouterr().err
     assert main(["data", "synth", str(tmp_path / "s")]) == 2  # never writes into a non-empty folder
 
 
 def test_bad_path_is_clear_error():
-    r = run_cli("data", "summary", "/definitely/not/here")
+    r = run_cli("data", "summary", "--data", "/definitely/not/here")
     assert r.returncode == 2
     assert "no such folder" in r.stderr and "Traceback" not in r.stderr
 
@@ -145,9 +147,9 @@ def test_a_bug_shows_its_traceback_bad_input_does_not(monkeypatch, capsys):
 
     monkeypatch.setattr(gc10lib.data, "discover", broken)
     with pytest.raises(KeyError):
-        main(["data", "summary", "."])
+        main(["data", "summary", "--data", "."])
     monkeypatch.undo()
-    assert main(["data", "summary", "/no/such/folder"]) == 2
+    assert main(["data", "summary", "--data", "/no/such/folder"]) == 2
     assert "no such folder" in capsys.readouterr().err
 
 
@@ -186,3 +188,81 @@ def test_version_list_configs_and_dry_run(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "02_finetune_mobilenet (02_finetune.ipynb)" in out and "    backbone = 'mobilenet'" in out
     assert "05_explain (05_explain.ipynb)" in out and not any(tmp_path.iterdir())  # nothing ran, nothing written
+
+
+def test_one_vocabulary_model_data_and_variants_from_the_registries():
+    """A model is --model, data is --data, LiteRT variants are --variant(s); the choices come from the
+    registries, so the help cannot go stale."""
+    from gc10lib.backbones import REGISTRY
+    from gc10lib.cli import build_parser
+    from gc10lib.config import VARIANTS
+
+    commands = dict(_subparsers(build_parser()))
+    for name in ("ensemble", "quantize", "distill", "explain", "evaluate", "predict", "export"):
+        assert "--model" in commands[name]._option_string_actions, name
+    for name in (
+        "ensemble",
+        "quantize",
+        "distill",
+        "explain",
+        "evaluate",
+        "train",
+        "run",
+        "data summary",
+        "data split",
+    ):
+        assert "--data" in commands[name]._option_string_actions, name
+    backbone = commands["train"]._option_string_actions["--backbone"]
+    assert set(backbone.choices) == set(REGISTRY) and all(b in backbone.help for b in REGISTRY)
+    assert tuple(commands["export"]._option_string_actions["--variant"].choices) == VARIANTS
+    assert tuple(commands["quantize"]._option_string_actions["--variants"].choices) == VARIANTS
+    assert "no login" in commands["data download"].description
+
+
+def test_old_spellings_still_work_with_a_note(synth_root, tmp_path, capsys):
+    assert main(["data", "summary", str(synth_root), "--json"]) == 0  # the positional dataset
+    captured = capsys.readouterr()
+    assert '"n_images"' in captured.out and "deprecated; use --data PATH" in captured.err
+    run = tmp_path / "not-a-run"
+    run.mkdir()
+    assert main(["ensemble", str(run)]) == 2  # the positional run folder is still read
+    err = capsys.readouterr().err
+    assert "deprecated; use --model RUN" in err and "not a gc10 run folder" in err
+    assert main(["ensemble"]) == 2
+    assert "ensemble: --model RUN is required" in capsys.readouterr().err
+
+
+def test_predict_on_an_empty_folder_is_one_line_and_fails(tmp_path, capsys):
+    from gc10lib.backbones import build_classifier, save_model
+
+    model, _ = build_classifier("mobilenet", ["a", "b"], 32, None, seed=0)
+    path = save_model(model, tmp_path / "m.keras")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    assert main(["predict", "--model", str(path), str(empty)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no image files found" in err[0]
+
+
+def test_predict_writes_nothing_to_the_cache_and_cache_reports_and_clears(synth_root, tmp_path, monkeypatch, capsys):
+    from gc10lib import cache
+    from gc10lib.backbones import build_classifier, save_model
+
+    monkeypatch.setenv("GC10_CACHE_DIR", str(tmp_path / "cache"))
+    model, _ = build_classifier("mobilenet", ["a", "b"], 32, None, seed=0)
+    path = save_model(model, tmp_path / "m.keras")
+    images = synth_root / "images" / "images"
+    assert main(["predict", "--model", str(path), str(images), "--batch-size", "7", "--top-k", "1"]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert len(rows) == 1 + len(list(images.rglob("*.jpg")))  # header + one row per image, across batches
+    assert cache.info()["bytes"] == 0  # loose images are decoded in memory
+    (tmp_path / "cache" / "images" / "stretch_32").mkdir(parents=True)
+    (tmp_path / "cache" / "images" / "stretch_32" / "x.png").write_bytes(b"\0" * 2048)
+    assert main(["cache", "info"]) == 0
+    out = capsys.readouterr().out
+    assert "2.0 KiB in 1 files" in out and "images" in out
+    assert main(["cache", "clear", "--part", "maps"]) == 2
+    assert "no such part of the cache; present: images" in capsys.readouterr().err
+    assert main(["cache", "clear"]) == 0 and "removed 2.0 KiB" in capsys.readouterr().out
+    assert cache.info()["bytes"] == 0

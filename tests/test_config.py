@@ -97,7 +97,7 @@ def test_train_and_distill_verbs_refuse_bad_values_before_any_folder(smoke_data,
     assert not out.exists()
     run = tmp_path / "run"
     run.mkdir()
-    distill = ["distill", str(run), "--data", str(root), "--split-csv", str(split), "--out", str(out)]
+    distill = ["distill", "--model", str(run), "--data", str(root), "--split-csv", str(split), "--out", str(out)]
     assert cli.main([*distill, "-p", "epochs_finetune", "-1"]) == 2  # a bare name is the student's own
     assert "student_epochs_finetune: must be >= 0, got -1" in capsys.readouterr().err
     assert cli.main([*distill, "-p", "temperature", "0"]) == 2

@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 from conftest import WEIGHTS, needs_weights, trains
 
-from gc10lib import data, distill, maphead, training
+from gc10lib import data, distillation, maphead, training
 from gc10lib.backbones import build_classifier, load_model, save_model
 from gc10lib.errors import InputError
+from gc10lib.inference import predict_proba
 from gc10lib.inputs import ImageCache
 from gc10lib.layers import model_info
-from gc10lib.predict import predict_proba
 
 # ---------------------------------------------------------------- soft targets and the loss
 
@@ -29,9 +29,9 @@ def test_soften_is_a_softmax_at_temperature():
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     for t in (1.0, 2.0, 4.0):
         expected = np.exp(logits / t) / np.exp(logits / t).sum(1, keepdims=True)
-        np.testing.assert_allclose(distill.soften(p, t), expected, rtol=1e-5)
+        np.testing.assert_allclose(distillation.soften(p, t), expected, rtol=1e-5)
     # a higher temperature is flatter: the top class loses probability
-    assert distill.soften(p, 4.0)[0, 0] < distill.soften(p, 1.0)[0, 0]
+    assert distillation.soften(p, 4.0)[0, 0] < distillation.soften(p, 1.0)[0, 0]
 
 
 def test_distill_loss_is_hintons_and_unlabelled_rows_get_the_soft_term_alone():
@@ -40,21 +40,21 @@ def test_distill_loss_is_hintons_and_unlabelled_rows_get_the_soft_term_alone():
     student = rng.dirichlet(np.ones(4), size=5).astype(np.float32)
     labels = np.array([0, 3, -1, 2, -1])
     t, alpha = 3.0, 0.6
-    packed = distill.pack_targets(labels, teacher, t)
-    got = np.asarray(distill.DistillLoss(4, t, alpha, reduction=None)(packed, student))
-    q, s = distill.soften(teacher, t), distill.soften(student, t)
+    packed = distillation.pack_targets(labels, teacher, t)
+    got = np.asarray(distillation.DistillLoss(4, t, alpha, reduction=None)(packed, student))
+    q, s = distillation.soften(teacher, t), distillation.soften(student, t)
     kl = (q * (np.log(q) - np.log(s))).sum(1) * t**2
     ce = -np.log(student[np.arange(5), np.maximum(labels, 0)])
     expected = np.where(labels >= 0, alpha * kl + (1 - alpha) * ce, kl)
     np.testing.assert_allclose(got, expected, rtol=1e-4)
     # a student equal to the teacher has no soft loss: the unlabelled rows are then 0
-    same = np.asarray(distill.DistillLoss(4, t, alpha, reduction=None)(packed, teacher))
+    same = np.asarray(distillation.DistillLoss(4, t, alpha, reduction=None)(packed, teacher))
     np.testing.assert_allclose(same[labels < 0], 0.0, atol=1e-5)
 
 
 def test_sample_weights_use_the_teachers_class_for_unlabelled_images():
     teacher = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]])
-    w = distill.sample_weights(np.array([0, 1, -1]), teacher, {0: 1.0, 1: 2.5})
+    w = distillation.sample_weights(np.array([0, 1, -1]), teacher, {0: 1.0, 1: 2.5})
     np.testing.assert_allclose(w, [1.0, 2.5, 2.5])
 
 
@@ -84,10 +84,10 @@ def test_teacher_runs_once_per_image_and_view_and_sees_the_students_pixels(smoke
     student, _ = build_classifier("mobilenet", classes, 32, None, seed=1)
     teacher = CountingTeacher(teacher_model)
     kw = dict(size=32, policy="stretch", seed=5, ops=("flip", "shift"), key="k", batch_size=4)
-    plain = distill.teacher_views(teacher, student, paths, view=0, **kw)
-    aug = distill.teacher_views(teacher, student, paths, view=1, **kw)
+    plain = distillation.teacher_views(teacher, student, paths, view=0, **kw)
+    aug = distillation.teacher_views(teacher, student, paths, view=1, **kw)
     assert teacher.images == 2 * len(paths)  # once per image and view
-    again = distill.teacher_views(teacher, student, paths, view=1, **kw)
+    again = distillation.teacher_views(teacher, student, paths, view=1, **kw)
     assert teacher.images == 2 * len(paths)  # cached: the teacher did not run again
     np.testing.assert_array_equal(np.asarray(again["images"]), np.asarray(aug["images"]))
     # view 0 is the plain images; view 1 an augmented copy
@@ -100,7 +100,7 @@ def test_teacher_runs_once_per_image_and_view_and_sees_the_students_pixels(smoke
     np.testing.assert_allclose(aug["features"], feats, atol=1e-4)
     # another teacher file means another cache entry
     other = CountingTeacher(teacher_model)
-    distill.teacher_views(other, student, paths, view=0, **{**kw, "key": "another teacher"})
+    distillation.teacher_views(other, student, paths, view=0, **{**kw, "key": "another teacher"})
     assert other.images == len(paths)
 
 
@@ -109,13 +109,13 @@ def test_teacher_for_other_classes_is_a_clear_error(smoke_data, tmp_path):
     model, _ = build_classifier("mobilenet", ["a", "b"], 32, None, seed=0)
     path = save_model(model, tmp_path / "teacher.keras")
     with pytest.raises(InputError, match="teacher.keras: the teacher's classes"):
-        distill.train_student(distill.DistillConfig(weights=None), path, root, split, tmp_path / "out")
+        distillation.train_student(distillation.DistillConfig(weights=None), path, root, split, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing written
 
 
 def test_unknown_cli_parameter_is_a_clear_error(tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "gc10lib.cli", "distill", str(tmp_path), "-p", "temprature", "2"],
+        [sys.executable, "-m", "gc10lib.cli", "distill", "--model", str(tmp_path), "-p", "temprature", "2"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -140,10 +140,10 @@ def distilled(smoke_data, tmp_path_factory):
             backbone="mobilenet", img_size=75, epochs_head=10, epochs_finetune=0, batch_size=16, verbose=0, seed=3
         )
         training.train_backbone(teacher_cfg, root, base / "run" / "steps" / "02_finetune_mobilenet", split_csv=split)
-        cfg = distill.DistillConfig(
+        cfg = distillation.DistillConfig(
             student="mobilenet_v2", epochs_head=20, epochs_finetune=1, batch_size=16, aug_views=2, verbose=0, seed=3
         )
-        metrics, table = distill.distill_run(
+        metrics, table = distillation.distill_run(
             base / "run", root, split, base / "run" / "steps" / "06_distill", cfg, "best_backbone", n_representative=16
         )
     return base / "run", metrics, table
@@ -159,7 +159,7 @@ def test_student_is_an_ordinary_classifier_that_reloads_in_a_fresh_process(disti
     assert saved["backbone"] == "mobilenet_v2" and saved["img_size"] == 75  # the teacher's input size
     code = (
         "import sys, numpy as np, keras, gc10lib.layers\n"
-        "from gc10lib.predict import predict_proba\n"
+        "from gc10lib.inference import predict_proba\n"
         "from gc10lib import data\n"
         f"m = keras.saving.load_model({str(out / 'model.keras')!r}, safe_mode=True)\n"
         f"man = data.read_split({str(split)!r}, data_root={str(root)!r})\n"
@@ -218,7 +218,7 @@ def test_deployment_table_also_rates_the_best_single_backbone(distilled, smoke_d
     run, metrics, _ = distilled
     root, split = smoke_data
     teacher = pick_models(run, ["best_backbone"])[0]
-    table = distill.deployment_table(
+    table = distillation.deployment_table(
         teacher, metrics["model_path"], root, split, tmp_path, n_representative=16, baseline=teacher
     )
     assert list(table.role) == ["teacher", "student", "student", "best backbone", "best backbone"]
@@ -237,7 +237,7 @@ def test_notebook_06_defaults_are_distill_config_defaults():
     from gc10lib import pipeline
 
     declared = pipeline.notebook_parameters(pipeline.NOTEBOOK_DIR / "06_distill.ipynb")
-    defaults = {f.name: f.default for f in fields(distill.DistillConfig)}
+    defaults = {f.name: f.default for f in fields(distillation.DistillConfig)}
     shared = set(declared) & set(defaults)
     assert len(shared) >= 14
     # the student's own fine-tune has its own names (02's epochs_finetune etc. are the backbones')
@@ -263,16 +263,16 @@ def test_unlabelled_images_count_through_the_teacher(smoke_data, tmp_path):
     extra.mkdir()
     for p in list(man[man.subset == "test"].path)[:5]:
         shutil.copy(p, extra / Path(p).name)
-    cfg = distill.DistillConfig(
+    cfg = distillation.DistillConfig(
         student="mobilenet", weights=None, epochs_head=1, epochs_finetune=0, aug_views=1, verbose=0, seed=1
     )
     cfg.unlabelled_dir = str(extra)
-    m = distill.train_student(cfg, teacher_path, root, split, tmp_path / "out")
+    m = distillation.train_student(cfg, teacher_path, root, split, tmp_path / "out")
     assert m["n_train_unlabelled"] == 5 and m["n_train_labelled"] == int((man.subset == "train").sum())
     (tmp_path / "empty").mkdir()
     cfg.unlabelled_dir = str(tmp_path / "empty")
     with pytest.raises(InputError, match="empty: no images found for unlabelled_dir"):
-        distill.train_student(cfg, teacher_path, root, split, tmp_path / "out2")
+        distillation.train_student(cfg, teacher_path, root, split, tmp_path / "out2")
 
 
 def test_a_run_without_ensembles_names_what_to_do(tmp_path):
@@ -282,7 +282,9 @@ def test_a_run_without_ensembles_names_what_to_do(tmp_path):
     )
     (tmp_path / "steps" / "m.keras").write_bytes(b"")
     with pytest.raises(InputError, match="no ensemble to teach the student.*--teacher best_backbone"):
-        distill.distill_run(tmp_path, tmp_path, tmp_path / "split.csv", tmp_path / "out", distill.DistillConfig())
+        distillation.distill_run(
+            tmp_path, tmp_path, tmp_path / "split.csv", tmp_path / "out", distillation.DistillConfig()
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -290,11 +292,13 @@ def test_config_names_for_the_students_own_fine_tune():
     """In a pipeline config the bare fine-tune names are the backbones'; the student reads its own."""
     params = {"epochs_finetune": 3, "lr_finetune": 3e-5, "student_epochs_finetune": 0, "temperature": 4.0}
     params |= {"map_epochs": 5, "student_map_epochs": 60, "map_width": 128, "student_map_width": 64}
-    cfg = distill.DistillConfig.from_params({**params, "backbones": ["mobilenet"]})
+    cfg = distillation.DistillConfig.from_params({**params, "backbones": ["mobilenet"]})
     assert cfg.epochs_finetune == 0 and cfg.temperature == 4.0 and cfg.map_epochs == 60 and cfg.map_width == 64
-    assert distill.DistillConfig.from_params({"map_epochs": 5}).map_epochs == distill.DistillConfig().map_epochs
-    assert distill.DistillConfig.from_params({"map_width": 16}).map_width == distill.DistillConfig().map_width
-    assert cfg.lr_finetune == distill.DistillConfig().lr_finetune  # not the backbones' 3e-5
+    assert (
+        distillation.DistillConfig.from_params({"map_epochs": 5}).map_epochs == distillation.DistillConfig().map_epochs
+    )
+    assert distillation.DistillConfig.from_params({"map_width": 16}).map_width == distillation.DistillConfig().map_width
+    assert cfg.lr_finetune == distillation.DistillConfig().lr_finetune  # not the backbones' 3e-5
 
 
 @pytest.mark.slow
@@ -303,7 +307,7 @@ def test_student_map_head_trains_on_each_views_soft_targets_and_is_saved(smoke_d
     root, split = smoke_data
     teacher, _ = build_classifier("mobilenet", data.split_classes(split), 64, None, seed=0)
     path = save_model(teacher, tmp_path / "teacher.keras")
-    cfg = distill.DistillConfig(
+    cfg = distillation.DistillConfig(
         student="mobilenet",
         weights=None,
         epochs_head=0,
@@ -317,7 +321,7 @@ def test_student_map_head_trains_on_each_views_soft_targets_and_is_saved(smoke_d
         verbose=0,
         seed=3,
     )
-    m = distill.train_student(cfg, path, root, split, tmp_path / "out")
+    m = distillation.train_student(cfg, path, root, split, tmp_path / "out")
     assert m["selected"]["phase"] == "maps" and m["map_head"]["won"] and m["map_head"]["views"] == 2
     assert m["view_source"]["teacher_from"] == "model"  # the teacher has no map head: it ran on the flips
     hist = pd.read_csv(tmp_path / "out" / "history.csv")
@@ -365,14 +369,14 @@ def map_teacher(smoke_data, tmp_path_factory):
 def test_teacher_from_maps_equals_the_teacher_single_and_weighted(map_teacher, smoke_data, tmp_path):
     """A single map-head classifier and a weighted ensemble of two (one recipe): the probabilities
     computed from the members' maps are those of the Keras model on the flipped images."""
-    from gc10lib import ensemble
+    from gc10lib import ensembles
 
     root, split = smoke_data
     _, member = map_teacher
     man = data.read_split(split, data_root=root)
     paths = list(man[man.subset == "val"].path)
     x = ImageCache(64, "stretch").load(paths)
-    single = distill.TeacherFromMaps.of(member, batch_size=4)
+    single = distillation.TeacherFromMaps.of(member, batch_size=4)
     model = load_model(member)
     for code in (0, 3):
         want = model.predict(maphead.flip(x, code).astype("float32"), verbose=0)
@@ -384,7 +388,7 @@ def test_teacher_from_maps_equals_the_teacher_single_and_weighted(map_teacher, s
     other = maphead.assemble(model, model.get_layer("backbone"), head, name="other")
     other_path = save_model(other, other_dir / "model.keras")
     fitted = {"method": "weighted", "weights": [0.25, 0.75]}
-    teacher = ensemble.build_fitted([load_model(member), load_model(other_path)], fitted)
+    teacher = ensembles.build_fitted([load_model(member), load_model(other_path)], fitted)
     d = tmp_path / "ensembles" / "weighted"
     d.mkdir(parents=True)
     path = save_model(teacher, d / "ensemble.keras")
@@ -394,7 +398,7 @@ def test_teacher_from_maps_equals_the_teacher_single_and_weighted(map_teacher, s
         "members": [{"name": "a", "path": str(member)}, {"name": "b", "path": str(other_path)}],
     }
     (d / "recipe.json").write_text(json.dumps(recipe))
-    got = distill.TeacherFromMaps.of(path, batch_size=4)(paths, 1)
+    got = distillation.TeacherFromMaps.of(path, batch_size=4)(paths, 1)
     want = teacher.predict(maphead.flip(x, 1).astype("float32"), verbose=0)
     np.testing.assert_allclose(got, want, atol=2e-3)
     assert np.abs(want - single(paths, 1)).max() > 0.01  # the second member counts
@@ -404,7 +408,7 @@ def test_teacher_from_maps_equals_the_teacher_single_and_weighted(map_teacher, s
     (d / "recipe.json").write_text(
         json.dumps({**recipe, "members": [recipe["members"][0], {"name": "p", "path": str(plain_path)}]})
     )
-    assert distill.TeacherFromMaps.of(path) is None
+    assert distillation.TeacherFromMaps.of(path) is None
 
 
 @needs_weights
@@ -415,15 +419,15 @@ def test_flips_only_student_reads_every_map_from_the_cache(map_teacher, smoke_da
     root, split = smoke_data
     _, member = map_teacher
     ran = []
-    real = distill._run_on_flip
-    monkeypatch.setattr(distill, "_run_on_flip", lambda *a, **k: ran.append(a[-1]) or real(*a, **k))
+    real = distillation._run_on_flip
+    monkeypatch.setattr(distillation, "_run_on_flip", lambda *a, **k: ran.append(a[-1]) or real(*a, **k))
 
     def no_trunk(*a, **k):
         raise AssertionError("a trunk ran although its maps were cached")
 
     monkeypatch.setattr(maphead, "maps_of", no_trunk)
     monkeypatch.setenv("GC10_WEIGHTS_DIR", str(WEIGHTS))
-    cfg = distill.DistillConfig(
+    cfg = distillation.DistillConfig(
         student="mobilenet",
         epochs_head=2,
         epochs_finetune=0,
@@ -436,14 +440,14 @@ def test_flips_only_student_reads_every_map_from_the_cache(map_teacher, smoke_da
         verbose=0,
         seed=3,
     )
-    m = distill.train_student(cfg, member, root, split, tmp_path / "out")
+    m = distillation.train_student(cfg, member, root, split, tmp_path / "out")
     assert ran == ["teacher check"]
     assert m["views"] == 3 and m["map_head"]["views"] == 3
     src = m["view_source"]
     assert src["views"] == "random flips" and src["flips_used"] == [0, 1, 2, 3]
     assert src["teacher_from"] == "members' cached maps" and src["teacher_check_max_abs"] <= 2e-3
     assert len(pd.read_csv(tmp_path / "out" / "history.csv")) >= 2
-    assert distill.flip_plan(distill.DistillConfig(augment=["flip", "shift"]), 5) is None
+    assert distillation.flip_plan(distillation.DistillConfig(augment=["flip", "shift"]), 5) is None
 
 
 @needs_weights
@@ -453,17 +457,19 @@ def test_flip_views_are_plain_then_seeded_random_flips_gathered_per_image(map_te
     root, split = smoke_data
     _, member = map_teacher
     monkeypatch.setenv("GC10_WEIGHTS_DIR", str(WEIGHTS))
-    cfg = distill.DistillConfig(student="mobilenet", map_head=True, augment=["flip"], aug_views=3, batch_size=8, seed=5)
-    plan = distill.flip_plan(cfg, 40)
+    cfg = distillation.DistillConfig(
+        student="mobilenet", map_head=True, augment=["flip"], aug_views=3, batch_size=8, seed=5
+    )
+    plan = distillation.flip_plan(cfg, 40)
     assert len(plan) == 3 and not plan[0].any() and set(plan[1]) == {0, 1, 2, 3}
     assert not np.array_equal(plan[1], plan[2])
-    np.testing.assert_array_equal(distill.flip_plan(cfg, 40)[2], plan[2])  # seeded
+    np.testing.assert_array_equal(distillation.flip_plan(cfg, 40)[2], plan[2])  # seeded
     man = data.read_split(split, data_root=root)
     paths, val_paths = list(man[man.subset == "train"].path)[:6], list(man[man.subset == "val"].path)
     teacher = load_model(member)
     student, _ = build_classifier("mobilenet", model_info(teacher).classes, 64, "imagenet", seed=0)
     codes = [np.zeros(6, int), np.array([0, 1, 2, 3, 3, 1])]
-    views, val, rec = distill.flip_views(
+    views, val, rec = distillation.flip_views(
         teacher, member, student, "mobilenet", paths, val_paths, codes, size=64, policy="stretch", cfg=cfg
     )
     x = ImageCache(64, "stretch").load(paths)
@@ -492,8 +498,8 @@ def test_student_map_head_starts_from_the_runs_own_and_that_start_competes(
     monkeypatch.setenv("GC10_WEIGHTS_DIR", str(WEIGHTS))
     kw = dict(student="mobilenet", epochs_head=0, epochs_finetune=0, map_head=True, map_epochs=2)
     kw.update(augment=["flip"], aug_views=2, batch_size=16, verbose=0, seed=3)
-    cfg = distill.DistillConfig(map_width=8, warm_lr=50.0, **kw)
-    m, _ = distill.distill_run(run, root, split, tmp_path / "warm", cfg, "best_backbone", quantize=False)
+    cfg = distillation.DistillConfig(map_width=8, warm_lr=50.0, **kw)
+    m, _ = distillation.distill_run(run, root, split, tmp_path / "warm", cfg, "best_backbone", quantize=False)
     rec = m["map_head"]
     assert rec["warm_start"] == {"from": str(member), "used": True}
     assert rec["epoch"] == -1 and m["selected"]["phase"] == "maps"
@@ -504,11 +510,11 @@ def test_student_map_head_starts_from_the_runs_own_and_that_start_competes(
     hist = pd.read_csv(Path(m["out_dir"]) / "history.csv")
     assert (hist[hist.phase == "maps"].val_loss > rec["val_scores"]["val_loss"]).all()  # every epoch lost to it
 
-    cold = distill.train_student(
-        distill.DistillConfig(map_width=16, **kw), member, root, split, tmp_path / "cold", start_from=member
+    cold = distillation.train_student(
+        distillation.DistillConfig(map_width=16, **kw), member, root, split, tmp_path / "cold", start_from=member
     )
     assert cold["map_head"]["warm_start"]["used"] is False
     assert "shape" in cold["map_head"]["warm_start"]["why_not"] and cold["map_head"]["epoch"] >= 0
-    off = distill.DistillConfig(map_width=8, warm_start=False, **kw)
-    m_off, _ = distill.distill_run(run, root, split, tmp_path / "off", off, "best_backbone", quantize=False)
+    off = distillation.DistillConfig(map_width=8, warm_start=False, **kw)
+    m_off, _ = distillation.distill_run(run, root, split, tmp_path / "off", off, "best_backbone", quantize=False)
     assert "warm_start" not in m_off["map_head"]

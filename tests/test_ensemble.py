@@ -13,10 +13,10 @@ import pytest
 from conftest import NEU, WEIGHTS, needs_shared, needs_weights
 from sklearn.metrics import log_loss
 
-from gc10lib import data, ensemble, training
+from gc10lib import data, ensembles, training
 from gc10lib.backbones import build_classifier, load_model
+from gc10lib.inference import predict_proba
 from gc10lib.layers import ResizeTo, model_classes, model_info
-from gc10lib.predict import predict_proba
 from gc10lib.records import choose_by_validation, find_models, pick_models
 
 
@@ -29,7 +29,7 @@ def members(smoke_models):
 def test_single_input_shared_resize_and_class_names(members):
     small, _ = build_classifier("mobilenet_v2", model_classes(members[0]), img_size=64, weights=None)
     also_small, _ = build_classifier("resnet50_v2", model_classes(members[0]), img_size=64, weights=None)
-    ens = ensemble.build_ensemble([*members, small, also_small], "mean")
+    ens = ensembles.build_ensemble([*members, small, also_small], "mean")
     assert len(ens.inputs) == 1 and tuple(ens.inputs[0].shape[1:]) == (75, 75, 3)
     resizes = [la for la in ens.layers if isinstance(la, ResizeTo)]
     assert [la.size for la in resizes] == [64]  # one shared resize for both 64-px branches, none for 75 px
@@ -55,7 +55,7 @@ def test_single_input_shared_resize_and_class_names(members):
 def test_members_must_agree_on_classes(members):
     other, _ = build_classifier("mobilenet", list(reversed(model_classes(members[0]))), img_size=75, weights=None)
     with pytest.raises(ValueError, match="disagree on classes"):
-        ensemble.build_ensemble([members[0], other], "mean")
+        ensembles.build_ensemble([members[0], other], "mean")
 
 
 def test_weight_fitting_and_selection_prefer_the_good_member():
@@ -64,9 +64,9 @@ def test_weight_fitting_and_selection_prefer_the_good_member():
     good = np.full((100, 4), 0.02)
     good[np.arange(100), y] = 0.94
     noise = rng.dirichlet(np.ones(4), 100)
-    w = ensemble.fit_weights([good, noise], y)
+    w = ensembles.fit_weights([good, noise], y)
     assert w.sum() == pytest.approx(1) and w[0] > 0.8
-    s = ensemble.caruana_select([noise, good], y)
+    s = ensembles.caruana_select([noise, good], y)
     assert s[1] > 0.5
 
 
@@ -112,7 +112,7 @@ def test_stacker_is_trained_and_scored_out_of_fold():
     a = rng.dirichlet(np.ones(3), 60)
     a[np.arange(60), y] += 2
     a /= a.sum(1, keepdims=True)
-    st = ensemble.fit_stacker([a, rng.dirichlet(np.ones(3), 60)], y, seed=0)
+    st = ensembles.fit_stacker([a, rng.dirichlet(np.ones(3), 60)], y, seed=0)
     assert np.abs(st["coef"]).sum() > 0  # never shipped untrained
     assert st["oof_proba"].shape == (60, 3)
     assert (st["oof_proba"].argmax(1) == y).mean() > 0.8
@@ -127,30 +127,30 @@ def test_fitted_methods_are_scored_cross_fitted_on_validation():
         members.append(np.exp(z) / np.exp(z).sum(1, keepdims=True))
     mean_ll = log_loss(y, sum(members) / 3)
     for method in ("weighted", "select"):
-        fitted = ensemble.fit_method(method, members, y, seed=0)
+        fitted = ensembles.fit_method(method, members, y, seed=0)
         oof = fitted["oof_val_proba"]
         expected = np.zeros_like(oof)  # each fold scored by the method refitted on the other folds
-        fit = ensemble.fit_weights if method == "weighted" else ensemble.caruana_select
-        for train, held in ensemble.validation_folds(y, seed=0).split(oof, y):
-            expected[held] = ensemble.weighted_sum(
+        fit = ensembles.fit_weights if method == "weighted" else ensembles.caruana_select
+        for train, held in ensembles.validation_folds(y, seed=0).split(oof, y):
+            expected[held] = ensembles.weighted_sum(
                 [p[held] for p in members], fit([p[train] for p in members], y[train])
             )
         np.testing.assert_allclose(oof, expected)
-        in_sample = log_loss(y, ensemble.combine(method, members, fitted))
+        in_sample = log_loss(y, ensembles.combine(method, members, fitted))
         assert log_loss(y, oof) > in_sample  # the in-sample score flatters the fit
     # scored on the images it was fitted on, weighted can never lose to mean: it searched the uniform weights too
-    weighted = ensemble.fit_method("weighted", members, y, seed=0)
-    assert log_loss(y, ensemble.combine("weighted", members, weighted)) <= mean_ll
+    weighted = ensembles.fit_method("weighted", members, y, seed=0)
+    assert log_loss(y, ensembles.combine("weighted", members, weighted)) <= mean_ll
     assert log_loss(y, weighted["oof_val_proba"]) > mean_ll  # cross-fitted, it loses to mean here
     single = np.append(y[:-30], [3])  # the rarest class has one image: no folds, no honest score
-    assert ensemble.validation_folds(single) is None
-    assert ensemble.fit_method("weighted", [p[:91] for p in members], single)["oof_val_proba"] is None
+    assert ensembles.validation_folds(single) is None
+    assert ensembles.fit_method("weighted", [p[:91] for p in members], single)["oof_val_proba"] is None
 
 
 def test_probes_can_be_ensemble_members(smoke_models, smoke_data, tmp_path):
     out, _ = smoke_models
     root, split = smoke_data
-    table, _ = ensemble.ensemble_run(
+    table, _ = ensembles.ensemble_run(
         out, ["mean"], tmp_path / "ens", root, split, backbones=["mobilenet"], seed=0, probes=True
     )
     m = json.loads((tmp_path / "ens" / "ensembles" / "mean" / "metrics.json").read_text())
@@ -171,7 +171,7 @@ def test_mixed_sizes_are_fitted_on_what_the_shipped_ensemble_computes(smoke_mode
         backbone="mobilenet_v2", img_size=64, weights=None, epochs_head=1, epochs_finetune=0, verbose=0, seed=3
     )
     training.train_backbone(cfg, root, run / "mobilenet_v2", split_csv=split)
-    ensemble.ensemble_run(run, ["mean"], tmp_path / "ens", root, split, backbones=["mobilenet", "mobilenet_v2"])
+    ensembles.ensemble_run(run, ["mean"], tmp_path / "ens", root, split, backbones=["mobilenet", "mobilenet_v2"])
     m = json.loads((tmp_path / "ens" / "ensembles" / "mean" / "metrics.json").read_text())
     va = data.read_split(split, data_root=root).query("subset == 'val'")
     shipped = predict_proba(load_model(m["model_path"]), list(va.path))
@@ -185,23 +185,23 @@ def test_mixed_sizes_are_fitted_on_what_the_shipped_ensemble_computes(smoke_mode
 def test_members_must_agree_on_resize_policy(members):
     padded, _ = build_classifier("mobilenet", model_classes(members[0]), img_size=75, weights=None, policy="pad")
     with pytest.raises(ValueError, match="disagree on the resize policy"):
-        ensemble.build_ensemble([members[0], padded], "mean")
+        ensembles.build_ensemble([members[0], padded], "mean")
 
 
 def test_stack_without_stacker_is_refused(members):
     with pytest.raises(ValueError, match="never shipped untrained"):
-        ensemble.build_ensemble(members[:2], "stack")
+        ensembles.build_ensemble(members[:2], "stack")
 
 
 def test_every_method_saves_and_reloads_in_fresh_process(smoke_models, smoke_data, tmp_path):
     out, results = smoke_models
     root, split = smoke_data
-    table, res = ensemble.ensemble_run(
-        out, ensemble.METHODS, tmp_path / "ens", root, split, backbones=["mobilenet", "vgg19", "mobilenet_v2"], seed=0
+    table, res = ensembles.ensemble_run(
+        out, ensembles.METHODS, tmp_path / "ens", root, split, backbones=["mobilenet", "vgg19", "mobilenet_v2"], seed=0
     )
     members = ["mobilenet", "mobilenet_v2", "vgg19"]  # found in folder order; vgg19 brings caffe preprocessing
     probes = [f"probe_{m}" for m in members]  # every backbone's probe is a row (not a member by default)
-    assert list(table.model) == members + probes + [f"ensemble_{m}" for m in ensemble.METHODS]
+    assert list(table.model) == members + probes + [f"ensemble_{m}" for m in ensembles.METHODS]
     assert set(table[table.kind == "probe"].model) == set(probes)
     assert (tmp_path / "ens" / "comparison.csv").is_file() and (tmp_path / "ens" / "comparison.md").is_file()
     chosen = table.attrs["best_ensemble"]
@@ -211,15 +211,15 @@ def test_every_method_saves_and_reloads_in_fresh_process(smoke_models, smoke_dat
     # only the method chosen on validation is a model file; the others are recipes until materialized
     assert sorted(p.parent.name for p in ens_dir.glob("*/ensemble.keras")) == [chosen.removeprefix("ensemble_")]
     recipes = {r.name: r for r in find_models(tmp_path / "ens") if r.is_recipe}
-    assert set(recipes) == {f"ensemble_{m}" for m in ensemble.METHODS} - {chosen}
+    assert set(recipes) == {f"ensemble_{m}" for m in ensembles.METHODS} - {chosen}
     with pytest.raises(ValueError, match="--materialize"):
         pick_models(tmp_path / "ens", [next(iter(recipes))])
     te = data.read_split(split, data_root=root).query("subset == 'test'")
     for name in recipes:
         method = name.removeprefix("ensemble_")
-        path = ensemble.materialize(ensemble.find_recipe(tmp_path / "ens", method))
+        path = ensembles.materialize(ensembles.find_recipe(tmp_path / "ens", method))
         with pytest.raises(FileExistsError):  # never over an existing model file
-            ensemble.materialize(ens_dir / method / "recipe.json")
+            ensembles.materialize(ens_dir / method / "recipe.json")
         got = predict_proba(load_model(path), list(te.path))  # the recipe rebuilds the table's numbers
         np.testing.assert_allclose(got, np.load(ens_dir / method / "proba_test.npy"), atol=1e-4)
         m = json.loads((ens_dir / method / "metrics.json").read_text())
@@ -232,19 +232,19 @@ def test_every_method_saves_and_reloads_in_fresh_process(smoke_models, smoke_dat
     x = np.random.default_rng(2).uniform(0, 255, (4, 75, 75, 3)).astype("float32")
     np.save(tmp_path / "x.npy", x)
     expected = {}
-    for method in ensemble.METHODS:
+    for method in ensembles.METHODS:
         m = json.loads((tmp_path / "ens" / "ensembles" / method / "metrics.json").read_text())
         assert m["kind"] == "ensemble" and m["members"] == members
         saved = np.load(tmp_path / "ens" / "ensembles" / method / "proba_test.npy")
         assert m["test"]["accuracy"] == pytest.approx(float(np.mean(saved.argmax(1) == y_test)))
         model = load_model(tmp_path / "ens" / "ensembles" / method / "ensemble.keras")
         expected[method] = model.predict(x, verbose=0).tolist()
-    for method in ensemble.METHODS:  # the fitted methods are scored cross-fitted on validation, mean as it is
+    for method in ensembles.METHODS:  # the fitted methods are scored cross-fitted on validation, mean as it is
         m = json.loads((tmp_path / "ens" / "ensembles" / method / "metrics.json").read_text())
         assert m["val_is_out_of_fold"] == (method != "mean")
     code = f"""
 import json, numpy as np, keras
-import gc10lib.ensemble  # registers the custom layers
+import gc10lib.ensembles  # registers the custom layers
 from gc10lib.layers import model_classes
 x = np.load({str(tmp_path / "x.npy")!r})
 exp = json.loads({json.dumps(json.dumps(expected))})
@@ -286,7 +286,7 @@ def test_real_neu_mean_ensemble_not_worse_than_worse_member(tmp_path, monkeypatc
         m = training.train_backbone(cfg, NEU, tmp_path / name, manifest=man, classes=ds.classes)
         accs.append(m["test"]["accuracy"])
         models.append(load_model(m["model_path"]))
-    ens = ensemble.build_ensemble(models, "mean")
+    ens = ensembles.build_ensemble(models, "mean")
     proba = predict_proba(ens, te.path)
     acc = float((proba.argmax(1) == te.label.to_numpy()).mean())
     assert acc >= min(accs), (acc, accs)
@@ -371,11 +371,11 @@ def test_fitted_weights_reach_the_best_mixture_of_many_members():
         return p / p.sum(1, keepdims=True)
 
     probas = [member(0.2, 1.0), member(5.0, 1.0), member(4.0, 1.5), member(9.0, 1.0), member(1.0, 1.0), member(0.5, 1)]
-    w = ensemble.fit_weights(probas, y)
+    w = ensembles.fit_weights(probas, y)
 
     def loss(p):
         return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-7, 1)).mean())
 
     assert w.sum() == pytest.approx(1) and (w >= 0).all()
-    assert loss(ensemble.weighted_sum(probas, w)) <= min(loss(p) for p in probas) + 1e-6
-    assert loss(ensemble.weighted_sum(probas, w)) <= loss(sum(probas) / 6)
+    assert loss(ensembles.weighted_sum(probas, w)) <= min(loss(p) for p in probas) + 1e-6
+    assert loss(ensembles.weighted_sum(probas, w)) <= loss(sum(probas) / 6)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import trains
 
-from gc10lib import explain
+from gc10lib import explanation
 from gc10lib.inputs import resize_geometry
 
 BOX = (20.0, 10.0, 40.0, 30.0)  # in a 100 x 60 image
@@ -19,18 +19,18 @@ def blob(cx: float, cy: float, h: int = 60, w: int = 100, r: float = 4.0) -> np.
 
 def test_planted_cams_give_the_expected_scores():
     inside, outside, uniform = blob(30, 20), blob(85, 50), np.ones((60, 100))
-    assert explain.pointing_hit(inside, [BOX]) is True
-    assert explain.energy_in_boxes(inside, [BOX]) > 0.95
-    assert explain.pointing_hit(outside, [BOX], tolerance=15) is False
-    assert explain.energy_in_boxes(outside, [BOX]) < 0.01
+    assert explanation.pointing_hit(inside, [BOX]) is True
+    assert explanation.energy_in_boxes(inside, [BOX]) > 0.95
+    assert explanation.pointing_hit(outside, [BOX], tolerance=15) is False
+    assert explanation.energy_in_boxes(outside, [BOX]) < 0.01
     # a flat map points nowhere; its energy is the boxes' share of the image
-    assert explain.pointing_hit(uniform, [BOX]) is False
-    assert explain.energy_in_boxes(uniform, [BOX]) == pytest.approx(20 * 20 / (100 * 60))
+    assert explanation.pointing_hit(uniform, [BOX]) is False
+    assert explanation.energy_in_boxes(uniform, [BOX]) == pytest.approx(20 * 20 / (100 * 60))
     # tolerance: a peak 10 px right of the box is a hit at 15 px, a miss at 5 px
-    assert explain.pointing_hit(blob(50, 20), [BOX], tolerance=15) is True
-    assert explain.pointing_hit(blob(50, 20), [BOX], tolerance=5) is False
+    assert explanation.pointing_hit(blob(50, 20), [BOX], tolerance=15) is True
+    assert explanation.pointing_hit(blob(50, 20), [BOX], tolerance=5) is False
     # no boxes: not scored, never a silent miss
-    assert explain.pointing_hit(inside, []) is None and explain.energy_in_boxes(inside, []) is None
+    assert explanation.pointing_hit(inside, []) is None and explanation.energy_in_boxes(inside, []) is None
 
 
 @pytest.mark.parametrize("policy", ["stretch", "pad"])
@@ -41,12 +41,12 @@ def test_cam_maps_back_to_original_coordinates(policy):
     x0, y0, x1, y1 = g.to_input(box)
     cam = np.zeros((size, size))
     cam[int(np.ceil(y0)) : int(np.floor(y1)), int(np.ceil(x0)) : int(np.floor(x1))] = 1.0
-    out = explain.cam_to_original(cam, w, h, policy)
+    out = explanation.cam_to_original(cam, w, h, policy)
     assert out.shape == (h, w)
-    assert explain.energy_in_boxes(out, [box]) > 0.9
-    assert explain.pointing_hit(out, [box], tolerance=0) is True
+    assert explanation.energy_in_boxes(out, [box]) > 0.9
+    assert explanation.pointing_hit(out, [box], tolerance=0) is True
     other = (10.0, 10.0, 60.0, 60.0)
-    assert explain.energy_in_boxes(out, [other]) < 0.02
+    assert explanation.energy_in_boxes(out, [other]) < 0.02
 
 
 def test_summary_counts_images_without_boxes():
@@ -59,7 +59,7 @@ def test_summary_counts_images_without_boxes():
             {"class": "b", "correct": True, "n_boxes": 0, "hit": None, "energy": None, "box_fraction": None},
         ]
     )
-    s = explain.localization_summary(per).set_index("class")
+    s = explanation.localization_summary(per).set_index("class")
     assert s.loc["a", "pointing"] == 0.5 and s.loc["a", "energy"] == pytest.approx(0.5)
     assert s.loc["b", "no_boxes"] == 1 and np.isnan(s.loc["b", "pointing"])
     assert s.loc["overall", "images"] == 3 and s.loc["overall", "no_boxes"] == 1
@@ -105,7 +105,7 @@ def test_trained_model_cams_point_into_the_planted_box(trained, synth_root):
     """Stated threshold: the CAM peak within 15 px of the box on at least half of the 30 test images,
     and more CAM energy in the boxes than a uniform map would put there."""
     model, split = trained
-    per, cams = explain.explain_split(model, synth_root, split, keep_cams=5)
+    per, cams = explanation.explain_split(model, synth_root, split, keep_cams=5)
     assert len(per) == 30 and (per.n_boxes > 0).all()
     for cam in cams.values():
         assert cam.shape == (125, 256) and cam.min() >= 0.0 and cam.max() == pytest.approx(1.0)  # scaled to its peak
@@ -119,15 +119,15 @@ def test_trained_model_cams_point_into_the_planted_box(trained, synth_root):
 
 
 def test_ensemble_cam_and_grid(smoke_models, smoke_data, tmp_path):
-    from gc10lib import ensemble, plots
+    from gc10lib import ensembles, plots
     from gc10lib.backbones import load_model
 
     out, _ = smoke_models
     root, split = smoke_data
     members = [load_model(out / n / "model.keras") for n in ("mobilenet", "vgg19")]
     path = tmp_path / "ens.keras"
-    ensemble.build_ensemble(members, "mean").save(path)
-    per, cams = explain.explain_split(path, root, split, per_class=1, keep_cams=1, target="predicted")
+    ensembles.build_ensemble(members, "mean").save(path)
+    per, cams = explanation.explain_split(path, root, split, per_class=1, keep_cams=1, target="predicted")
     assert len(per) == 10 and set(per.columns) >= {"hit", "energy", "n_boxes", "correct"}
     assert all(c.shape == (125, 256) and 0.0 <= c.min() <= c.max() <= 1.0 for c in cams.values())
     fig = plots.cam_grid(per, cams)

@@ -13,8 +13,8 @@ from conftest import WEIGHTS, XSDD, needs_shared, needs_weights, trains
 from gc10lib import data
 from gc10lib.backbones import load_model
 from gc10lib.export import VARIANTS, export_litert, representative_images
+from gc10lib.inference import KerasPredictor, LiteRTPredictor, load_predictor, sidecar
 from gc10lib.inputs import ImageCache
-from gc10lib.predict import KerasPredictor, LiteRTPredictor, load_predictor, sidecar
 
 
 @pytest.fixture(scope="module")
@@ -156,9 +156,9 @@ def test_cli_export(smoke_models, tmp_path, capsys):
 
     out, _ = smoke_models
     model = str(out / "mobilenet" / "model.keras")
-    assert main(["export", "--model", model, "--format", "int8", "--out", str(tmp_path / "m.tflite")]) == 2
+    assert main(["export", "--model", model, "--variant", "int8", "--out", str(tmp_path / "m.tflite")]) == 2
     assert "needs --data" in capsys.readouterr().err and not (tmp_path / "m.tflite").exists()
-    args = ["export", "--model", model, "--format", "dynamic", "--out", str(tmp_path / "m.tflite")]
+    args = ["export", "--model", model, "--variant", "dynamic", "--out", str(tmp_path / "m.tflite")]
     assert main(args) == 0
     assert load_predictor(tmp_path / "m.tflite").variant == "dynamic"
     before = (tmp_path / "m.tflite").read_bytes()
@@ -207,11 +207,11 @@ def test_int8_agrees_with_float_on_most_test_images(exported, smoke_data):
 
 
 def test_quantize_table_and_plot(exported, smoke_data, tmp_path):
-    from gc10lib import plots, quantize
+    from gc10lib import plots, quantization
 
     model, _ = exported
     root, split = smoke_data
-    df = quantize.quantize_table(
+    df = quantization.quantize_table(
         model, root, split, tmp_path / "q", ("dynamic",), name="m", batch_sizes=(1, 4), timing_images=8, repeats=2
     )
     assert list(df.variant) == ["keras", "dynamic"]
@@ -227,23 +227,23 @@ def test_quantize_table_and_plot(exported, smoke_data, tmp_path):
     float_bytes = sum(np.asarray(v).nbytes for v in load_model(model).weights)  # the .keras file itself is deflated
     assert dyn.size_mib * 2**20 * 3 < float_bytes and dyn.size_ratio == pytest.approx(keras_row.size_mib / dyn.size_mib)
     assert df.n_images.iloc[0] == (data.read_split(split).subset == "test").sum()
-    csv, md = quantize.write_table(df, tmp_path / "q")
+    csv, md = quantization.write_table(df, tmp_path / "q")
     assert "| m " in md.read_text() and len(__import__("pandas").read_csv(csv)) == 2
     with pytest.raises(FileExistsError):
-        quantize.write_table(df, tmp_path / "q")
+        quantization.write_table(df, tmp_path / "q")
     ax = plots.size_vs_accuracy(df).axes[0]
     assert len(ax.texts) == 2 and ax.get_xscale() == "log"  # one latency label per file
 
 
 def test_ensemble_exports_and_matches_keras(smoke_models, smoke_data, tmp_path):
     """An ensemble (two branches, one raw input) converts and runs like the Keras model."""
-    from gc10lib import ensemble
+    from gc10lib import ensembles
     from gc10lib.backbones import load_model
     from gc10lib.inputs import ImageCache
 
     out, _ = smoke_models
     root, split = smoke_data
-    ens = ensemble.build_ensemble([load_model(out / n / "model.keras") for n in ("mobilenet", "mobilenet_v2")], "mean")
+    ens = ensembles.build_ensemble([load_model(out / n / "model.keras") for n in ("mobilenet", "mobilenet_v2")], "mean")
     path = export_litert(ens, tmp_path / "ens.tflite", "float32")
     man = data.read_split(split)
     x = ImageCache(75).load(list(man[man.subset == "test"].path)[:8])

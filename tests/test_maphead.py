@@ -11,10 +11,10 @@ from conftest import fresh_process_gap, trains
 from gc10lib import data, export, features, maphead, training
 from gc10lib.backbones import build_classifier, load_model
 from gc10lib.errors import InputError
-from gc10lib.explain import gradcam
+from gc10lib.explanation import gradcam
+from gc10lib.inference import LiteRTPredictor, predict_proba
 from gc10lib.inputs import ImageCache
 from gc10lib.layers import model_info
-from gc10lib.predict import LiteRTPredictor, predict_proba
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "inception_v3"])

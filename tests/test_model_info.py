@@ -11,9 +11,9 @@ from conftest import trains
 
 from gc10lib import cli, data, export, training
 from gc10lib.backbones import build_classifier, load_model
+from gc10lib.inference import KerasPredictor, LiteRTPredictor, evaluate_model, predict_files
 from gc10lib.inputs import ImageCache
 from gc10lib.layers import model_info
-from gc10lib.predict import KerasPredictor, LiteRTPredictor, evaluate_model, predict_files
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_pad_model_exports_and_calibrates_with_pad_geometry(pad_model, smoke_dat
                 "export",
                 "--model",
                 str(pad_model),
-                "--format",
+                "--variant",
                 "int8",
                 "--data",
                 str(root),
@@ -96,7 +96,7 @@ def test_pad_model_exports_and_calibrates_with_pad_geometry(pad_model, smoke_dat
     assert m["policy"] == "pad"
     # MobileNet keeps its stem float by default; --full-integer writes the integer-only file
     full = tmp_path / "full.tflite"
-    args = ["export", "--model", str(pad_model), "--format", "int8", "--data", str(root), "--split-csv", str(split)]
+    args = ["export", "--model", str(pad_model), "--variant", "int8", "--data", str(root), "--split-csv", str(split)]
     assert cli.main([*args, "--calibration", "8", "--full-integer", "--out", str(full)]) == 0
     metas = [json.loads((tmp_path / f"{f}.tflite.json").read_text()) for f in ("m", "full")]
     assert metas[0]["float_layers"] == ["preprocess", "conv1", "conv_dw_1", "conv_pw_1"]

@@ -317,25 +317,37 @@ def test_step_verbs_on_a_finished_run(demo_run, tmp_path, capsys):
     from gc10lib import cli
 
     run, _ = demo_run
-    assert cli.main(["ensemble", str(run), "--methods", "mean", "--out", str(tmp_path / "e")]) == 0
+    assert cli.main(["ensemble", "--model", str(run), "--methods", "mean", "--out", str(tmp_path / "e")]) == 0
     assert "chosen on validation: ensemble_mean" in capsys.readouterr().out
     steps = run / "steps" / "03_ensemble"
     ours = json.loads((tmp_path / "e" / "ensembles" / "mean" / "metrics.json").read_text())
     theirs = json.loads((steps / "ensembles" / "mean" / "metrics.json").read_text())
     assert ours["test"]["accuracy"] == pytest.approx(theirs["test"]["accuracy"])  # the same step, the same figure
     assert (tmp_path / "e" / "summary_extra.json").is_file() and (tmp_path / "e" / "comparison.png").is_file()
-    args = ["quantize", str(run), "--models", "mobilenet", "--variants", "dynamic", "--max-images", "8"]
+    args = ["quantize", "--model", str(run), "--models", "mobilenet", "--variants", "dynamic", "--max-images", "8"]
     assert cli.main([*args, "--out", str(tmp_path / "q")]) == 0
     q = pd.read_csv(tmp_path / "q" / "quantization.csv")
     assert list(q.variant) == ["keras", "dynamic"] and set(q.policy) == {"stretch"}
     assert cli.main([*args, "--out", str(tmp_path / "q")]) == 2  # an output folder holding results is refused
     assert (
-        cli.main(["explain", str(run), "--models", "best_backbone", "--per-class", "1", "--out", str(tmp_path / "x")])
+        cli.main(
+            [
+                "explain",
+                "--model",
+                str(run),
+                "--models",
+                "best_backbone",
+                "--per-class",
+                "1",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
         == 0
     )
     assert len(list((tmp_path / "x").glob("cam_grid_*.png"))) == 1 and (tmp_path / "x" / "localization.csv").is_file()
     assert (tmp_path / "x" / "localization.png").stat().st_size > 0
-    assert cli.main(["explain", str(run), "--models", "nope", "--out", str(tmp_path / "y")]) == 2
+    assert cli.main(["explain", "--model", str(run), "--models", "nope", "--out", str(tmp_path / "y")]) == 2
     assert "no model named 'nope'" in capsys.readouterr().err
 
 

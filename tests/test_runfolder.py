@@ -61,6 +61,6 @@ def test_a_run_json_that_is_not_a_run_is_one_line(tmp_path, capsys, manifest, pr
     assert cli.main(["run", "--resume", "--name", "r", "--runs-root", str(run.dir.parent)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and problem in err[0] and "start a new one with another --name" in err[0], err
-    assert cli.main(["ensemble", str(run.dir)]) == 2
+    assert cli.main(["ensemble", "--model", str(run.dir)]) == 2
     assert problem in capsys.readouterr().err
     assert run.manifest_path.read_text() == manifest  # never rewritten

@@ -74,6 +74,6 @@ def test_import_graph_has_no_cycles():
 def test_the_checker_sees_module_and_inner_imports(tmp_path):
     """The checks above can fail: a planted module's top-level and inner imports are both seen."""
     f = tmp_path / "planted.py"
-    f.write_text("import gc10lib.data\n\ndef f():\n    from gc10lib import ensemble\n    return ensemble\n")
+    f.write_text("import gc10lib.data\n\ndef f():\n    from gc10lib import ensembles\n    return ensembles\n")
     top, inner = _imports(f)
     assert top == {"gc10lib.data"} and len(inner) == 1

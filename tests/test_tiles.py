@@ -11,9 +11,9 @@ from conftest import fresh_process_gap, trains
 from gc10lib import data, export, features, training
 from gc10lib.backbones import build_classifier, load_model
 from gc10lib.errors import InputError
-from gc10lib.explain import gradcam
+from gc10lib.explanation import gradcam
+from gc10lib.inference import LiteRTPredictor, predict_proba
 from gc10lib.layers import TileGrid, TilePool, model_info
-from gc10lib.predict import LiteRTPredictor, predict_proba
 
 
 def test_grid_cuts_tiles_row_by_row_and_merge_inverts_it():

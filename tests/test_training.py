@@ -15,8 +15,8 @@ from conftest import NEU, WEIGHTS, needs_shared, needs_weights
 
 from gc10lib import data, training
 from gc10lib.backbones import ORIGINAL, load_model
+from gc10lib.inference import predict_proba
 from gc10lib.layers import model_classes
-from gc10lib.predict import predict_proba
 
 
 def test_every_backbone_trains_and_writes_outputs(smoke_models):

@@ -23,10 +23,10 @@ import tensorflow as tf
 from gc10lib import data, plots, progress
 from gc10lib.backbones import REGISTRY, load_model
 from gc10lib.errors import InputError
+from gc10lib.inference import labelled_subset
 from gc10lib.inputs import ImageCache, resize_geometry
 from gc10lib.layers import model_info, model_input_size, tile_grid
 from gc10lib.maphead import is_map_head
-from gc10lib.predict import labelled_subset
 from gc10lib.records import pick_models, write_step_summary
 from gc10lib.settings import new_output_dir
 

@@ -37,9 +37,9 @@ from gc10lib import data, plots
 from gc10lib.backbones import load_model, save_model
 from gc10lib.errors import InputError, NotFoundError, OutputExistsError
 from gc10lib.evaluation import compute_metrics
+from gc10lib.inference import predict_proba
 from gc10lib.inputs import make_dataset
 from gc10lib.layers import EPS, ClassNames, ModelInfo, ResizeTo, SafeLog, WeightedAverage, model_info
-from gc10lib.predict import predict_proba
 from gc10lib.records import ModelRecord, choose_by_validation, find_models, write_step_summary
 from gc10lib.settings import file_size_mb, new_output_dir, save_json
 

@@ -22,7 +22,7 @@ from gc10lib.backbones import load_model
 from gc10lib.data import IMAGE_EXTENSIONS
 from gc10lib.errors import InputError, NotFoundError, SetupError, SkippedImageWarning
 from gc10lib.evaluation import compute_metrics
-from gc10lib.inputs import ImageCache, ImageReadError, make_dataset
+from gc10lib.inputs import ImageCache, ImageReadError, load_rgb, make_dataset, resize_array
 from gc10lib.layers import LEGACY_POLICY, model_info
 
 CHUNK = 256  # images decoded into memory at a time for array predictors
@@ -191,26 +191,67 @@ def readable(files: Sequence[str | Path], size: int, policy: str) -> list[Path]:
 
 
 def collect_images(paths: Sequence[str | Path]) -> list[Path]:
-    """Image files from files and folders (recursive); missing paths are an error."""
+    """Image files from files and folders (recursive); a missing path is an error, and a broken
+    link inside a folder is left out with a :class:`~gc10lib.errors.SkippedImageWarning`."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            for f in sorted(p.rglob("*")):
+                if f.suffix.lower() not in IMAGE_EXTENSIONS:
+                    continue
+                if f.is_file():
+                    out.append(f)
+                elif f.is_symlink():
+                    warnings.warn(f"skipped {f}: a broken or looping link", SkippedImageWarning, stacklevel=2)
         elif p.is_file():
             out.append(p)
+        elif p.is_symlink():
+            raise NotFoundError(f"{p}: a broken or looping link, not an image")
         else:
             raise NotFoundError(f"{p}: no such file or folder")
     return out
 
 
+def decode_images(files: Sequence[str | Path], size: int, policy: str) -> tuple[np.ndarray, list[Path]]:
+    """``files`` decoded and resized in memory (nothing is cached), as one uint8 array, with the
+    files that decoded; the others are left out with a :class:`~gc10lib.errors.SkippedImageWarning`."""
+    arrays, ok = [], []
+    for f in map(Path, files):
+        try:
+            arrays.append(resize_array(load_rgb(f), size, policy))
+        except ImageReadError as exc:
+            warnings.warn(f"skipped {f}: {exc}", SkippedImageWarning, stacklevel=2)
+            continue
+        ok.append(f)
+    return (np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)), ok
+
+
 def predict_files(
-    model_path: str | Path, paths: Sequence[str | Path], top_k: int = 3, policy: str | None = None
+    model, paths: Sequence[str | Path], top_k: int = 3, policy: str | None = None, batch_size: int = 32
 ) -> pd.DataFrame:
-    """One row per readable image: the top-k classes and probabilities (``policy``: the model's)."""
-    pred = load_predictor(model_path)
+    """One row per readable image: the top-k classes and probabilities (``policy``: the model's).
+
+    ``model`` is a ``.keras``/``.tflite`` path, a Keras model or a :class:`Predictor`. Images are
+    decoded in memory, ``batch_size`` at a time, so predicting never fills the image cache; no
+    image found, or none readable, is an error.
+    """
+    pred = as_predictor(model)
     policy = policy or pred.policy
-    ok = readable(collect_images(paths), pred.input_size, policy)
-    proba = predict_proba(pred, ok, policy=policy)
+    files = collect_images(paths)
+    if not files:
+        raise InputError(
+            f"{', '.join(map(str, paths))}: no image files found (looked for {', '.join(IMAGE_EXTENSIONS)})"
+        )
+    ok: list[Path] = []
+    parts = []
+    for i in range(0, len(files), max(1, int(batch_size))):
+        x, good = decode_images(files[i : i + batch_size], pred.input_size, policy)
+        if good:
+            parts.append(pred(x))
+            ok += good
+    if not ok:
+        raise InputError(f"none of the {len(files)} image file(s) could be read; see the warnings above")
+    proba = np.concatenate(parts)
     k = max(1, min(top_k, len(pred.classes)))
     rows = []
     for f, p in zip(ok, proba, strict=True):
@@ -254,7 +295,7 @@ def labelled_subset(
 
 
 def evaluate_model(
-    model_path: str | Path,
+    model_path: str | Path | Predictor | keras.Model,
     data_dir: str | Path,
     split_csv: str | Path | None = None,
     subset: str = "test",
@@ -266,7 +307,7 @@ def evaluate_model(
     Works when the dataset holds only some of the model's classes; a class the model does not
     know is an error. ``policy`` overrides the resize policy the model records.
     """
-    pred = load_predictor(model_path)
+    pred = as_predictor(model_path)
     policy = policy or pred.policy
     table, mapping = labelled_subset(data_dir, split_csv, pred.classes, subset)
     excluded = table.attrs.get("n_excluded", 0)  # left out by discovery (corrupt, broken links)

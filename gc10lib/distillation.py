@@ -39,8 +39,9 @@ import tensorflow as tf
 from gc10lib import data, maphead, plots, progress
 from gc10lib.backbones import adapt_feature_norm, build_classifier, get_spec, load_model, save_model, weights_identity
 from gc10lib.config import DistillConfig
-from gc10lib.ensemble import combine
+from gc10lib.ensembles import combine
 from gc10lib.errors import InputError
+from gc10lib.inference import collect_images, readable
 from gc10lib.inputs import ImageCache, aug_ops, augmenter, make_dataset
 from gc10lib.layers import model_info
 from gc10lib.phases import (
@@ -54,8 +55,7 @@ from gc10lib.phases import (
     val_scores,
     wants_finetune,
 )
-from gc10lib.predict import collect_images, readable
-from gc10lib.quantize import quantize_table
+from gc10lib.quantization import quantize_table
 from gc10lib.records import ModelRecord, find_models, pick_models, write_step_summary
 from gc10lib.settings import cache_dir, file_size_mb, new_output_dir, save_json, writable_dir
 from gc10lib.training import evaluate_parts
@@ -180,7 +180,7 @@ class TeacherFromMaps:
 
     Each member is a map-head classifier: its head reads the maps that its training cached (found
     by its trunk's weights, :func:`gc10lib.maphead.classifier_source`), and the members' outputs are
-    combined as the ensemble's recipe says (:func:`gc10lib.ensemble.combine`). Members with weight 0
+    combined as the ensemble's recipe says (:func:`gc10lib.ensembles.combine`). Members with weight 0
     are not run.
     """
 

@@ -19,8 +19,8 @@ from gc10lib import plots, progress
 from gc10lib.errors import OutputExistsError
 from gc10lib.evaluation import compute_metrics
 from gc10lib.export import VARIANTS, export_litert, representative_images
+from gc10lib.inference import KerasPredictor, LiteRTPredictor, labelled_subset
 from gc10lib.inputs import ImageCache
-from gc10lib.predict import KerasPredictor, LiteRTPredictor, labelled_subset
 from gc10lib.records import pick_models, write_step_summary
 from gc10lib.settings import new_output_dir
 

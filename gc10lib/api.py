@@ -1,0 +1,211 @@
+"""gc10lib's public Python API: what a notebook of your own calls (re-exported by ``gc10lib``).
+
+Each function is the one the ``gc10`` command and the numbered notebooks use, with the CLI's
+vocabulary: a model is a ``.keras``/``.tflite`` file (or a loaded model), a run is a run folder,
+``data`` is a dataset folder and ``out`` a new output folder (never overwritten).
+
+>>> import gc10lib
+>>> model = gc10lib.load_model("runs/xsdd/steps/06_distill/student_int8.tflite")
+>>> gc10lib.inference(model, "new_images/").head()
+>>> report = gc10lib.evaluate(model, "data/xsdd", split="runs/xsdd/split.csv", subset="test")
+>>> report["accuracy"], report["macro_f1"]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gc10lib import data as _data
+from gc10lib.backbones import load_model as load_keras
+from gc10lib.config import DistillConfig, TrainConfig
+from gc10lib.distillation import distill_run
+from gc10lib.ensembles import ensemble_run
+from gc10lib.explanation import explain_run
+from gc10lib.explanation import gradcam as _gradcam
+from gc10lib.inference import Predictor, as_predictor, evaluate_model, predict_files
+from gc10lib.quantization import quantize_run
+from gc10lib.runfolder import RunFolder
+from gc10lib.training import train_backbone
+
+
+def load_model(path: str | Path) -> Predictor:
+    """A saved gc10lib model, ready to predict: ``.keras`` (Keras) or ``.tflite`` (LiteRT).
+
+    The model describes itself: ``.classes``, ``.input_size`` and ``.policy`` (its resize policy).
+    Calling it on a uint8/float array of RGB images at its input size returns class probabilities.
+
+    >>> model = gc10lib.load_model("runs/demo/steps/02_finetune_mobilenet/model.keras")
+    >>> model.classes, model.input_size
+    """
+    return as_predictor(Path(path))
+
+
+def predict(
+    model: Predictor | str | Path, images: str | Path | Sequence[str | Path], *, top_k: int = 3, batch_size: int = 32
+) -> pd.DataFrame:
+    """The top-``top_k`` classes and probabilities of each image in ``images`` (a file, a folder,
+    searched recursively, or a list of them), one row per image: ``path``, ``class_1``,
+    ``prob_1``, ... Unreadable files are left out with a warning; nothing is cached.
+
+    >>> gc10lib.inference("model.keras", "new_images/", top_k=1)
+    """
+    paths = [images] if isinstance(images, (str, Path)) else list(images)
+    return predict_files(model, paths, top_k=top_k, batch_size=batch_size)
+
+
+def evaluate(
+    model: Predictor | str | Path, data: str | Path, *, split: str | Path | None = None, subset: str = "test"
+) -> dict[str, Any]:
+    """The metrics ``gc10 evaluate`` prints: accuracy, balanced accuracy, macro-F1, per-class
+    precision/recall/F1, the confusion matrix, bootstrap 95% intervals and how many images were
+    left out. On the whole of ``data``, or on one ``subset`` of a ``split`` manifest.
+
+    >>> r = gc10lib.evaluate("model.keras", "data/xsdd", split="runs/xsdd/split.csv", subset="test")
+    >>> r["accuracy"], r["per_class"]["red_iron"]["f1"]
+    """
+    return evaluate_model(model, data, split, subset)
+
+
+def discover(path: str | Path) -> _data.Dataset:
+    """A dataset folder read: its layout (Kaggle GC10 or folder-per-class), classes, one row per
+    image (``.table``) and the data-quality table (``.quality``) of what was left out and why.
+
+    >>> ds = gc10lib.discover("data/xsdd")
+    >>> ds.classes, len(ds), ds.quality.problem.value_counts()
+    """
+    return _data.discover(path)
+
+
+def train(
+    data: str | Path,
+    config: TrainConfig | Mapping[str, Any] | None = None,
+    *,
+    split: str | Path | None = None,
+    out: str | Path | None = None,
+    **settings: Any,
+) -> dict:
+    """Train one backbone through the phases (probe, head, fine-tune, map head) and save the state
+    validation prefers; returns its metrics (also in ``<out>/metrics.json``). ``settings`` are
+    :class:`~gc10lib.config.TrainConfig` fields, checked when the config is made.
+
+    >>> m = gc10lib.train("data/xsdd", backbone="mobilenet", img_size=224, map_head=True)
+    >>> m["val"]["accuracy"], m["selected"]["phase"], m["model_path"]
+    """
+    cfg = _config(TrainConfig, config, settings)
+    return train_backbone(cfg, data, out, split_csv=split)
+
+
+def ensemble(
+    run: str | Path | RunFolder,
+    *,
+    methods: Sequence[str] = ("mean", "weighted", "stack", "select"),
+    out: str | Path | None = None,
+    data: str | Path | None = None,
+    split: str | Path | None = None,
+    seed: int = 42,
+) -> pd.DataFrame:
+    """The ensemble step on a run's trained backbones: every method fitted and scored on
+    validation (cross-fitted), the chosen one named in ``table.attrs["best_ensemble"]``.
+
+    >>> table = gc10lib.ensembles("runs/xsdd")
+    """
+    folder = _run(run)
+    data_dir, split_csv = folder.inputs(data, split)
+    table, _ = ensemble_run(folder.dir, list(methods), out, data_dir, split_csv, seed=seed)
+    return table
+
+
+def quantize(
+    run: str | Path | RunFolder,
+    *,
+    models: Sequence[str] = ("best_backbone", "best_ensemble"),
+    variants: Sequence[str] = ("float32", "float16", "dynamic", "int8"),
+    out: str | Path | None = None,
+    data: str | Path | None = None,
+    split: str | Path | None = None,
+    seed: int = 42,
+) -> pd.DataFrame:
+    """LiteRT files of a run's models, each against its Keras original: size, accuracy, agreement
+    and speed (the quantize step).
+
+    >>> gc10lib.quantization("runs/xsdd", models=["best_backbone"], variants=["int8"])
+    """
+    folder = _run(run)
+    data_dir, split_csv = folder.inputs(data, split)
+    return quantize_run(folder.dir, data_dir, split_csv, out, list(models), list(variants), seed=seed)
+
+
+def distill(
+    run: str | Path | RunFolder,
+    config: DistillConfig | Mapping[str, Any] | None = None,
+    *,
+    teacher: str = "best_ensemble",
+    out: str | Path | None = None,
+    data: str | Path | None = None,
+    split: str | Path | None = None,
+    int8: bool = True,
+    **settings: Any,
+) -> dict:
+    """A small student on the soft targets of a run's chosen ensemble (the distill step); with
+    ``int8``, its int8 LiteRT file and the deployment table. Returns the student's metrics.
+
+    >>> m = gc10lib.distillation("runs/xsdd", student="mobilenet_v2", epochs_finetune=0)
+    """
+    folder = _run(run)
+    data_dir, split_csv = folder.inputs(data, split)
+    metrics, _ = distill_run(
+        folder.dir, data_dir, split_csv, out, _config(DistillConfig, config, settings), teacher, quantize=int8
+    )
+    return metrics
+
+
+def explain(
+    run: str | Path | RunFolder,
+    *,
+    models: Sequence[str] = ("best_backbone", "best_ensemble"),
+    per_class: int | None = 5,
+    out: str | Path | None = None,
+    data: str | Path | None = None,
+    split: str | Path | None = None,
+    seed: int = 42,
+) -> pd.DataFrame:
+    """Grad-CAM of a run's models on test images, scored against the dataset's boxes (pointing
+    game, energy in box), with overlays written to ``out`` (the explain step).
+
+    >>> gc10lib.explanation("runs/neu", per_class=3)
+    """
+    folder = _run(run)
+    data_dir, split_csv = folder.inputs(data, split)
+    table, _ = explain_run(folder.dir, data_dir, split_csv, out, list(models), per_class=per_class, seed=seed)
+    return table
+
+
+def gradcam(model: str | Path, images: np.ndarray, targets: Sequence[int] | None = None) -> np.ndarray:
+    """Grad-CAM maps (``n x size x size``, 0..1) of a ``.keras`` classifier or ensemble for
+    ``images`` (RGB at its input size), for ``targets`` (default: its predicted classes).
+
+    >>> cams = gc10lib.gradcam("model.keras", images)
+    """
+    clf = load_keras(model)
+    if targets is None:
+        targets = np.asarray(clf.predict(np.asarray(images, np.float32), verbose=0)).argmax(1)
+    cams, _ = _gradcam(clf, np.asarray(images, np.float32), list(targets))
+    return cams
+
+
+def _run(run: str | Path | RunFolder) -> RunFolder:
+    return run if isinstance(run, RunFolder) else RunFolder(run)
+
+
+def _config(cls, config, settings: Mapping[str, Any]):
+    """A config of ``cls`` from an instance, a flat mapping (a config file's values) or none, with
+    ``settings`` applied; every value is checked."""
+    if isinstance(config, cls):
+        base = {k: getattr(config, k) for k in cls.defaults()}
+        return cls(**{**base, **settings})
+    return cls.from_params({**(config or {}), **{cls.ALIASES.get(k, k): v for k, v in settings.items()}})
