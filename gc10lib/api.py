@@ -17,17 +17,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from gc10lib import data as _data
+from gc10lib import plots
 from gc10lib.backbones import load_model as load_keras
 from gc10lib.config import DistillConfig, TrainConfig
 from gc10lib.distillation import distill_run
 from gc10lib.ensembles import ensemble_run
+from gc10lib.errors import InputError
 from gc10lib.explanation import explain_run
 from gc10lib.explanation import gradcam as _gradcam
-from gc10lib.inference import Predictor, as_predictor, evaluate_model, predict_files
+from gc10lib.inference import Predictor, as_predictor, decode_images, evaluate_model, predict_files
+from gc10lib.layers import model_info
 from gc10lib.quantization import quantize_run
 from gc10lib.runfolder import RunFolder
 from gc10lib.training import train_backbone
@@ -185,17 +189,50 @@ def explain(
     return table
 
 
-def gradcam(model: str | Path, images: np.ndarray, targets: Sequence[int] | None = None) -> np.ndarray:
+def gradcam(
+    model: str | Path, images: np.ndarray | Sequence[str | Path], targets: Sequence[int] | None = None
+) -> np.ndarray:
     """Grad-CAM maps (``n x size x size``, 0..1) of a ``.keras`` classifier or ensemble for
-    ``images`` (RGB at its input size), for ``targets`` (default: its predicted classes).
+    ``images`` (RGB arrays at its input size, or image files), for ``targets`` (default: the
+    predicted classes).
 
-    >>> cams = gc10lib.gradcam("model.keras", images)
+    >>> cams = gc10lib.gradcam("model.keras", ["a.jpg", "b.jpg"])
     """
     clf = load_keras(model)
+    x = _as_images(clf, images)
     if targets is None:
-        targets = np.asarray(clf.predict(np.asarray(images, np.float32), verbose=0)).argmax(1)
-    cams, _ = _gradcam(clf, np.asarray(images, np.float32), list(targets))
+        targets = np.asarray(clf.predict(x, verbose=0)).argmax(1)
+    cams, _ = _gradcam(clf, x, list(targets))
     return cams
+
+
+def plot_gradcam(model: str | Path, images: Sequence[str | Path], targets: Sequence[int] | None = None):
+    """A figure: each image at the model's input size with its Grad-CAM overlaid, titled with the
+    predicted class and its probability.
+
+    >>> fig = gc10lib.plot_gradcam("model.keras", ["a.jpg", "b.jpg"])
+    """
+    clf = load_keras(model)
+    x = _as_images(clf, images)
+    proba = np.asarray(clf.predict(x, verbose=0))
+    cams, _ = _gradcam(clf, x, list(proba.argmax(1) if targets is None else targets))
+    classes = model_info(clf).classes
+    fig, axes = plt.subplots(1, len(x), figsize=(3 * len(x), 3.2), squeeze=False)
+    for ax, im, cam, p in zip(axes[0], x, cams, proba, strict=True):
+        plots.cam_overlay(ax, im.astype(np.uint8), cam, title=f"{classes[int(p.argmax())]} {p.max():.2f}")
+    fig.tight_layout()
+    return fig
+
+
+def _as_images(clf, images) -> np.ndarray:
+    """Images at the classifier's input size: an array as it is, or files decoded and resized in memory."""
+    if isinstance(images, np.ndarray):
+        return images.astype(np.float32)
+    info = model_info(clf)
+    x, ok = decode_images(list(images), info.input_size, info.policy)
+    if not ok:
+        raise InputError("none of the images could be read; see the warnings above")
+    return x.astype(np.float32)
 
 
 def _run(run: str | Path | RunFolder) -> RunFolder:

@@ -25,8 +25,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from gc10lib.data import read_split
 from gc10lib.errors import Gc10Error, InputError
-from gc10lib.records import KINDS, ModelRecord, find_models
+from gc10lib.records import KINDS, ModelRecord, find_models, pick_models
+from gc10lib.synth import resolve_data_dir
 
 
 class RunFolderError(Gc10Error, RuntimeError):
@@ -126,6 +130,18 @@ class RunFolder:
             raise InputError(f"{self.dir}: not a gc10 run folder with run.json; pass --data and --split-csv")
         return str(data_dir), split
 
+    def split(self) -> pd.DataFrame:
+        """The run's split manifest, one row per image (``path``, ``class``, ``label``, ``subset``)."""
+        return read_split(self.split_csv, data_root=self.inputs()[0])
+
+    def model(self, which: str = "best_ensemble") -> Path:
+        """The file of one of the run's models: a name (``mobilenet``, ``ensemble_mean``...), or
+        ``best_backbone`` / ``best_ensemble`` as validation chose them."""
+        picked = pick_models(self.steps_dir, [which]) if self.steps_dir.is_dir() else []
+        if not picked:
+            raise RunFolderError(f"{self.dir}: no {which.removeprefix('best_')} saved in this run yet")
+        return picked[0].path
+
     def models(self, kinds: Sequence[str] = KINDS) -> list[ModelRecord]:
         """Every model the run's steps saved (:func:`gc10lib.records.find_models`); none before any step."""
         return find_models(self.steps_dir, kinds) if self.steps_dir.is_dir() else []
@@ -143,6 +159,31 @@ class RunFolder:
             k += 1
         for p in present:
             p.rename(_aside(p, k))
+
+    @classmethod
+    def for_step(
+        cls,
+        run_dir: str | Path | None = None,
+        data_dir: str | Path | None = None,
+        split_csv: str | Path | None = None,
+        runs_root: str | Path = "runs",
+    ) -> tuple[RunFolder, Path, str]:
+        """What a step notebook (03–06) works on: the run ``run_dir``, else the newest under
+        ``runs_root``, with its own data and split unless others are given. Returns ``(run, data
+        folder, split manifest)``; ``data_dir`` ``"synthetic"`` is the cached synthetic set."""
+        run = cls(run_dir) if run_dir else cls.newest(runs_root)
+        data, split = run.inputs(data_dir, split_csv)
+        return run, resolve_data_dir(data), split
+
+    @classmethod
+    def newest(cls, runs_root: str | Path = "runs") -> RunFolder:
+        """The most recently started run under ``runs_root`` (the notebooks' default); one clear line
+        that says how to make one when there is none."""
+        root = Path(runs_root)
+        found = sorted(root.glob(f"*/{cls.MANIFEST}"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+        if not found:
+            raise RunFolderError(f"{root.resolve()}: no gc10 run here yet; make one with `gc10 run` (or `make run`)")
+        return cls(found[-1].parent)
 
     @classmethod
     def choose(cls, runs_root: Path, name: str | None, default: str, resume: bool) -> RunFolder:

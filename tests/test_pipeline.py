@@ -371,3 +371,59 @@ def test_run_json_records_gpus_from_nvidia_smi(monkeypatch):
 
     monkeypatch.setattr(pipeline.subprocess, "run", missing)
     assert pipeline._machine()["gpus"] == []  # a CPU machine: nothing to record, no error
+
+
+def test_the_example_notebook_runs_through_the_public_api_only(demo_run, tmp_path):
+    """notebooks/examples/use_gc10lib.ipynb on the demo run: load, predict, evaluate, Grad-CAM; it
+    imports nothing of gc10lib but the package itself, and its newest-run default finds the run."""
+    import papermill as pm
+
+    from gc10lib import resources
+
+    run, _ = demo_run
+    src = resources.notebooks_dir() / "examples" / "use_gc10lib.ipynb"
+    code = "\n".join(c.source for c in nbformat.read(src, as_version=4).cells if c.cell_type == "code")
+    assert "import gc10lib\n" in code and "from gc10lib" not in code and "gc10lib." in code
+    imports = {line.split()[1] for line in code.splitlines() if line.startswith(("import ", "from "))}
+    assert imports == {"gc10lib"}
+    out = tmp_path / "executed.ipynb"
+    pm.execute_notebook(
+        str(src), str(out), parameters={"runs_root": str(run.parent)}, kernel_name="python3", cwd=str(tmp_path)
+    )
+    done = nbformat.read(out, as_version=4)
+    text = "\n".join(o.get("text", "") for c in done.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert f"run {run.name}" in text and "test accuracy" in text
+    images = [o for c in done.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert images, "the Grad-CAM cell drew nothing"
+
+
+@pytest.mark.parametrize(
+    "notebook", ["01_eda", "02_finetune", "03_ensemble", "04_quantize", "05_explain", "06_distill"]
+)
+def test_each_notebook_runs_top_to_bottom_with_no_parameters(demo_run, notebook, tmp_path):
+    """As in Jupyter on a fresh clone after `make run`: no parameters, the notebooks folder as the
+    working directory; 01 and 02 use the embedded synthetic data, 03-06 the newest run in ../runs."""
+    import papermill as pm
+
+    run, _ = demo_run
+    work = tmp_path / "clone"
+    (work / "notebooks").mkdir(parents=True)
+    (work / "runs").symlink_to(run.parent, target_is_directory=True)
+    src = pipeline.NOTEBOOK_DIR / f"{notebook}.ipynb"
+    out = work / "notebooks" / f"{notebook}.executed.ipynb"
+    pm.execute_notebook(str(src), str(out), kernel_name="python3", cwd=str(work / "notebooks"), progress_bar=False)
+    done = nbformat.read(out, as_version=4)
+    errors = [o for c in done.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+    if notebook >= "03":
+        params = next(c for c in done.cells if "parameters" in c.metadata.get("tags", []))
+        assert "run_dir = None" in params.source  # the default found the run by itself
+        text = "\n".join(o.get("text", "") for c in done.cells for o in c.get("outputs", []))
+        assert "wrote" in text
+
+
+def test_a_step_notebook_without_any_run_stops_with_one_line_saying_what_to_do(tmp_path):
+    from gc10lib.runfolder import RunFolder, RunFolderError
+
+    with pytest.raises(RunFolderError, match=r"no gc10 run here yet; make one with `gc10 run` \(or `make run`\)$"):
+        RunFolder.for_step(None, None, None, tmp_path / "runs")
