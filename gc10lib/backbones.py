@@ -365,6 +365,8 @@ def _without_compile(config):
 def load_model(path: str | Path):
     """Load a ``.keras`` model in safe mode, with a clear error for a missing or foreign file."""
     p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{p}: is a folder, not a .keras model file")
     if not p.is_file():
         raise NotFoundError(f"{p}: model file not found.")
     if p.suffix != ".keras":

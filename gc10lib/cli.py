@@ -61,7 +61,9 @@ def _data_summary(args: argparse.Namespace) -> int:
 
 def _data_split(args: argparse.Namespace) -> int:
     from gc10lib import data
+    from gc10lib.config import check_value
 
+    check_value("--seed", args.seed, {"ge": 0, "le": 2**32 - 1})
     ds = data.discover(args.data)
     man = data.split_dataset(ds, args.fractions, args.seed)
     out = data.write_split(
@@ -73,8 +75,11 @@ def _data_split(args: argparse.Namespace) -> int:
 
 
 def _data_synth(args: argparse.Namespace) -> int:
+    from gc10lib.config import check_value
     from gc10lib.synth import make_synthetic
 
+    check_value("--per-class", args.per_class, {"ge": 3})  # a split needs 3 images of a class
+    check_value("--seed", args.seed, {"ge": 0, "le": 2**32 - 1})
     out = make_synthetic(args.out, per_class=args.per_class, seed=args.seed)
     print(f"wrote synthetic GC10-like dataset to {out} ({10 * args.per_class} images)")
     return 0
@@ -156,10 +161,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from gc10lib.errors import InputError
     from gc10lib.inference import predict_files
 
     if args.out and Path(args.out).exists():  # checked before inference, not after
         raise OutputExistsError(f"{args.out}: already exists; choose another --out.")
+    if args.out and not Path(args.out).resolve().parent.is_dir():
+        raise InputError(f"{args.out}: its folder {Path(args.out).resolve().parent} does not exist; create it first")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         df = predict_files(args.model, args.paths, top_k=args.top_k, policy=args.policy, batch_size=args.batch_size)
@@ -177,6 +185,8 @@ def _export(args: argparse.Namespace) -> int:
     from gc10lib.export import export_litert, representative_images
     from gc10lib.layers import model_info
 
+    if args.calibration < 1:
+        raise InputError(f"--calibration {args.calibration}: the number of calibration images must be at least 1")
     model = load_model(args.model)
     info = model_info(model)
     rep = None

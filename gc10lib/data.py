@@ -144,10 +144,26 @@ def parse_voc(path: Path) -> tuple[list[list[int]], list[str], tuple[int, int] |
     return boxes, tags, wh
 
 
+class TruncatedImageError(ValueError):
+    """An image file that stops before its end marker (a cut-off download or copy)."""
+
+
+#: what a whole file of each kind ends with (within its last bytes; some writers pad after it)
+END_MARKERS = {".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9", ".png": b"IEND"}
+
+
 def _image_header(path: Path) -> tuple[int, int, str]:
-    """Width, height and mode from the header, after checking the file is a readable image."""
+    """Width, height and mode from the header, after checking the file is a readable image that is
+    not cut off (a JPEG without its end-of-image marker, a PNG without IEND), so that the data
+    check finds what training would later stop on."""
     with Image.open(path) as im:
         im.verify()
+    marker = END_MARKERS.get(path.suffix.lower())
+    if marker is not None:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, path.stat().st_size - 4096))
+            if marker not in fh.read():
+                raise TruncatedImageError(f"the file is cut off (no {marker!r} end marker); image file is truncated")
     with Image.open(path) as im:
         return im.size[0], im.size[1], im.mode
 
@@ -158,6 +174,7 @@ MODE_NOTES = {
     "LA": ("alpha_dropped", "grayscale+alpha image: the alpha channel is dropped"),
     "PA": ("alpha_dropped", "palette+alpha image: the alpha channel is dropped"),
     **{m: ("high_bit_depth", "16-bit image: scaled to 8 bit (value / 257)") for m in ("I;16", "I;16B", "I;16L", "I")},
+    "F": ("float_pixels", "32-bit float image: values in 0..1 scaled by 255, others clipped to 0..255"),
 }
 #: Quality-table problems whose image is left out of the dataset.
 EXCLUDED_PROBLEMS = ("unreadable", "broken_link")
@@ -213,8 +230,10 @@ def discover(root: str | Path, check_images: bool = True) -> Dataset:
             )
             warnings.warn(f"{other}: not an image file; ignored", SkippedImageWarning, stacklevel=2)
         if not files:
+            others = sorted(p.name for p in _other_files(d))
+            what = f"holds no image files (only {', '.join(others[:5])})" if others else "is empty"
             raise DatasetError(
-                f"{d}: empty class folder {d.name!r}; expected image files "
+                f"{d}: class folder {d.name!r} {what}; expected image files "
                 f"({', '.join(IMAGE_EXTENSIONS)}). Remove the folder or add its images."
             )
         for p in files:
@@ -285,6 +304,9 @@ def _attach_boxes(table: pd.DataFrame, xml_dir: Path | None, is_gc10: bool, qual
         except (ET.ParseError, InputError) as exc:
             quality.append(dict(file=str(xml), **{"class": r["class"]}, problem="bad_xml", detail=str(exc)))
             continue
+        w, h = (r.width, r.height) if r.width > 0 else (wh or (-1, -1))
+        kept = [k for k, box in enumerate(boxes) if not _bad_box(box, w, h, xml, r["class"], quality)]
+        boxes, tags = [boxes[k] for k in kept], [tags[k] for k in kept]
         names = []
         for tag in tags:
             name = canonical_gc10(tag) if is_gc10 else tag
@@ -309,6 +331,20 @@ def _attach_boxes(table: pd.DataFrame, xml_dir: Path | None, is_gc10: bool, qual
         table.at[i, "box_classes"] = names
         if r.width < 0 and wh:
             table.at[i, "width"], table.at[i, "height"] = wh
+
+
+def _bad_box(box: list[int], width: int, height: int, xml: Path, cls: str, quality: list[dict]) -> bool:
+    """Whether a VOC box is impossible (no positive size, or outside the image by more than a
+    pixel); if so, a ``bad_box`` quality row names the file and the box, and the box is dropped."""
+    xmin, ymin, xmax, ymax = box
+    problem = None
+    if xmax <= xmin or ymax <= ymin:
+        problem = "has no positive width and height"
+    elif min(xmin, ymin) < 0 or (width > 0 and xmax > width + 1) or (height > 0 and ymax > height + 1):
+        problem = f"lies outside the {width}x{height} image"
+    if problem is not None:
+        quality.append(dict(file=str(xml), **{"class": cls}, problem="bad_box", detail=f"box {box} {problem}; dropped"))
+    return problem is not None
 
 
 # --------------------------------------------------------------------------- summary
@@ -445,19 +481,29 @@ def split_counts(manifest: pd.DataFrame, classes: Sequence[str] | None = None) -
 
 
 def read_split(path: str | Path, data_root: str | Path | None = None) -> pd.DataFrame:
-    """Read a split manifest, resolving paths against ``data_root`` (default: the sidecar's)."""
+    """Read a split manifest, resolving paths against ``data_root`` (default: the sidecar's).
+
+    Every row is checked: a numeric ``label`` that names the row's ``class`` in the class order
+    (the sidecar's, else the one the CSV's own label/class pairs give), a known ``subset``, no
+    path listed twice. A problem is one error naming the file and the line, never a silent relabel.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise NotFoundError(f"{path}: split manifest not found; create it with `gc10 data split`.")
-    man = pd.read_csv(path, dtype={"image_id": str})
-    missing = {"path", "class", "label", "subset"} - set(man.columns)
-    if missing:
-        raise DatasetError(f"{path}: not a split manifest, missing columns {sorted(missing)}.")
+    man = _read_manifest(path)
+    classes = split_classes(path, man)
+    for i, (cls, label) in enumerate(zip(man["class"], man["label"], strict=True)):
+        if not 0 <= label < len(classes) or classes[label] != cls:
+            named = f"{classes[label]!r}" if 0 <= label < len(classes) else "no class"
+            raise DatasetError(
+                f"{path}, line {i + 2}: label {label} is {named} in the class order {classes}, but the class "
+                f"column says {cls!r}; fix the row or write the split again with `gc10 data split`."
+            )
     if data_root is None:
-        meta = path.with_suffix(".json")
-        if not meta.is_file():
-            raise DatasetError(f"{path}: no data_root given and no sidecar {meta.name} to find it.")
-        data_root = json.loads(meta.read_text())["data_root"]
+        meta = _sidecar(path)
+        if meta is None:
+            raise DatasetError(
+                f"{path}: no data_root given and no sidecar {path.with_suffix('.json').name} to find it."
+            )
+        data_root = meta["data_root"]
     root = Path(data_root)
     man["path"] = [str(root / p) for p in man["path"]]
     absent = [p for p in man["path"] if not Path(p).is_file()]
@@ -466,10 +512,79 @@ def read_split(path: str | Path, data_root: str | Path | None = None) -> pd.Data
     return man
 
 
-def split_classes(path: str | Path) -> list[str] | None:
-    """Class order recorded in a split manifest's sidecar, if any."""
-    meta = Path(path).with_suffix(".json")
-    return json.loads(meta.read_text())["classes"] if meta.is_file() else None
+def _read_manifest(path: Path) -> pd.DataFrame:
+    """The CSV's rows, with one clear error for an empty or malformed file, a missing column, a
+    non-numeric label, an unknown subset or a path listed twice."""
+    if not path.is_file():
+        raise NotFoundError(f"{path}: split manifest not found; create it with `gc10 data split`.")
+    try:
+        man = pd.read_csv(path, dtype={"image_id": str, "path": str, "class": str})
+    except pd.errors.EmptyDataError:
+        raise DatasetError(f"{path}: the split manifest is empty; create it with `gc10 data split`.") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]}).") from None
+    missing = {"path", "class", "label", "subset"} - set(man.columns)
+    if missing:
+        raise DatasetError(f"{path}: not a split manifest, missing columns {sorted(missing)}.")
+    labels = pd.to_numeric(man["label"], errors="coerce")
+    bad = labels.isna() | (labels != labels.round())
+    if bad.any():
+        i = int(bad.to_numpy().argmax())
+        raise DatasetError(f"{path}, line {i + 2}: label {man['label'].iloc[i]!r} is not a whole number.")
+    man["label"] = labels.astype(int)
+    unknown = ~man["subset"].isin(SUBSETS)
+    if unknown.any():
+        i = int(unknown.to_numpy().argmax())
+        raise DatasetError(f"{path}, line {i + 2}: subset {man['subset'].iloc[i]!r} is not one of {list(SUBSETS)}.")
+    dup = man["path"].duplicated()
+    if dup.any():
+        i = int(dup.to_numpy().argmax())
+        first = int((man["path"] == man["path"].iloc[i]).to_numpy().argmax())
+        raise DatasetError(f"{path}, line {i + 2}: {man['path'].iloc[i]} is listed again (first on line {first + 2}).")
+    return man
+
+
+def _sidecar(path: Path) -> dict | None:
+    """A manifest's ``.json`` sidecar, checked: an object with a ``classes`` list; ``None`` without one."""
+    meta = path.with_suffix(".json")
+    if not meta.is_file():
+        return None
+    try:
+        value = json.loads(meta.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{meta}: the split's sidecar is not valid JSON ({exc.__class__.__name__}).") from None
+    ok = isinstance(value, dict) and isinstance(value.get("classes"), list) and value["classes"]
+    if not ok or not all(isinstance(c, str) for c in value["classes"]):
+        raise DatasetError(f"{meta}: the split's sidecar has no 'classes' list of names.")
+    if "data_root" in value and not isinstance(value["data_root"], str):
+        raise DatasetError(f"{meta}: the split's sidecar has a 'data_root' that is not a path.")
+    return value
+
+
+def split_classes(path: str | Path, manifest: pd.DataFrame | None = None) -> list[str]:
+    """The class order of a split manifest: its sidecar's, else the one its own ``label``/``class``
+    pairs give, when each label names one class and the labels run 0..k-1 without a gap."""
+    path = Path(path)
+    meta = _sidecar(path)
+    if meta is not None:
+        return list(meta["classes"])
+    man = manifest if manifest is not None else _read_manifest(path)
+    pairs = man[["label", "class"]].drop_duplicates()
+    for col, other in (("label", "class"), ("class", "label")):
+        clash = pairs[pairs[col].duplicated(keep=False)]
+        if len(clash):
+            values = sorted(map(str, clash[other]))
+            raise DatasetError(
+                f"{path}: {col} {clash[col].iloc[0]!r} goes with more than one {other} ({', '.join(values)}) "
+                "and there is no sidecar to say which is right."
+            )
+    order = pairs.sort_values("label")
+    if list(order["label"]) != list(range(len(order))):
+        raise DatasetError(
+            f"{path}: its labels {list(order['label'])} skip some classes and there is no sidecar "
+            f"({path.with_suffix('.json').name}) naming them; write the split with `gc10 data split`."
+        )
+    return list(order["class"])
 
 
 # --------------------------------------------------------------------------- class weights

@@ -467,7 +467,7 @@ def _prepare_lesson(cfg: DistillConfig, teacher, teacher_path, data_dir, split_c
     tinfo = model_info(teacher)
     classes = tinfo.classes
     split_classes = data.split_classes(split_csv)
-    if split_classes is not None and list(split_classes) != list(classes):
+    if list(split_classes) != list(classes):
         raise InputError(
             f"{teacher_path}: the teacher's classes {classes} differ from those of {split_csv} {split_classes}"
         )

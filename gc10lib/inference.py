@@ -64,6 +64,20 @@ def sidecar(path: str | Path) -> Path:
     return Path(str(path) + ".json")
 
 
+def _read_sidecar(path: Path) -> dict:
+    """A ``.tflite`` sidecar, checked: a JSON object with a non-empty ``classes`` list of names."""
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(
+            f"{path}: the model's sidecar is not valid JSON ({type(exc).__name__}); export it again"
+        ) from None
+    classes = meta.get("classes") if isinstance(meta, dict) else None
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise InputError(f"{path}: the model's sidecar has no 'classes' list of names; export it again")
+    return meta
+
+
 class LiteRTPredictor:
     """Runs a ``.tflite`` classifier with the LiteRT interpreter (``ai-edge-litert``)."""
 
@@ -72,6 +86,7 @@ class LiteRTPredictor:
         meta_path = sidecar(self.path)
         if not meta_path.is_file():
             raise InputError(f"{self.path}: no {meta_path.name} beside it; not a gc10lib export (class names unknown).")
+        meta = _read_sidecar(meta_path)
         try:
             # lazy: optional dependency ([litert] extra)
             from ai_edge_litert.interpreter import Interpreter
@@ -82,7 +97,6 @@ class LiteRTPredictor:
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise InputError(f"{self.path}: not a valid LiteRT model ({exc})") from exc
-        meta = json.loads(meta_path.read_text())
         self.classes = list(meta["classes"])
         self.variant = meta.get("variant")
         self.policy = meta.get("policy") or LEGACY_POLICY
@@ -136,6 +150,8 @@ class LiteRTPredictor:
 def load_predictor(path: str | Path) -> Predictor:
     """A predictor for a model file, chosen by its suffix."""
     p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{p}: is a folder, not a model file (a .keras or .tflite file written by gc10lib)")
     if not p.is_file():
         raise NotFoundError(f"{p}: model file not found.")
     if p.suffix == ".keras":
@@ -264,12 +280,18 @@ def predict_files(
     return pd.DataFrame(rows)
 
 
-def map_labels(dataset_classes: Sequence[str], model_classes: Sequence[str], present: Sequence[str]) -> dict[int, int]:
-    """Dataset label index -> model label index, by class name; unknown present classes are an error."""
+def map_labels(
+    dataset_classes: Sequence[str],
+    model_classes: Sequence[str],
+    present: Sequence[str],
+    source: str = "class folder(s)",
+) -> dict[int, int]:
+    """Dataset label index -> model label index, by class name; unknown present classes are an error
+    naming where they come from (``source``: the dataset's class folders, or a split manifest)."""
     unknown = [c for c in present if c not in model_classes]
     if unknown:
         raise InputError(
-            f"class folder(s) {unknown} are not among the model's classes {list(model_classes)}; "
+            f"{source} {unknown} are not among the model's classes {list(model_classes)}; "
             "this model cannot be evaluated on them."
         )
     return {i: list(model_classes).index(c) for i, c in enumerate(dataset_classes) if c in model_classes}
@@ -279,19 +301,21 @@ def labelled_subset(
     data_dir: str | Path, split_csv: str | Path | None, model_classes: Sequence[str], subset: str = "test"
 ) -> tuple[pd.DataFrame, dict[int, int]]:
     """The rows of one split subset (or the whole dataset) and their label mapping to ``model_classes``."""
+    source = "class folder(s)"
     if split_csv:
+        source = f"class(es) of the split {split_csv}"
         man = data.read_split(split_csv, data_root=data_dir)
         if subset not in data.SUBSETS:
             raise InputError(f"subset must be one of {data.SUBSETS}, got {subset!r}")
         table = man[man.subset == subset]
-        ds_classes = data.split_classes(split_csv) or sorted(table["class"].unique())
+        ds_classes = data.split_classes(split_csv, man)
     else:
         ds = data.discover(data_dir)
         table, ds_classes = ds.table, ds.classes
         table.attrs["n_excluded"] = int(ds.quality.problem.isin(data.EXCLUDED_PROBLEMS).sum())
     if table.empty:
         raise InputError(f"{split_csv or data_dir}: no images in subset {subset!r}")
-    return table, map_labels(ds_classes, model_classes, sorted(set(table["class"])))
+    return table, map_labels(ds_classes, model_classes, sorted(set(table["class"])), source)
 
 
 def evaluate_model(

@@ -77,6 +77,11 @@ HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 def to_rgb8(im: Image.Image) -> np.ndarray:
     """A Pillow image as uint8 RGB. 16-bit grayscale (common in industrial cameras) is scaled to
     8 bit (``round(v / 257)``), not clipped as ``convert("RGB")`` would; alpha is dropped."""
+    if im.mode == "F":  # 32-bit float: 0..1 is scaled to 0..255, anything else clipped (no NaN)
+        a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        scale = 255.0 if a.size and a.max() <= 1.0 else 1.0
+        gray = np.clip(np.round(a * scale), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
     if im.mode in HIGH_BIT_MODES:
         a = np.asarray(im, dtype=np.float64)
         gray = np.clip(np.round(a / 257.0), 0, 255).astype(np.uint8)

@@ -152,10 +152,7 @@ def load_manifest(
     """Read the split manifest (or make one in memory when none is given) and the class order."""
     if split_csv:
         man = data.read_split(split_csv, data_root=data_dir)
-        classes = data.split_classes(split_csv)
-        if classes is None:
-            classes = list(man.sort_values("label")["class"].unique())
-        return man, classes, Path(split_csv)
+        return man, data.split_classes(split_csv, man), Path(split_csv)
     ds = data.discover(data_dir)
     return data.split_dataset(ds, fractions, seed), ds.classes, None
 

@@ -211,6 +211,30 @@ def test_non_numeric_voc_box_goes_to_the_quality_table(synth_copy):
     assert len(ds.table) == 120  # the image stays; only its boxes are unknown
 
 
+@pytest.mark.parametrize(
+    ("box", "problem"),
+    [
+        ((30, 10, 20, 40), "has no positive width and height"),  # xmax < xmin
+        ((10, 30, 40, 30), "has no positive width and height"),
+        ((-50, 10, 40, 40), "lies outside"),
+        ((10, 10, 5000, 40), "lies outside"),
+    ],
+)
+def test_impossible_voc_boxes_are_quality_rows_and_dropped(synth_copy, box, problem):
+    import re
+
+    xml = synth_copy / "label" / "label" / "syn_04_00004.xml"
+    text = xml.read_text()
+    for key, value in zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True):
+        text = re.sub(rf"<{key}>\d+</{key}>", f"<{key}>{value}</{key}>", text, count=1)
+    xml.write_text(text)
+    ds = data.discover(synth_copy)
+    rows = ds.quality[(ds.quality.file == str(xml)) & (ds.quality.problem == "bad_box")]
+    assert len(rows) == 1 and problem in rows.detail.iloc[0]
+    boxes = data.box_table(ds)
+    assert boxes.rel_area.between(0, 1).all() and (boxes.box_w > 0).all()
+
+
 # --------------------------------------------------------------------------- stuck state
 
 
@@ -283,3 +307,76 @@ def test_a_real_ctrl_c_prints_one_line_and_no_kernel_traceback(tmp_path):
     _, err = p.communicate(timeout=240)
     assert p.returncode == 130, err[-2000:]
     assert err.strip() == "gc10: interrupted in step 02_finetune_mobilenet; resume with: gc10 run --resume --name c"
+
+
+def test_a_truncated_jpeg_and_png_are_quality_rows_and_left_out(synth_copy):
+    """The data check finds what training would stop on: a file cut off before its end marker."""
+    folder = synth_copy / "images" / "images" / "crease"
+    jpg = sorted(folder.glob("*.jpg"))[0]
+    jpg.write_bytes(jpg.read_bytes()[: len(jpg.read_bytes()) // 2])
+    png = folder / "cut.png"
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(png)
+    png.write_bytes(png.read_bytes()[:-12])
+    with pytest.warns(SkippedImageWarning):
+        ds = data.discover(synth_copy)
+    bad = ds.quality[ds.quality.problem == "unreadable"]
+    assert set(bad.file) == {str(jpg), str(png)} and bad.detail.str.contains("truncated").all()
+    assert str(jpg) not in set(ds.table.path) and str(png) not in set(ds.table.path)
+
+
+def test_a_float_tiff_is_scaled_and_noted_not_black(synth_copy, tmp_path):
+    folder = synth_copy / "images" / "images" / "crease"
+    tif = folder / "float.tif"
+    ramp = np.tile(np.linspace(0.0, 1.0, 32, dtype=np.float32), (32, 1))
+    Image.fromarray(ramp, mode="F").save(tif)
+    rgb = load_rgb(tif)
+    assert rgb.dtype == np.uint8 and rgb.max() == 255 and rgb.min() == 0 and rgb[0, 16, 0] in (131, 132)
+    ds = data.discover(synth_copy)
+    assert "float_pixels" in set(ds.quality[ds.quality.file == str(tif)].problem)
+
+
+def test_cli_numbers_that_cannot_work_are_one_line(synth_root, tmp_path, capsys, tiny_model):
+    assert cli.main(["data", "synth", str(tmp_path / "s"), "--per-class", "0"]) == 2
+    assert "--per-class: must be >= 3, got 0" in capsys.readouterr().err and not (tmp_path / "s").exists()
+    assert cli.main(["data", "split", "--data", str(synth_root), "--out", str(tmp_path / "x.csv"), "--seed", "-1"]) == 2
+    assert "--seed: must be >= 0, got -1" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()
+    assert (
+        cli.main(
+            [
+                "export",
+                "--model",
+                str(tiny_model),
+                "--variant",
+                "int8",
+                "--calibration",
+                "-5",
+                "--out",
+                str(tmp_path / "m.tflite"),
+            ]
+        )
+        == 2
+    )
+    assert "--calibration -5: the number of calibration images must be at least 1" in capsys.readouterr().err
+    image = next((synth_root / "images" / "images" / "crease").iterdir())
+    out = tmp_path / "no" / "such" / "p.csv"
+    assert cli.main(["predict", "--model", str(tiny_model), str(image), "--out", str(out)]) == 2
+    assert "does not exist; create it first" in capsys.readouterr().err
+
+
+def test_a_folder_named_like_a_model_and_a_broken_tflite_sidecar_are_named(tmp_path, capsys, synth_root, tiny_model):
+    folder = tmp_path / "x.keras"
+    folder.mkdir()
+    image = next((synth_root / "images" / "images" / "crease").iterdir())
+    assert cli.main(["predict", "--model", str(folder), str(image)]) == 2
+    assert "x.keras: is a folder, not a model file" in capsys.readouterr().err
+    lite = tmp_path / "m.tflite"
+    lite.write_bytes(b"\0" * 64)
+    for text, problem in (
+        ("{oops", "sidecar is not valid JSON"),
+        ("", "sidecar is not valid JSON"),
+        ('{"size": 3}', "no 'classes' list"),
+    ):
+        (tmp_path / "m.tflite.json").write_text(text)
+        assert cli.main(["predict", "--model", str(lite), str(image)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and problem in err[0], err

@@ -147,7 +147,10 @@ def test_empty_folder_is_clear(tmp_path):
 def test_empty_class_folder_is_clear(synth_copy):
     (synth_copy / "images" / "images" / "crease").rename(synth_copy / "crease_moved")
     (synth_copy / "images" / "images" / "crease").mkdir()
-    with pytest.raises(data.DatasetError, match="empty class folder 'crease'"):
+    with pytest.raises(data.DatasetError, match="class folder 'crease' is empty"):
+        data.discover(synth_copy)
+    (synth_copy / "images" / "images" / "crease" / "notes.txt").write_text("not an image")
+    with pytest.raises(data.DatasetError, match=r"class folder 'crease' holds no image files \(only notes.txt\)"):
         data.discover(synth_copy)
 
 
