@@ -64,7 +64,7 @@ def sidecar(path: str | Path) -> Path:
     return Path(str(path) + ".json")
 
 
-def _read_sidecar(path: Path) -> dict:
+def read_tflite_sidecar(path: Path) -> dict:
     """A ``.tflite`` sidecar, checked: a JSON object with a non-empty ``classes`` list of names."""
     try:
         meta = json.loads(path.read_text())
@@ -86,7 +86,7 @@ class LiteRTPredictor:
         meta_path = sidecar(self.path)
         if not meta_path.is_file():
             raise InputError(f"{self.path}: no {meta_path.name} beside it; not a gc10lib export (class names unknown).")
-        meta = _read_sidecar(meta_path)
+        meta = read_tflite_sidecar(meta_path)
         try:
             # lazy: optional dependency ([litert] extra)
             from ai_edge_litert.interpreter import Interpreter

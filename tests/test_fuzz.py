@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import json
+import os
 
 import pandas as pd
 from hypothesis import HealthCheck, given, seed, settings
@@ -17,10 +17,15 @@ from PIL import Image
 
 from gc10lib import config, data
 from gc10lib.errors import Gc10Error
-from gc10lib.inference import _read_sidecar
+from gc10lib.inference import read_tflite_sidecar
 from gc10lib.inputs import ImageReadError, load_rgb
 
-FUZZ = settings(max_examples=int(os.environ.get("GC10_FUZZ_EXAMPLES", 60)), deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=int(os.environ.get("GC10_FUZZ_EXAMPLES", 60)),
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200)
 
 
@@ -101,7 +106,7 @@ def test_tflite_sidecar_reader_on_any_text(tmp_path_factory, text):
     path = tmp_path_factory.mktemp("lite") / "m.tflite.json"
     path.write_text(text)
     try:
-        meta = _read_sidecar(path)
+        meta = read_tflite_sidecar(path)
     except Gc10Error:
         return
     assert meta["classes"] and all(isinstance(c, str) for c in meta["classes"])
