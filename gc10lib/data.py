@@ -192,100 +192,86 @@ def discover(root: str | Path, check_images: bool = True) -> Dataset:
     root = Path(root).expanduser()
     layout, parent, xml_dir = detect_layout(root)
     is_gc10 = layout in ("kaggle", "gc10-original")
-    dirs = [d for d in _class_dirs(parent) if d != xml_dir and d.name not in {"lable", "label"}]
-    if not dirs:
-        raise DatasetError(f"{parent}: no class folders found; expected one sub-folder per class.")
-
-    folder_class: dict[Path, str] = {}
-    for d in dirs:
-        if is_gc10:
-            cls = canonical_gc10(d.name)
-            if cls is None:
-                raise DatasetError(
-                    f"{d}: unknown class folder {d.name!r} in a GC10 dataset; expected one of "
-                    f"{', '.join(GC10_CLASSES)} (or the numbered folders 1..10)."
-                )
-        else:
-            cls = d.name
-        folder_class[d] = cls
+    folder_class = _folder_classes(parent, xml_dir, is_gc10)
     classes = list(GC10_CLASSES) if is_gc10 else sorted(set(folder_class.values()))
-
     quality: list[dict] = []
     rows: list[dict] = []
     for d, cls in folder_class.items():
-        for link in _broken_links(d):
-            quality.append(
-                dict(file=str(link), **{"class": cls}, problem="broken_link", detail="symlink loop or missing target")
-            )
-            warnings.warn(f"{link}: symlink loop or missing target; excluded", SkippedImageWarning, stacklevel=2)
-        files = _image_files(d)
-        for other in _other_files(d):
-            quality.append(
-                dict(
-                    file=str(other),
-                    **{"class": cls},
-                    problem="not_an_image",
-                    detail=f"unexpected file with suffix {other.suffix!r}; ignored",
-                )
-            )
-            warnings.warn(f"{other}: not an image file; ignored", SkippedImageWarning, stacklevel=2)
-        if not files:
-            others = sorted(p.name for p in _other_files(d))
-            what = f"holds no image files (only {', '.join(others[:5])})" if others else "is empty"
-            raise DatasetError(
-                f"{d}: class folder {d.name!r} {what}; expected image files "
-                f"({', '.join(IMAGE_EXTENSIONS)}). Remove the folder or add its images."
-            )
-        for p in files:
-            width = height = -1
-            if check_images:
-                try:
-                    width, height, mode = _image_header(p)
-                except DECODE_ERRORS as exc:
-                    quality.append(
-                        dict(file=str(p), **{"class": cls}, problem="unreadable", detail=f"{type(exc).__name__}: {exc}")
-                    )
-                    warnings.warn(
-                        f"{p}: unreadable or corrupt image ({exc}); excluded", SkippedImageWarning, stacklevel=2
-                    )
-                    continue
-                if mode in MODE_NOTES:
-                    problem, detail = MODE_NOTES[mode]
-                    quality.append(dict(file=str(p), **{"class": cls}, problem=problem, detail=detail))
-            rows.append(
-                dict(
-                    path=str(p),
-                    **{"class": cls},
-                    label=classes.index(cls),
-                    image_id=p.stem,
-                    width=width,
-                    height=height,
-                    xml=None,
-                    boxes=[],
-                    box_classes=[],
-                )
-            )
+        rows += _scan_folder(d, cls, classes.index(cls), check_images, quality)
     if not rows:
         raise DatasetError(f"{root}: no readable images found (layout {layout!r}).")
-
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     _attach_boxes(table, xml_dir, is_gc10, quality)
+    _note_duplicate_names(table, quality)
+    qdf = pd.DataFrame(quality, columns=QUALITY_COLUMNS)
+    return Dataset(root=root, layout=layout, classes=classes, table=table, quality=qdf)
 
-    # File names that occur in more than one class folder (12 in the real GC10 data).
+
+def _folder_classes(parent: Path, xml_dir: Path | None, is_gc10: bool) -> dict[Path, str]:
+    """Each class folder and the class it holds (GC10 folder names mapped to the canonical ones)."""
+    dirs = [d for d in _class_dirs(parent) if d != xml_dir and d.name not in {"lable", "label"}]
+    if not dirs:
+        raise DatasetError(f"{parent}: no class folders found; expected one sub-folder per class.")
+    folder_class: dict[Path, str] = {}
+    for d in dirs:
+        cls = canonical_gc10(d.name) if is_gc10 else d.name
+        if cls is None:
+            raise DatasetError(
+                f"{d}: unknown class folder {d.name!r} in a GC10 dataset; expected one of "
+                f"{', '.join(GC10_CLASSES)} (or the numbered folders 1..10)."
+            )
+        folder_class[d] = cls
+    return folder_class
+
+
+def _note(quality: list[dict], file, cls: str, problem: str, detail: str) -> None:
+    quality.append(dict(file=str(file), **{"class": cls}, problem=problem, detail=detail))
+
+
+def _scan_folder(d: Path, cls: str, label: int, check_images: bool, quality: list[dict]) -> list[dict]:
+    """One row per readable image of a class folder; broken links, other files and unreadable or
+    cut-off images become quality rows (with a warning) and are left out."""
+    for link in _broken_links(d):
+        _note(quality, link, cls, "broken_link", "symlink loop or missing target")
+        warnings.warn(f"{link}: symlink loop or missing target; excluded", SkippedImageWarning, stacklevel=3)
+    for other in _other_files(d):
+        _note(quality, other, cls, "not_an_image", f"unexpected file with suffix {other.suffix!r}; ignored")
+        warnings.warn(f"{other}: not an image file; ignored", SkippedImageWarning, stacklevel=3)
+    files = _image_files(d)
+    if not files:
+        others = sorted(p.name for p in _other_files(d))
+        what = f"holds no image files (only {', '.join(others[:5])})" if others else "is empty"
+        raise DatasetError(
+            f"{d}: class folder {d.name!r} {what}; expected image files "
+            f"({', '.join(IMAGE_EXTENSIONS)}). Remove the folder or add its images."
+        )
+    rows = []
+    for p in files:
+        width = height = -1
+        if check_images:
+            try:
+                width, height, mode = _image_header(p)
+            except DECODE_ERRORS as exc:
+                _note(quality, p, cls, "unreadable", f"{type(exc).__name__}: {exc}")
+                warnings.warn(f"{p}: unreadable or corrupt image ({exc}); excluded", SkippedImageWarning, stacklevel=3)
+                continue
+            if mode in MODE_NOTES:
+                _note(quality, p, cls, *MODE_NOTES[mode])
+        rows.append(
+            dict(path=str(p), **{"class": cls}, label=label, image_id=p.stem, width=width, height=height)
+            | dict(xml=None, boxes=[], box_classes=[])
+        )
+    return rows
+
+
+def _note_duplicate_names(table: pd.DataFrame, quality: list[dict]) -> None:
+    """File names that occur in more than one class folder (12 in the real GC10 data)."""
     counts = table.groupby("image_id")["class"].nunique()
     for image_id in counts[counts > 1].index:
         dup = table[table.image_id == image_id]
         for _, r in dup.iterrows():
-            quality.append(
-                dict(
-                    file=r.path,
-                    **{"class": r["class"]},
-                    problem="duplicate_name",
-                    detail=f"{image_id} also in: " + ", ".join(sorted(set(dup["class"]) - {r["class"]})),
-                )
-            )
-    qdf = pd.DataFrame(quality, columns=QUALITY_COLUMNS)
-    return Dataset(root=root, layout=layout, classes=classes, table=table, quality=qdf)
+            others = ", ".join(sorted(set(dup["class"]) - {r["class"]}))
+            _note(quality, r.path, r["class"], "duplicate_name", f"{image_id} also in: {others}")
 
 
 def _attach_boxes(table: pd.DataFrame, xml_dir: Path | None, is_gc10: bool, quality: list[dict]) -> None:

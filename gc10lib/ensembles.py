@@ -327,7 +327,6 @@ def ensemble_run(
     y_val, y_test = va.label.to_numpy(), te.label.to_numpy()
     models = [load_model(r.path) for r in members]
     info = check_members(models)
-    classes = info.classes
 
     t0 = time.perf_counter()
     inp, outs = branch_outputs(models)  # the ensemble's own shared input and resizes
@@ -351,53 +350,71 @@ def ensemble_run(
     ensembles: dict[str, tuple[dict, dict, np.ndarray]] = {}
     for method in methods:
         t0 = time.perf_counter()
-        fitted = fit_method(method, val_probas, y_val, seed=seed)
-        d = out / "ensembles" / method
-        d.mkdir(parents=True)
-        recipe = save_json(_recipe(fitted, members, int(inp.shape[1])), d / "recipe.json")
-        proba = combine(method, test_probas, fitted)
-        val_combined = fitted.get("oof_val_proba")
-        if val_combined is None:
-            val_combined = combine(method, val_probas, fitted)
-        metrics = {
-            "name": f"ensemble_{method}",
-            "kind": "ensemble",
-            "method": method,
-            "members": [r.name for r in members],
-            "img_size": int(inp.shape[1]),
-            "policy": info.policy,
-            "weights_source": info.weights_source,
-            "model_path": None,
-            "recipe_path": str(recipe),
-            "model_size_mb": None,
-            "seed": seed,
-            "classes": classes,
-            "fitted": {"weights": fitted.get("weights")},
-            "val": compute_metrics(y_val, val_combined, classes, seed=seed),
-            "val_is_out_of_fold": fitted.get("oof_val_proba") is not None,
-            "test": compute_metrics(y_test, proba, classes, seed=seed),
-            "timings": {"total_s": round(time.perf_counter() - t0 + members_s, 2)},
-        }
-        np.save(d / "proba_test.npy", proba.astype(np.float32))
-        save_json(metrics, d / "metrics.json")
+        fitted, metrics, proba = _fit_and_score(
+            method, val_probas, test_probas, y_val, y_test, members, out, int(inp.shape[1]), info, seed
+        )
+        metrics["timings"] = {"total_s": round(time.perf_counter() - t0 + members_s, 2)}
+        save_json(metrics, out / "ensembles" / method / "metrics.json")
         results[metrics["name"]] = metrics["test"]
-        rows.append(ModelRecord(metrics["name"], "ensemble", recipe, d, metrics).row())
+        rows.append(
+            ModelRecord(
+                metrics["name"], "ensemble", Path(metrics["recipe_path"]), out / "ensembles" / method, metrics
+            ).row()
+        )
         ensembles[method] = (fitted, metrics, proba)
     table = pd.DataFrame(rows)
     if ensembles:  # only the method chosen on validation is written as a .keras; the others stay recipes
         chosen = choose_by_validation(table, "ensemble").removeprefix("ensemble_")
-        fitted, metrics, proba = ensembles[chosen]
-        model = build_fitted(models, fitted)
-        path = _save_materialized(model, metrics, out / "ensembles" / chosen)
-        n = min(check_n, len(te))
-        if n:  # the saved file reproduces the table's numbers
-            reloaded = predict_proba(load_model(path), list(te.path[:n]), batch_size=batch_size)
-            gap = float(np.abs(reloaded - proba[:n]).max())
-            if gap > 1e-4:
-                raise RuntimeError(f"{path}: reloaded ensemble differs from its evaluation by {gap:.2e}")
-        table.loc[table.model == metrics["name"], "size_mb"] = metrics["model_size_mb"]
+        _materialize_chosen(ensembles[chosen], models, out / "ensembles" / chosen, te, check_n, batch_size)
+        table.loc[table.model == ensembles[chosen][1]["name"], "size_mb"] = ensembles[chosen][1]["model_size_mb"]
     _write_outputs(table, results, out)
     return table, results
+
+
+def _fit_and_score(method, val_probas, test_probas, y_val, y_test, members, out: Path, size: int, info, seed: int):
+    """One method fitted on validation (cross-fitted where it fits anything), its recipe saved and
+    its val and test metrics computed. Returns ``(fitted, metrics, test probabilities)``."""
+    fitted = fit_method(method, val_probas, y_val, seed=seed)
+    d = out / "ensembles" / method
+    d.mkdir(parents=True)
+    recipe = save_json(_recipe(fitted, members, size), d / "recipe.json")
+    proba = combine(method, test_probas, fitted)
+    val_combined = fitted.get("oof_val_proba")
+    if val_combined is None:
+        val_combined = combine(method, val_probas, fitted)
+    metrics = {
+        "name": f"ensemble_{method}",
+        "kind": "ensemble",
+        "method": method,
+        "members": [r.name for r in members],
+        "img_size": size,
+        "policy": info.policy,
+        "weights_source": info.weights_source,
+        "model_path": None,
+        "recipe_path": str(recipe),
+        "model_size_mb": None,
+        "seed": seed,
+        "classes": info.classes,
+        "fitted": {"weights": fitted.get("weights")},
+        "val": compute_metrics(y_val, val_combined, info.classes, seed=seed),
+        "val_is_out_of_fold": fitted.get("oof_val_proba") is not None,
+        "test": compute_metrics(y_test, proba, info.classes, seed=seed),
+    }
+    np.save(d / "proba_test.npy", proba.astype(np.float32))
+    return fitted, metrics, proba
+
+
+def _materialize_chosen(chosen: tuple, models, d: Path, te: pd.DataFrame, check_n: int, batch_size: int) -> None:
+    """Build and save the method validation chose as ``ensemble.keras``; the saved file must
+    reproduce the table's test probabilities on ``check_n`` images."""
+    fitted, metrics, proba = chosen
+    path = _save_materialized(build_fitted(models, fitted), metrics, d)
+    n = min(check_n, len(te))
+    if n:
+        reloaded = predict_proba(load_model(path), list(te.path[:n]), batch_size=batch_size)
+        gap = float(np.abs(reloaded - proba[:n]).max())
+        if gap > 1e-4:
+            raise RuntimeError(f"{path}: reloaded ensemble differs from its evaluation by {gap:.2e}")
 
 
 def _recipe(fitted: dict, members: Sequence[ModelRecord], input_size: int) -> dict:
