@@ -7,13 +7,13 @@ the papermill pipeline behind ``gc10 run``. The public API, for notebooks of you
     import gc10lib
 
     model = gc10lib.load_model("runs/demo/steps/02_finetune_mobilenet/model.keras")  # or a .tflite
-    table = gc10lib.inference(model, "new_images/")              # one row per image, top-3 classes
+    table = gc10lib.predict(model, "new_images/")              # one row per image, top-3 classes
     report = gc10lib.evaluate(model, "data/gc10", split="runs/demo/split.csv", subset="test")
     ds = gc10lib.discover("data/gc10")                          # classes, images, data-quality table
     run = gc10lib.RunFolder("runs/demo")                       # config, split, models of a run
 
     gc10lib.train("data/gc10", backbone="mobilenet", img_size=224)   # one backbone, the phases
-    gc10lib.ensembles(run); gc10lib.quantization(run); gc10lib.distillation(run); gc10lib.explanation(run)
+    gc10lib.ensemble(run); gc10lib.quantize(run); gc10lib.distill(run); gc10lib.explain(run)
 
 ``import gc10lib`` is light: TensorFlow loads on first use of a function that needs it.
 """

@@ -6,7 +6,7 @@ vocabulary: a model is a ``.keras``/``.tflite`` file (or a loaded model), a run 
 
 >>> import gc10lib
 >>> model = gc10lib.load_model("runs/xsdd/steps/06_distill/student_int8.tflite")
->>> gc10lib.inference(model, "new_images/").head()
+>>> gc10lib.predict(model, "new_images/").head()
 >>> report = gc10lib.evaluate(model, "data/xsdd", split="runs/xsdd/split.csv", subset="test")
 >>> report["accuracy"], report["macro_f1"]
 """
@@ -56,7 +56,7 @@ def predict(
     searched recursively, or a list of them), one row per image: ``path``, ``class_1``,
     ``prob_1``, ... Unreadable files are left out with a warning; nothing is cached.
 
-    >>> gc10lib.inference("model.keras", "new_images/", top_k=1)
+    >>> gc10lib.predict("model.keras", "new_images/", top_k=1)
     """
     paths = [images] if isinstance(images, (str, Path)) else list(images)
     return predict_files(model, paths, top_k=top_k, batch_size=batch_size)
@@ -116,7 +116,7 @@ def ensemble(
     """The ensemble step on a run's trained backbones: every method fitted and scored on
     validation (cross-fitted), the chosen one named in ``table.attrs["best_ensemble"]``.
 
-    >>> table = gc10lib.ensembles("runs/xsdd")
+    >>> table = gc10lib.ensemble("runs/xsdd")
     """
     folder = _run(run)
     data_dir, split_csv = folder.inputs(data, split)
@@ -137,7 +137,7 @@ def quantize(
     """LiteRT files of a run's models, each against its Keras original: size, accuracy, agreement
     and speed (the quantize step).
 
-    >>> gc10lib.quantization("runs/xsdd", models=["best_backbone"], variants=["int8"])
+    >>> gc10lib.quantize("runs/xsdd", models=["best_backbone"], variants=["int8"])
     """
     folder = _run(run)
     data_dir, split_csv = folder.inputs(data, split)
@@ -158,7 +158,7 @@ def distill(
     """A small student on the soft targets of a run's chosen ensemble (the distill step); with
     ``int8``, its int8 LiteRT file and the deployment table. Returns the student's metrics.
 
-    >>> m = gc10lib.distillation("runs/xsdd", student="mobilenet_v2", epochs_finetune=0)
+    >>> m = gc10lib.distill("runs/xsdd", student="mobilenet_v2", epochs_finetune=0)
     """
     folder = _run(run)
     data_dir, split_csv = folder.inputs(data, split)
@@ -181,7 +181,7 @@ def explain(
     """Grad-CAM of a run's models on test images, scored against the dataset's boxes (pointing
     game, energy in box), with overlays written to ``out`` (the explain step).
 
-    >>> gc10lib.explanation("runs/neu", per_class=3)
+    >>> gc10lib.explain("runs/neu", per_class=3)
     """
     folder = _run(run)
     data_dir, split_csv = folder.inputs(data, split)

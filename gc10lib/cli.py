@@ -353,25 +353,35 @@ def _data_argument(s: argparse.ArgumentParser, help_text: str) -> None:
     s.add_argument("path", nargs="?", metavar="PATH", help=f"{DEPRECATED}: use --data PATH")
 
 
+#: ``gc10 data ACTION``: (help, examples)
+DATA_COMMANDS = {
+    "summary": (
+        "layout, class counts, sizes, boxes and data-quality table of a dataset folder",
+        "gc10 data summary --data ../shared/data/gc10-sample\ngc10 data summary --data data/gc10 --json > summary.json",
+    ),
+    "split": (
+        "write a seeded, stratified, grouped split manifest (CSV plus a .json sidecar)",
+        "gc10 data split --data data/gc10 --out split.csv --seed 42 --fractions 0.7 0.15 0.15",
+    ),
+    "synth": (
+        "write a synthetic GC10-like dataset in the Kaggle layout (for smoke tests and demos)",
+        "gc10 data synth /tmp/synth --per-class 30 --seed 0",
+    ),
+    "download": (
+        "download GC10-DET from Kaggle: public, kagglehub needs no login (the kaggle package, the fallback, "
+        "needs an API token)",
+        "gc10 data download data/gc10\ngc10 data summary --data data/gc10",
+    ),
+}
+
+
 def _add_data_commands(sub) -> None:
     d = sub.add_parser("data", help="inspect, split, synthesize or download datasets")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    s = _command(
-        dsub,
-        "summary",
-        "layout, class counts, sizes, boxes and data-quality table of a dataset folder",
-        "gc10 data summary --data ../shared/data/gc10-sample\ngc10 data summary --data data/gc10 --json > summary.json",
-        _data_summary,
-    )
+    s = _command(dsub, "summary", *DATA_COMMANDS["summary"], _data_summary)
     _data_argument(s, "dataset folder: a Kaggle GC10 download, the original release, or one folder per class")
     s.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
-    s = _command(
-        dsub,
-        "split",
-        "write a seeded, stratified, grouped split manifest (CSV plus a .json sidecar)",
-        "gc10 data split --data data/gc10 --out split.csv --seed 42 --fractions 0.7 0.15 0.15",
-        _data_split,
-    )
+    s = _command(dsub, "split", *DATA_COMMANDS["split"], _data_split)
     _data_argument(s, "dataset folder")
     s.add_argument("--out", required=True, help="manifest file to write, ending in .csv (its sidecar is <name>.json)")
     s.add_argument("--seed", type=int, default=42, help="seed of the split (default 42)")
@@ -384,24 +394,11 @@ def _add_data_commands(sub) -> None:
         help="shares of train, val and test (default 0.7 0.15 0.15)",
     )
     s.add_argument("--overwrite", action="store_true", help="replace an existing manifest and sidecar")
-    s = _command(
-        dsub,
-        "synth",
-        "write a synthetic GC10-like dataset in the Kaggle layout (for smoke tests and demos)",
-        "gc10 data synth /tmp/synth --per-class 30 --seed 0",
-        _data_synth,
-    )
+    s = _command(dsub, "synth", *DATA_COMMANDS["synth"], _data_synth)
     s.add_argument("out", help="empty folder to write into")
     s.add_argument("--per-class", type=int, default=30, help="images per class (default 30)")
     s.add_argument("--seed", type=int, default=0, help="seed of the generator (default 0)")
-    s = _command(
-        dsub,
-        "download",
-        "download GC10-DET from Kaggle: public, kagglehub needs no login (the kaggle package, the fallback, "
-        "needs an API token)",
-        "gc10 data download data/gc10\ngc10 data summary --data data/gc10",
-        _data_download,
-    )
+    s = _command(dsub, "download", *DATA_COMMANDS["download"], _data_download)
     s.add_argument("out", help="empty folder to unpack the download into")
 
 

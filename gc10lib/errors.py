@@ -13,7 +13,7 @@ class Gc10Error(Exception):
     """Base of every error gc10lib raises on purpose; the message names the file and the problem.
 
     >>> try:
-    ...     gc10lib.inference("model.keras", "empty_folder/")
+    ...     gc10lib.predict("model.keras", "empty_folder/")
     ... except gc10lib.Gc10Error as exc:
     ...     print(exc)   # empty_folder/: no image files found (looked for .jpg, ...)
     """

@@ -118,3 +118,13 @@ def test_a_regular_install_runs_from_any_folder(tmp_path):
     planned = run(str(venv / "bin" / "gc10"), "run", "--config", "demo", "--dry-run")
     assert "02_finetune_mobilenet (02_finetune.ipynb)" in planned and "06_distill" in planned
     assert not (away / "runs").exists()
+
+
+def test_the_examples_in_the_docs_call_only_public_names():
+    import gc10lib.api
+
+    texts = [gc10lib.__doc__ or "", gc10lib.api.__doc__ or ""]
+    texts += [getattr(gc10lib, n).__doc__ or "" for n in gc10lib.__all__ if n != "__version__"]
+    texts.append((REPO / "notebooks" / "examples" / "use_gc10lib.ipynb").read_text())
+    called = {m for t in texts for m in re.findall(r"gc10lib\.(\w+)\(", t)}
+    assert called and called <= set(gc10lib.__all__) | {"RunFolder"}, called - set(gc10lib.__all__)
