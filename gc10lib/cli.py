@@ -289,6 +289,14 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from gc10lib.report import write_page
+
+    page = write_page(args.runs, args.out, title=args.title, about=args.about or "")
+    print(f"wrote {page}")
+    return 0
+
+
 def _cache(args: argparse.Namespace) -> int:
     from gc10lib import cache
 
@@ -554,6 +562,17 @@ def _add_pipeline_commands(sub) -> None:
     )
     c.add_argument("runs", nargs="+", help="run folders holding summary.json")
     c.add_argument("--out", help=f"also write the table as CSV, {OUT_HELP}")
+    g = _command(
+        sub,
+        "report",
+        "a dataset's results page from finished runs (mean ± std over them, chosen models, figures)",
+        "gc10 report runs/xsdd-s42 runs/xsdd-s43 --out docs/results/xsdd.md --title X-SDD",
+        _report,
+    )
+    g.add_argument("runs", nargs="+", help="finished run folders of one config (one per seed, say)")
+    g.add_argument("--out", required=True, help=f"the page, a .md file, {OUT_HELP}; figures go to <name>_files/")
+    g.add_argument("--title", help="the dataset's name on the page (default: the config's name)")
+    g.add_argument("--about", help="a paragraph under the title: the dataset, its licence and citation")
     k = _command(
         sub,
         "cache",

@@ -88,6 +88,26 @@ def _student_lines(run_dir: Path) -> list[str]:
     ]
 
 
+def random_init_warning(records: list[ModelRecord]) -> str | None:
+    """A loud line when some backbones of a run trained without pretrained weights, saying which and
+    how to get the weights; ``None`` when every backbone had them."""
+    random = sorted(
+        {
+            r.backbone or r.name
+            for r in records
+            if r.kind == "backbone" and (r.metrics.get("weights_source") == "random")
+        }
+    )
+    if not random:
+        return None
+    return (
+        f"**Warning: {', '.join(random)} trained from random initialisation, not ImageNet weights**, so "
+        "their scores (and every ensemble or student built on them) say little. Give the machine internet "
+        "access for Keras' download, or set GC10_WEIGHTS_DIR to a folder of the keras.applications "
+        "`*_notop` weight files, and run again."
+    )
+
+
 def model_card(run_dir: str | Path) -> str:
     """The model card of a run folder, as markdown."""
     run = RunFolder(run_dir)
@@ -95,6 +115,9 @@ def model_card(run_dir: str | Path) -> str:
     records = run.models()
     chosen = _chosen([r for r in records if r.test])
     lines = [f"# Model card: run `{run_dir.name}`", ""]
+    warning = random_init_warning(records)
+    if warning:
+        lines += [warning, ""]
     lines += [
         f"Written by `gc10 run` from commit `{commit_label(manifest)}`, seed "
         f"{cfg.get('seed', 42)}, config `{cfg.get('name')}`.",

@@ -34,10 +34,11 @@ import yaml
 from jupyter_client.manager import AsyncKernelManager
 
 from gc10lib import data, resources, synth
+from gc10lib.backbones import get_spec, resolve_weights
 from gc10lib.config import apply_overrides as apply_parameter_overrides
 from gc10lib.config import check_run_config
 from gc10lib.errors import Gc10Error, NotFoundError
-from gc10lib.modelcard import commit_label, write_model_card
+from gc10lib.modelcard import commit_label, random_init_warning, write_model_card
 from gc10lib.records import choose_by_validation, read_step_summaries
 from gc10lib.runfolder import RunFolder
 from gc10lib.settings import writable_dir
@@ -304,6 +305,8 @@ def execute_run(
         raise PipelineError(f"no notebooks found to run in {notebook_folder(cfg)}")
     if not resume:
         _start(run, cfg, runs_root)
+        for line in _weights_notes(cfg):
+            echo(line)
     env_keep = {k: os.environ.get(k) for k in ("GC10_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
     os.environ["GC10_VERBOSE"] = "2"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -331,7 +334,34 @@ def execute_run(
     run.save()
     write_summary(run.dir)
     echo(f"run complete in {(time.time() - t_start) / 60:.1f} min: {run.dir}")
+    warning = random_init_warning(run.models())
+    if warning:
+        echo(warning.replace("**", ""))
+    where = run.dir.relative_to(Path.cwd()) if run.dir.is_relative_to(Path.cwd()) else run.dir
+    echo(
+        f"open first: {where}/summary.md (every model's scores) and {where}/MODEL_CARD.md (the chosen model); "
+        "then `jupyter lab notebooks/` (03-06 open this run), or `gc10 predict --model FILE images/`"
+    )
     return run.dir
+
+
+def _weights_notes(cfg: dict) -> list[str]:
+    """At the start of a run: which backbones have no offline ImageNet file and will need Keras'
+    download (and, under ``weights: auto``, train from random initialisation without it)."""
+    if cfg.get("weights") not in ("imagenet", "auto"):
+        return [] if cfg.get("weights") not in (None, "random") else ["note: weights: random init for every backbone"]
+    need = []
+    for bb in cfg.get("backbones") or []:
+        _, source = resolve_weights(get_spec(bb), cfg["weights"], cfg.get("weights_dir"))
+        if source == "imagenet-download":
+            need.append(bb)
+    if not need:
+        return []
+    then = "fall back to random initialisation (said again at the end)" if cfg["weights"] == "auto" else "stop"
+    return [
+        f"note: no offline ImageNet weights for {', '.join(need)} (GC10_WEIGHTS_DIR); Keras will download them, "
+        f"and where it cannot they {then}"
+    ]
 
 
 def _start(run: RunFolder, cfg: dict, runs_root: Path) -> None:
@@ -438,6 +468,9 @@ def write_summary(run_dir: Path) -> dict:
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     lines = [f"# Run `{run_dir.name}`", ""]
+    warning = random_init_warning(run.models())
+    if warning:
+        lines += [warning, ""]
     cfg = run.manifest.get("config") or {}
     lines.append(f"Data: `{cfg.get('data_dir')}` · seed {cfg.get('seed')} · commit `{commit_label(run.manifest)}`")
     lines.append("")

@@ -427,3 +427,32 @@ def test_a_step_notebook_without_any_run_stops_with_one_line_saying_what_to_do(t
 
     with pytest.raises(RunFolderError, match=r"no gc10 run here yet; make one with `gc10 run` \(or `make run`\)$"):
         RunFolder.for_step(None, None, None, tmp_path / "runs")
+
+
+def test_the_run_says_where_to_look_and_warns_loudly_about_random_weights(demo_run):
+    """The smoke run's VGG19 has no offline ImageNet file here; Keras cannot download it, so under
+    ``weights: auto`` it trains from random init: said at the start, at the end, in the summary and
+    in the model card. Where ../shared/weights is absent, MobileNet is in the same case."""
+    run, r = demo_run
+    assert "note: no offline ImageNet weights for" in r.stdout and "vgg19" in r.stdout.split("note:")[1]
+    assert "open first: " in r.stdout and "summary.md" in r.stdout.split("open first:")[1]
+    for page in ("summary.md", "MODEL_CARD.md"):
+        text = (run / page).read_text()
+        assert "**Warning: " in text and "vgg19" in text.split("**Warning: ")[1].split("**")[0], page
+
+
+def test_a_results_page_is_generated_from_the_run_and_its_numbers_are_the_summarys(demo_run, tmp_path):
+    from gc10lib import cli
+
+    run, _ = demo_run
+    page = tmp_path / "results" / "demo.md"
+    assert cli.main(["report", str(run), str(run), "--out", str(page), "--title", "Demo"]) == 0
+    text = page.read_text()
+    summary = json.loads((run / "summary.json").read_text())
+    for row in summary["models"]:
+        line = next(x for x in text.splitlines() if x.startswith(f"| {row['model']} | {row['kind']} |"))
+        assert f"{row['test_accuracy']:.4f} ± 0.0000" in line and f"{row['test_macro_f1']:.4f} ± 0.0000" in line
+    chosen = records.choose_by_validation(pd.DataFrame(summary["models"]), "ensemble")
+    assert f"| {run.name} | {chosen} |" in text
+    assert (tmp_path / "results" / "demo_files" / "comparison.png").is_file()
+    assert cli.main(["report", str(run), "--out", str(page)]) == 2  # never overwritten
