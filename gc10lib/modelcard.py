@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from gc10lib.deploy import deploy_lines
 from gc10lib.records import CHOICE_RULE, ModelRecord, choose_by_validation, records_table
 from gc10lib.runfolder import RunFolder
 
@@ -159,6 +160,9 @@ def model_card(run_dir: str | Path) -> str:
         lines.append(f"| {cls} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |")
     lines += ["", "## Quantized variants", ""] + _quantization_lines(run_dir)
     lines += ["", "## One small model (distilled)", ""] + _student_lines(run_dir)
+    deploy = deploy_lines(run_dir)
+    if deploy:
+        lines += ["", "## The deployable model (chosen on validation)", "", *deploy]
     lines += ["", "## Known limitations", ""] + [f"- {x}" for x in LIMITATIONS]
     return "\n".join(lines) + "\n"
 

@@ -37,6 +37,7 @@ from gc10lib import data, resources, synth
 from gc10lib.backbones import get_spec, resolve_weights
 from gc10lib.config import apply_overrides as apply_parameter_overrides
 from gc10lib.config import check_run_config
+from gc10lib.deploy import choose_deployable, deploy_lines
 from gc10lib.errors import Gc10Error, NotFoundError
 from gc10lib.modelcard import commit_label, random_init_warning, write_model_card
 from gc10lib.records import choose_by_validation, read_step_summaries
@@ -330,6 +331,10 @@ def execute_run(
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+    if any(s.id.startswith(("04_", "06_")) for s in steps):
+        choice = choose_deployable(run.dir)
+        if choice is not None:
+            echo(f"deployable model: {choice['chosen']} -> {choice['path']} ({choice['rule']})")
     run.manifest["ended"] = time.time()
     run.save()
     write_summary(run.dir)
@@ -465,6 +470,7 @@ def write_summary(run_dir: Path) -> dict:
         "steps": {k: {kk: v.get(kk) for kk in ("status", "seconds")} for k, v in run.manifest.get("steps", {}).items()},
         "models": rows,
         "extra": extra,
+        "deployable": _deployable(run_dir),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     lines = [f"# Run `{run_dir.name}`", ""]
@@ -482,6 +488,8 @@ def write_summary(run_dir: Path) -> dict:
             lines += ["", f"**Below their own probe on validation:** {', '.join(flagged)} (see `vs_probe`)."]
     else:
         lines.append("_no model metrics yet_")
+    if summary["deployable"]:
+        lines += ["", *deploy_lines(run_dir)]
     lines += ["", "| step | status | seconds |", "|---|---|---|"]
     for k, v in summary["steps"].items():
         lines.append(f"| {k} | {v['status']} | {v.get('seconds')} |")
@@ -491,6 +499,11 @@ def write_summary(run_dir: Path) -> dict:
     (run_dir / "summary.md").write_text("\n".join(lines) + "\n")
     write_model_card(run_dir)
     return summary
+
+
+def _deployable(run_dir: Path) -> dict | None:
+    f = run_dir / "deploy" / "choice.json"
+    return json.loads(f.read_text()) if f.is_file() else None
 
 
 def aggregate_runs(run_dirs: Sequence[str | Path]) -> pd.DataFrame:

@@ -456,3 +456,23 @@ def test_a_results_page_is_generated_from_the_run_and_its_numbers_are_the_summar
     assert f"| {run.name} | {chosen} |" in text
     assert (tmp_path / "results" / "demo_files" / "comparison.png").is_file()
     assert cli.main(["report", str(run), "--out", str(page)]) == 2  # never overwritten
+
+
+def test_the_run_names_one_deployable_model_chosen_on_validation(demo_run):
+    from gc10lib.inference import load_predictor
+
+    run, r = demo_run
+    choice = json.loads((run / "deploy" / "choice.json").read_text())
+    names = {c["name"] for c in choice["candidates"]}
+    assert "student_mobilenet_v2 int8" in names and "student_mobilenet_v2" in names
+    assert all(c["val_accuracy"] is not None and c["val_agreement"] is not None for c in choice["candidates"])
+    ok = [
+        c for c in choice["candidates"] if c["val_accuracy"] >= choice["reference"]["val_accuracy"] - choice["margin"]
+    ]
+    smallest = min(ok, key=lambda c: c["size_mib"])["name"] if ok else None
+    assert choice["chosen"] == (smallest or max(choice["candidates"], key=lambda c: c["val_accuracy"])["name"])
+    assert load_predictor(choice["path"]).classes  # the copied file loads with its sidecar
+    assert json.loads((run / "summary.json").read_text())["deployable"]["chosen"] == choice["chosen"]
+    for page in ("summary.md", "MODEL_CARD.md"):
+        assert f"Deployable model: `{choice['chosen']}`" in (run / page).read_text()
+    assert f"deployable model: {choice['chosen']}" in r.stdout
