@@ -148,6 +148,9 @@ class TruncatedImageError(ValueError):
     """An image file that stops before its end marker (a cut-off download or copy)."""
 
 
+#: headers claiming more pixels than this are decoded in full by the data check (a forged header
+#: under Pillow's decompression-bomb limit is otherwise listed at the size it claims)
+FULL_DECODE_PIXELS = 40_000_000
 #: what a whole file of each kind ends with (within its last bytes; some writers pad after it)
 END_MARKERS = {".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9", ".png": b"IEND"}
 
@@ -165,7 +168,10 @@ def _image_header(path: Path) -> tuple[int, int, str]:
             if marker not in fh.read():
                 raise TruncatedImageError(f"the file is cut off (no {marker!r} end marker); image file is truncated")
     with Image.open(path) as im:
-        return im.size[0], im.size[1], im.mode
+        width, height, mode = im.size[0], im.size[1], im.mode
+        if width * height > FULL_DECODE_PIXELS:  # a header can claim any size: make the pixels prove it
+            im.load()
+    return width, height, mode
 
 
 #: Modes that load, with a note in the quality table of what loading does to them.

@@ -156,6 +156,17 @@ def test_decompression_bomb_header_is_excluded_and_named(synth_copy, tmp_path):
         load_rgb(bomb)
 
 
+def test_a_header_claiming_a_huge_image_under_the_bomb_limit_must_decode(synth_copy):
+    """12000x12000 is under Pillow's bomb limit: the header alone would list it at that size."""
+    fake = synth_copy / "images" / "images" / "crease" / "huge.png"
+    _png_claiming(fake, 12000, 12000)
+    with pytest.warns(SkippedImageWarning, match="huge.png"):
+        ds = data.discover(synth_copy)
+    assert str(fake) not in set(ds.table.path)
+    assert set(ds.quality[ds.quality.file == str(fake)].problem) == {"unreadable"}
+    assert not (ds.table.width >= 12000).any()
+
+
 def test_cache_dir_that_is_a_file_is_one_line(tiny_model, synth_root, tmp_path, monkeypatch, capsys):
     (tmp_path / "cache").write_text("a file")
     monkeypatch.setenv("GC10_CACHE_DIR", str(tmp_path / "cache"))

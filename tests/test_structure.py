@@ -77,3 +77,21 @@ def test_the_checker_sees_module_and_inner_imports(tmp_path):
     f.write_text("import gc10lib.data\n\ndef f():\n    from gc10lib import ensembles\n    return ensembles\n")
     top, inner = _imports(f)
     assert top == {"gc10lib.data"} and len(inner) == 1
+
+
+def test_no_module_imports_another_modules_private_names():
+    bad = []
+    for path in MODULES.values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gc10lib"):
+                bad += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert not bad, bad
+
+
+def test_no_function_in_the_package_is_over_100_lines():
+    long = []
+    for path in MODULES.values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 100:
+                long.append(f"{path.name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long
