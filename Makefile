@@ -12,7 +12,7 @@ export GC10_WEIGHTS_DIR ?= $(shell [ -d ../shared/weights ] && cd ../shared/weig
 export MPLBACKEND ?= Agg
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install run gc10 test test-fast lint clean-cache
+.PHONY: install run gc10 test test-fast lint clean-cache docs-run
 
 install: $(STAMP)
 
@@ -41,6 +41,11 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check gc10lib tests benchmarks notebooks docs
 	$(BIN)/mypy
+
+# Executed copies of a real-weights run's notebooks, for reading in the repository (each <= 2 MiB), and its results page:
+#   make docs-run RUN=runs/xsdd-s42 NAME=xsdd ABOUT="X-SDD (Feng et al., Symmetry 2021; Apache-2.0)"
+docs-run: install
+	$(BIN)/gc10 report $(RUN) --notebooks docs/notebooks/$(NAME) --out docs/results/$(NAME).md --title "$(NAME)" --about "$(ABOUT)"
 
 clean-cache:
 	rm -rf .cache/gc10lib

@@ -290,10 +290,13 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from gc10lib.report import write_page
+    from gc10lib.report import copy_notebooks, write_page
 
-    page = write_page(args.runs, args.out, title=args.title, about=args.about or "")
-    print(f"wrote {page}")
+    if args.notebooks:
+        files = copy_notebooks(args.runs[0], args.notebooks, about=args.about or "")
+        print(f"wrote {len(files)} executed notebooks to {args.notebooks}")
+    if args.out:
+        print(f"wrote {write_page(args.runs, args.out, title=args.title, about=args.about or '')}")
     return 0
 
 
@@ -566,11 +569,13 @@ def _add_pipeline_commands(sub) -> None:
         sub,
         "report",
         "a dataset's results page from finished runs (mean ± std over them, chosen models, figures)",
-        "gc10 report runs/xsdd-s42 runs/xsdd-s43 --out docs/results/xsdd.md --title X-SDD",
+        "gc10 report runs/xsdd-s42 runs/xsdd-s43 --out docs/results/xsdd.md --title X-SDD\n"
+        "gc10 report runs/xsdd-s42 --notebooks docs/notebooks/xsdd --about 'X-SDD (Apache-2.0), cite ...'",
         _report,
     )
     g.add_argument("runs", nargs="+", help="finished run folders of one config (one per seed, say)")
-    g.add_argument("--out", required=True, help=f"the page, a .md file, {OUT_HELP}; figures go to <name>_files/")
+    g.add_argument("--out", help=f"the page, a .md file, {OUT_HELP}; figures go to <name>_files/")
+    g.add_argument("--notebooks", help="also copy the first run's executed notebooks into this new folder")
     g.add_argument("--title", help="the dataset's name on the page (default: the config's name)")
     g.add_argument("--about", help="a paragraph under the title: the dataset, its licence and citation")
     k = _command(

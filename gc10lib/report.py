@@ -172,6 +172,43 @@ def write_page(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | 
     return out
 
 
+#: the largest executed notebook kept for reading in the repository
+MAX_NOTEBOOK_BYTES = 2 * 2**20
+
+
+def copy_notebooks(run_dir: str | Path, out_dir: str | Path, about: str = "") -> list[Path]:
+    """The run's executed notebooks, for reading in the repository (``docs/notebooks/<dataset>/``):
+    each headed by a cell naming the run, its commit and config, and ``about`` (the dataset's
+    licence and citation), with the kernel's stderr (TensorFlow's start-up lines) left out. A
+    notebook over 2 MiB is refused. Returns the files written."""
+    run = RunFolder(run_dir)
+    found = sorted(run.dir.glob("[0-9][0-9]_*.ipynb"))
+    if not found:
+        raise NotFoundError(f"{run.dir}: no executed notebooks (NN_*.ipynb); is it a gc10 run folder?")
+    out = Path(out_dir)
+    if out.exists():
+        raise OutputExistsError(f"{out}: already exists; remove it to copy the notebooks again")
+    out.mkdir(parents=True)
+    head = (
+        f"*Executed by `gc10 run` in run `{run.name}` (commit `{commit_label(run.manifest)}`, config "
+        f"`{run.config.get('name')}`, seed {run.config.get('seed')}) and copied with `gc10 report --notebooks`; "
+        f"the notebook itself is `notebooks/`'s, without outputs.*" + (f"\n\n{about}" if about else "")
+    )
+    written = []
+    for f in found:
+        nb = json.loads(f.read_text())
+        for cell in nb.get("cells", []):
+            if cell.get("outputs"):
+                cell["outputs"] = [o for o in cell["outputs"] if o.get("name") != "stderr"]
+        nb["cells"].insert(0, {"cell_type": "markdown", "metadata": {}, "source": head})
+        text = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+        if len(text.encode()) > MAX_NOTEBOOK_BYTES:
+            raise InputError(f"{f}: {len(text.encode()) / 2**20:.1f} MiB executed; over the 2 MiB kept for reading")
+        (out / f.name).write_text(text)
+        written.append(out / f.name)
+    return written
+
+
 def _version() -> str:
     try:
         return version("gc10lib")

@@ -476,3 +476,18 @@ def test_the_run_names_one_deployable_model_chosen_on_validation(demo_run):
     for page in ("summary.md", "MODEL_CARD.md"):
         assert f"Deployable model: `{choice['chosen']}`" in (run / page).read_text()
     assert f"deployable model: {choice['chosen']}" in r.stdout
+
+
+def test_executed_notebooks_are_copied_for_reading_with_their_provenance(demo_run, tmp_path):
+    from gc10lib.report import MAX_NOTEBOOK_BYTES, copy_notebooks
+
+    run, _ = demo_run
+    files = copy_notebooks(run, tmp_path / "nb", about="Data: synthetic (no licence needed).")
+    assert {f.name for f in files} == {p.name for p in run.glob("[0-9][0-9]_*.ipynb")}
+    for f in files:
+        nb = nbformat.read(f, as_version=4)
+        assert f"run `{run.name}`" in nb.cells[0].source and "synthetic (no licence needed)" in nb.cells[0].source
+        assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
+        assert f.stat().st_size <= MAX_NOTEBOOK_BYTES
+    with pytest.raises(Exception, match="already exists"):
+        copy_notebooks(run, tmp_path / "nb")
