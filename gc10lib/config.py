@@ -26,22 +26,12 @@ from typing import Any, ClassVar, TypeVar
 import yaml
 
 from gc10lib.errors import InputError
+from gc10lib.registry import REGISTRY
 
 T = TypeVar("T", bound="Settings")
 
-#: Backbone names a config may use; kept here (no Keras import) and checked against
-#: :data:`gc10lib.backbones.REGISTRY` by a test.
-BACKBONES = (
-    "efficientnet_b5",
-    "resnet50_v2",
-    "inception_v3",
-    "mobilenet",
-    "vgg19",
-    "mobilenet_v2",
-    "efficientnet_v2_s",
-    "convnext_tiny",
-    "mobilenet_v3_large",
-)
+#: Backbone names a config may use: the registry's (gc10lib.registry, no TensorFlow)
+BACKBONES = tuple(REGISTRY)
 #: augmentation ops (gc10lib.inputs.augmenter) and resize policies (gc10lib.inputs.resize)
 AUG_OPS = ("flip", "shift", "brightness", "contrast")
 FINETUNE_OPTIMIZERS = ("sgd", "adam", "lamb")

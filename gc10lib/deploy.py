@@ -10,7 +10,7 @@ beside each candidate and never used to choose.
 
 Writes ``<run>/deploy/model.tflite`` (or ``model.keras``) with its sidecar, and
 ``<run>/deploy/choice.json`` (the rule, the reference, every candidate's evidence); the run summary
-and the model card name the choice.
+and the model card name the choice (:func:`gc10lib.modelcard.deploy_lines`).
 """
 
 from __future__ import annotations
@@ -164,19 +164,17 @@ def choose_deployable(run_dir: str | Path, margin: float = MARGIN) -> dict | Non
     return record
 
 
-def deploy_lines(run_dir: str | Path) -> list[str]:
-    """The run summary's and model card's lines about the deployable model (none before it is chosen)."""
-    f = Path(run_dir) / "deploy" / "choice.json"
-    if not f.is_file():
-        return []
-    c = json.loads(f.read_text())
-    rows = pd.DataFrame(c["candidates"])[
-        ["name", "variant", "size_mib", "val_accuracy", "val_agreement", "val_log_loss", "test_accuracy"]
-    ]
-    return [
-        f"**Deployable model: `{c['chosen']}`** (`deploy/{Path(c['path']).name}`), chosen by {c['rule']} "
-        f"(reference `{c['reference']['name']}`, validation accuracy {c['reference']['val_accuracy']:.4f}). "
-        "Candidates on validation (test reported only):",
-        "",
-        rows.to_markdown(index=False, floatfmt=".4f"),
-    ]
+def main(argv: list[str] | None = None) -> int:
+    """``python -m gc10lib.deploy RUN``: what ``gc10 run`` calls at its end, in a process of its own
+    (TensorFlow's start-up lines go to the run's log, not the terminal). Prints the choice."""
+    import sys  # lazy: the command-line entry only
+
+    args = sys.argv[1:] if argv is None else argv
+    choice = choose_deployable(args[0])
+    if choice is not None:
+        print(f"deployable model: {choice['chosen']} -> {choice['path']} ({choice['rule']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from gc10lib.deploy import deploy_lines
 from gc10lib.records import CHOICE_RULE, ModelRecord, choose_by_validation, records_table
 from gc10lib.runfolder import RunFolder
 
@@ -86,6 +85,23 @@ def _student_lines(run_dir: Path) -> list[str]:
         "ensemble is too big to deploy; weigh its accuracy against the teacher's before choosing it.",
         "",
         found[1],
+    ]
+
+
+def deploy_lines(run_dir: str | Path) -> list[str]:
+    """The run summary's and model card's lines about the deployable model (``deploy/choice.json``,
+    written by :mod:`gc10lib.deploy`); none before it is chosen."""
+    f = Path(run_dir) / "deploy" / "choice.json"
+    if not f.is_file():
+        return []
+    c = json.loads(f.read_text())
+    cols = ["name", "variant", "size_mib", "val_accuracy", "val_agreement", "val_log_loss", "test_accuracy"]
+    return [
+        f"**Deployable model: `{c['chosen']}`** (`deploy/{Path(c['path']).name}`), chosen by {c['rule']} "
+        f"(reference `{c['reference']['name']}`, validation accuracy {c['reference']['val_accuracy']:.4f}). "
+        "Candidates on validation (test reported only):",
+        "",
+        pd.DataFrame(c["candidates"])[cols].to_markdown(index=False, floatfmt=".4f"),
     ]
 
 

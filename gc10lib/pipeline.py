@@ -22,6 +22,7 @@ import logging
 import os
 import platform
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,13 +35,12 @@ import yaml
 from jupyter_client.manager import AsyncKernelManager
 
 from gc10lib import data, resources, synth
-from gc10lib.backbones import get_spec, resolve_weights
 from gc10lib.config import apply_overrides as apply_parameter_overrides
 from gc10lib.config import check_run_config
-from gc10lib.deploy import choose_deployable, deploy_lines
 from gc10lib.errors import Gc10Error, NotFoundError
-from gc10lib.modelcard import commit_label, random_init_warning, write_model_card
+from gc10lib.modelcard import commit_label, deploy_lines, random_init_warning, write_model_card
 from gc10lib.records import choose_by_validation, read_step_summaries
+from gc10lib.registry import get_spec, resolve_weights
 from gc10lib.runfolder import RunFolder
 from gc10lib.settings import writable_dir
 
@@ -332,9 +332,7 @@ def execute_run(
             else:
                 os.environ[k] = v
     if any(s.id.startswith(("04_", "06_")) for s in steps):
-        choice = choose_deployable(run.dir)
-        if choice is not None:
-            echo(f"deployable model: {choice['chosen']} -> {choice['path']} ({choice['rule']})")
+        _choose_deployable(run, echo)
     run.manifest["ended"] = time.time()
     run.save()
     write_summary(run.dir)
@@ -367,6 +365,20 @@ def _weights_notes(cfg: dict) -> list[str]:
         f"note: no offline ImageNet weights for {', '.join(need)} (GC10_WEIGHTS_DIR); Keras will download them, "
         f"and where it cannot they {then}"
     ]
+
+
+def _choose_deployable(run: RunFolder, echo) -> None:
+    """The run's deployable model (:mod:`gc10lib.deploy`), chosen in a process of its own whose
+    stderr goes to ``logs/deploy.log``."""
+    log_path = run.log("deploy")
+    with open(log_path, "a") as fh:
+        done = subprocess.run(
+            [sys.executable, "-m", "gc10lib.deploy", str(run.dir)], stdout=subprocess.PIPE, stderr=fh, text=True
+        )
+    if done.returncode != 0:
+        raise PipelineError(f"choosing the deployable model failed; see {log_path}")
+    for line in done.stdout.splitlines():
+        echo(line)
 
 
 def _start(run: RunFolder, cfg: dict, runs_root: Path) -> None:

@@ -70,7 +70,7 @@ def test_the_student_shares_the_phase_settings_with_its_own_defaults():
         (["-p", "fractions", "[a, b, c]"], "fractions: expected three numbers"),
         (["-p", "fractions", "[0.5, 0.5, 0.5]"], "fractions: train and val must be > 0"),
         (["-p", "student_epochs_finetune", "-2"], "student_epochs_finetune: must be >= 0, got -2"),
-        (["-p", "img_sizes", "{vgg19: 8}"], "img_size: must be >= 32, got 8"),
+        (["-p", "img_sizes", "{mobilenet: 8}"], "img_size: must be >= 32, got 8"),
     ],
 )
 @pytest.mark.parametrize("dry", [True, False])
