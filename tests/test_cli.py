@@ -266,3 +266,22 @@ def test_predict_writes_nothing_to_the_cache_and_cache_reports_and_clears(synth_
     assert "no such part of the cache; present: images" in capsys.readouterr().err
     assert main(["cache", "clear"]) == 0 and "removed 2.0 KiB" in capsys.readouterr().out
     assert cache.info()["bytes"] == 0
+
+
+def test_predict_names_broken_and_looping_links_instead_of_dropping_them(synth_root, tmp_path, capsys):
+    from gc10lib.backbones import build_classifier, save_model
+
+    model, _ = build_classifier("mobilenet", ["a", "b"], 32, None, seed=0)
+    path = save_model(model, tmp_path / "m.keras")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    good = next((synth_root / "images" / "images" / "crease").glob("*.jpg"))
+    (folder / "good.jpg").symlink_to(good)
+    (folder / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    assert main(["predict", "--model", str(path), str(folder)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("good.jpg") == 1 and "gone.jpg" not in captured.out
+    assert "gone.jpg: a broken or looping link" in captured.err and "loop.jpg: a broken or looping link" in captured.err
+    assert main(["predict", "--model", str(path), str(folder / "gone.jpg")]) == 2
+    assert "gone.jpg: a broken or looping link, not an image" in capsys.readouterr().err
