@@ -35,7 +35,7 @@ test: install lint
 	$(BIN)/pytest -n 2 --dist loadgroup
 
 test-fast: install lint
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow" -n 2
 
 lint: install
 	$(BIN)/ruff check .
