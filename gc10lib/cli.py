@@ -535,6 +535,21 @@ def _add_model_commands(sub) -> None:
     x.add_argument("--full-integer", action="store_true", help=FULL_INTEGER_HELP)
 
 
+#: commands over finished runs: (help, examples)
+RUNS_COMMANDS = {
+    "compare": (
+        "mean and std per model over finished runs (e.g. one per seed)",
+        "for s in 42 43 44; do gc10 run --config xsdd -p seed $s --name xsdd-s$s; done\n"
+        "gc10 compare runs/xsdd-s42 runs/xsdd-s43 runs/xsdd-s44 --out seeds.csv",
+    ),
+    "report": (
+        "a dataset's results page from finished runs (mean ± std over them, chosen models, figures)",
+        "gc10 report runs/xsdd-s42 runs/xsdd-s43 --out docs/results/xsdd.md --title X-SDD\n"
+        "gc10 report runs/xsdd-s42 --notebooks docs/notebooks/xsdd --about 'X-SDD (Apache-2.0), cite ...'",
+    ),
+}
+
+
 def _add_pipeline_commands(sub) -> None:
     r = _command(
         sub,
@@ -555,24 +570,10 @@ def _add_pipeline_commands(sub) -> None:
     r.add_argument("--runs-root", default="runs", help="folder holding the run folders (default: runs)")
     r.add_argument("--dry-run", action="store_true", help="print the steps and their parameters; run nothing")
     r.add_argument("--list-configs", action="store_true", help="list the bundled configurations and exit")
-    c = _command(
-        sub,
-        "compare",
-        "mean and std per model over finished runs (e.g. one per seed)",
-        "for s in 42 43 44; do gc10 run --config xsdd -p seed $s --name xsdd-s$s; done\n"
-        "gc10 compare runs/xsdd-s42 runs/xsdd-s43 runs/xsdd-s44 --out seeds.csv",
-        _compare,
-    )
+    c = _command(sub, "compare", *RUNS_COMMANDS["compare"], _compare)
     c.add_argument("runs", nargs="+", help="run folders holding summary.json")
     c.add_argument("--out", help=f"also write the table as CSV, {OUT_HELP}")
-    g = _command(
-        sub,
-        "report",
-        "a dataset's results page from finished runs (mean ± std over them, chosen models, figures)",
-        "gc10 report runs/xsdd-s42 runs/xsdd-s43 --out docs/results/xsdd.md --title X-SDD\n"
-        "gc10 report runs/xsdd-s42 --notebooks docs/notebooks/xsdd --about 'X-SDD (Apache-2.0), cite ...'",
-        _report,
-    )
+    g = _command(sub, "report", *RUNS_COMMANDS["report"], _report)
     g.add_argument("runs", nargs="+", help="finished run folders of one config (one per seed, say)")
     g.add_argument("--out", help=f"the page, a .md file, {OUT_HELP}; figures go to <name>_files/")
     g.add_argument("--notebooks", help="also copy the first run's executed notebooks into this new folder")
