@@ -287,14 +287,12 @@ def _attach_boxes(table: pd.DataFrame, xml_dir: Path | None, is_gc10: bool, qual
     for i, r in table.iterrows():
         xml = xml_files.get(r.image_id)
         if xml is None:
-            quality.append(
-                dict(file=r.path, **{"class": r["class"]}, problem="no_xml", detail=f"no {r.image_id}.xml in {xml_dir}")
-            )
+            _note(quality, r.path, r["class"], "no_xml", f"no {r.image_id}.xml in {xml_dir}")
             continue
         try:
             boxes, tags, wh = parse_voc(xml)
         except (ET.ParseError, InputError) as exc:
-            quality.append(dict(file=str(xml), **{"class": r["class"]}, problem="bad_xml", detail=str(exc)))
+            _note(quality, xml, r["class"], "bad_xml", str(exc))
             continue
         w, h = (r.width, r.height) if r.width > 0 else (wh or (-1, -1))
         kept = [k for k, box in enumerate(boxes) if not _bad_box(box, w, h, xml, r["class"], quality)]
@@ -303,21 +301,11 @@ def _attach_boxes(table: pd.DataFrame, xml_dir: Path | None, is_gc10: bool, qual
         for tag in tags:
             name = canonical_gc10(tag) if is_gc10 else tag
             if name is None or (not is_gc10 and name not in set(table["class"])):
-                quality.append(
-                    dict(
-                        file=str(xml), **{"class": r["class"]}, problem="unknown_tag", detail=f"object labelled {tag!r}"
-                    )
-                )
+                _note(quality, xml, r["class"], "unknown_tag", f"object labelled {tag!r}")
             names.append(name if name is not None else tag)
         if boxes and r["class"] not in names:
-            quality.append(
-                dict(
-                    file=r.path,
-                    **{"class": r["class"]},
-                    problem="folder_class_not_in_xml",
-                    detail=f"XML labels: {', '.join(sorted(set(map(str, names))))}",
-                )
-            )
+            labels = ", ".join(sorted(set(map(str, names))))
+            _note(quality, r.path, r["class"], "folder_class_not_in_xml", f"XML labels: {labels}")
         table.at[i, "xml"] = str(xml)
         table.at[i, "boxes"] = boxes
         table.at[i, "box_classes"] = names
@@ -335,7 +323,7 @@ def _bad_box(box: list[int], width: int, height: int, xml: Path, cls: str, quali
     elif min(xmin, ymin) < 0 or (width > 0 and xmax > width + 1) or (height > 0 and ymax > height + 1):
         problem = f"lies outside the {width}x{height} image"
     if problem is not None:
-        quality.append(dict(file=str(xml), **{"class": cls}, problem="bad_box", detail=f"box {box} {problem}; dropped"))
+        _note(quality, xml, cls, "bad_box", f"box {box} {problem}; dropped")
     return problem is not None
 
 
