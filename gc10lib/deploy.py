@@ -8,6 +8,13 @@ float model it was made from. The rule: the smallest candidate whose validation 
 accurate one on validation, and the record says the rule fell back. The test split is reported
 beside each candidate and never used to choose.
 
+Two checks come before the rule, both on validation, and the record says what each found:
+
+* an int8 file that loses more than ``margin`` against its float model (in accuracy, or in top-1
+  agreement) gets a float16 file of that model offered beside it;
+* a float student below the backbone of its own architecture is left out, student files and all,
+  and that backbone's int8 stands in (exported here when no step made it).
+
 Writes ``<run>/deploy/model.tflite`` (or ``model.keras``) with its sidecar, and
 ``<run>/deploy/choice.json`` (the rule, the reference, every candidate's evidence); the run summary
 and the model card name the choice (:func:`gc10lib.modelcard.deploy_lines`).
@@ -47,6 +54,7 @@ class Candidate:
     val_log_loss: float | None = None
     val_agreement: float | None = None  # top-1 agreement with its float source on validation
     test_accuracy: float | None = None
+    left_out: str | None = None  # why the rule may not choose it (a student below its backbone)
 
 
 def candidates(run: RunFolder) -> list[tuple[Candidate, ModelRecord]]:
@@ -76,6 +84,8 @@ def candidates(run: RunFolder) -> list[tuple[Candidate, ModelRecord]]:
 def score(run: RunFolder, found: list[tuple[Candidate, ModelRecord]]) -> list[Candidate]:
     """Each candidate's validation accuracy, log-loss and agreement with its float source, and its
     test accuracy (reported only)."""
+    if not found:
+        return []
     man = run.split()
     parts = {s: man[man.subset == s] for s in ("val", "test")}
     out = []
@@ -122,6 +132,7 @@ def reference(run: RunFolder) -> tuple[str, float]:
 def choose(scored: list[Candidate], ref_accuracy: float, margin: float = MARGIN) -> tuple[Candidate, str]:
     """The smallest candidate within ``margin`` of ``ref_accuracy`` on validation; if none, the most
     accurate on validation (then the smallest of those). Returns ``(choice, why)``."""
+    scored = [c for c in scored if not c.left_out]
     ok = [c for c in scored if c.val_accuracy is not None and c.val_accuracy >= ref_accuracy - margin - 1e-12]
     if ok:
         best = min(ok, key=lambda c: (c.size_mib, -(c.val_accuracy or 0.0), c.name))
@@ -130,9 +141,74 @@ def choose(scored: list[Candidate], ref_accuracy: float, margin: float = MARGIN)
     return best, f"fallback: no file came within {margin:.0%} of the reference on validation; the most accurate one"
 
 
+def int8_loss(cand: Candidate, source: ModelRecord) -> float:
+    """How much an int8 file loses against its float model on validation: the larger of the
+    accuracy drop and the share of images whose top-1 class changed."""
+    drop = (source.val.get("accuracy") or 0.0) - (cand.val_accuracy or 0.0)
+    changed = 1.0 - cand.val_agreement if cand.val_agreement is not None else 0.0
+    return max(drop, changed)
+
+
+def offer_float16(
+    run: RunFolder, found: list[tuple[Candidate, ModelRecord]], scored: list[Candidate], into: Path, margin: float
+) -> list[str]:
+    """A float16 file beside every int8 file that loses more than ``margin`` on validation (kept
+    ensembles included; a recipe-only ensemble has no model to convert). Returns the notes."""
+    from gc10lib.export import export_litert  # lazy: TensorFlow
+
+    notes, offers = [], []
+    for cand, source in found:
+        if cand.variant != "int8" or (loss := int8_loss(cand, source)) <= margin:
+            continue
+        note = f"{cand.name} loses {loss:.1%} against its float model on validation"
+        if source.is_recipe:
+            notes.append(f"{note}; its ensemble is kept as a recipe, so no float16 file is offered")
+            continue
+        f = export_litert(source.path, into / f"{source.name}_float16.tflite", "float16")
+        offers.append((Candidate(f"{source.name} float16", str(f), source.name, "float16", file_size_mb(f)), source))
+        notes.append(f"{note}: a float16 file of {source.name} is offered beside it")
+    scored += score(run, offers)
+    found += offers
+    return notes
+
+
+def student_check(
+    run: RunFolder, found: list[tuple[Candidate, ModelRecord]], scored: list[Candidate], into: Path
+) -> list[str]:
+    """Leave the student's files out when the float student is below the backbone of its own
+    architecture on validation, and make sure that backbone's int8 is a candidate. Returns the notes."""
+    records = run.models()
+    student = next((r for r in records if r.kind == "student"), None)
+    peer = next((r for r in records if student and r.kind == "backbone" and r.backbone == student.backbone), None)
+    if student is None or peer is None:
+        return []
+    s_acc, p_acc = student.val.get("accuracy") or 0.0, peer.val.get("accuracy") or 0.0
+    if s_acc >= p_acc:
+        return [f"the float student ({s_acc:.4f}) is at or above {peer.name} ({p_acc:.4f}) on validation"]
+    for cand, source in found:
+        if source is student:
+            cand.left_out = f"the float student is below {peer.name} on validation"
+    note = (
+        f"the float student ({s_acc:.4f}) is below {peer.name} ({p_acc:.4f}), the backbone of its size, on "
+        f"validation: the student's files are left out and {peer.name}'s int8 stands in"
+    )
+    if not any(source is peer and cand.variant == "int8" for cand, source in found):
+        from gc10lib.backbones import load_model  # lazy: TensorFlow
+        from gc10lib.export import calibration_images, export_litert
+
+        model = load_model(peer.path)
+        rep = calibration_images(model, *run.inputs(), seed=int(run.config.get("seed") or 0))
+        f = export_litert(model, into / f"{peer.name}_int8.tflite", "int8", representative=rep)
+        extra = [(Candidate(f"{peer.name} int8", str(f), peer.name, "int8", file_size_mb(f)), peer)]
+        scored += score(run, extra)
+        found += extra
+    return [note]
+
+
 def choose_deployable(run_dir: str | Path, margin: float = MARGIN) -> dict | None:
-    """Score the run's candidates on validation, copy the chosen file to ``<run>/deploy/`` and write
-    ``choice.json``; ``None`` when the run made no deployable file (no quantize or distill step)."""
+    """Score the run's candidates on validation, run the two checks, copy the chosen file to
+    ``<run>/deploy/`` and write ``choice.json``; ``None`` when the run made no deployable file (no
+    quantize or distill step). The folder is built as ``deploy.partial`` and renamed when whole."""
     run = RunFolder(run_dir)
     found = candidates(run)
     if not found:
@@ -142,25 +218,33 @@ def choose_deployable(run_dir: str | Path, margin: float = MARGIN) -> dict | Non
         return json.loads((out / "choice.json").read_text())
     if out.exists():
         raise OutputExistsError(f"{out}: exists without choice.json; remove it to choose again")
+    staging = run.dir / "deploy.partial"  # only this function writes here: a crash's leftovers go
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "offered").mkdir(parents=True)
     scored = score(run, found)
+    notes = offer_float16(run, found, scored, staging / "offered", margin)
+    notes += student_check(run, found, scored, staging / "offered")
     ref_name, ref_acc = reference(run)
     best, why = choose(scored, ref_acc, margin)
-    out.mkdir()
     src = Path(best.path)
-    target = out / f"model{src.suffix}"
+    target = staging / f"model{src.suffix}"
     shutil.copy2(src, target)
     if sidecar(src).is_file():
         shutil.copy2(sidecar(src), sidecar(target))
+    for c in scored:  # the record's paths: where the files lie once the folder is renamed
+        c.path = c.path.replace(str(staging), str(out))
     record = {
         "chosen": best.name,
-        "path": str(target),
+        "path": str(out / target.name),
         "from": best.path,
         "rule": why,
         "margin": margin,
         "reference": {"name": ref_name, "val_accuracy": ref_acc},
+        "checks": notes,
         "candidates": [asdict(c) for c in scored],
     }
-    save_json(record, out / "choice.json")
+    save_json(record, staging / "choice.json")
+    staging.rename(out)
     return record
 
 

@@ -6,7 +6,7 @@ then ``tf.lite.TFLiteConverter.from_saved_model``; inference uses the ``ai-edge-
 interpreter (:class:`gc10lib.inference.LiteRTPredictor`), not the deprecated ``tf.lite.Interpreter``.
 
 Variants: ``float32``; ``float16`` (weights stored as float16); ``dynamic`` (int8 weights, float
-activations); ``int8`` (full-integer, calibrated on ~200 training images made with the model's own
+activations); ``int8`` (full-integer, calibrated on ~200 train and val views made with the model's own
 resize policy). Preprocessing stays inside every exported model. The ``int8`` model takes **uint8
 RGB pixels 0..255** (its input scale is 1 and zero point 0, so raw pixels go in unchanged — the
 LiteRT predictor quantizes with the file's own scale and zero point either way).
@@ -262,14 +262,23 @@ def export_litert(
 def representative_images(
     data_dir: str | Path, split_csv: str | Path | None, size: int, n: int = 200, seed: int = 0, policy: str = "stretch"
 ) -> np.ndarray:
-    """Up to ``n`` training-split images (the whole dataset without a split), resized, uint8."""
+    """Up to ``n`` int8 calibration images, resized, uint8: drawn from the train *and* validation
+    subsets (the whole dataset without a split), spread over the classes as evenly as they allow
+    (round robin, so a rare class is not left to chance), and two in three flipped horizontally or
+    vertically: views, not copies. The test subset is never read. Labels are not used."""
     if split_csv:
         man = data.read_split(split_csv, data_root=data_dir)
-        table = man[man.subset == "train"]
+        table = man[man.subset.isin(["train", "val"])]
     else:
         table = data.discover(data_dir).table
-    pick = table.sample(min(n, len(table)), random_state=seed)
-    return ImageCache(size, policy).load(list(pick.path))
+    shuffled = table.sample(frac=1.0, random_state=seed)
+    turn = shuffled.groupby("class", sort=False).cumcount()  # 0 for each class's first image, 1 ...
+    pick = shuffled.assign(_turn=turn.to_numpy()).sort_values("_turn", kind="stable").head(n)
+    images = ImageCache(size, policy).load(list(pick.path))
+    flips = np.random.default_rng(seed).integers(0, 3, len(images))  # 0 as is, 1 left-right, 2 up-down
+    images[flips == 1] = images[flips == 1][:, :, ::-1]
+    images[flips == 2] = images[flips == 2][:, ::-1]
+    return images
 
 
 def calibration_images(

@@ -96,12 +96,17 @@ def deploy_lines(run_dir: str | Path) -> list[str]:
         return []
     c = json.loads(f.read_text())
     cols = ["name", "variant", "size_mib", "val_accuracy", "val_agreement", "val_log_loss", "test_accuracy"]
+    table = pd.DataFrame(c["candidates"])
+    if table.get("left_out") is not None and table.left_out.notna().any():
+        cols.append("left_out")
     return [
         f"**Deployable model: `{c['chosen']}`** (`deploy/{Path(c['path']).name}`), chosen by {c['rule']} "
-        f"(reference `{c['reference']['name']}`, validation accuracy {c['reference']['val_accuracy']:.4f}). "
+        f"(reference `{c['reference']['name']}`, validation accuracy {c['reference']['val_accuracy']:.4f}).",
+        *(f"- {note}." for note in c.get("checks", [])),
+        "",
         "Candidates on validation (test reported only):",
         "",
-        pd.DataFrame(c["candidates"])[cols].to_markdown(index=False, floatfmt=".4f"),
+        table[cols].to_markdown(index=False, floatfmt=".4f"),
     ]
 
 

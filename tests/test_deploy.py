@@ -3,7 +3,11 @@ validation, or, where none is, the most accurate one, saying so."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from gc10lib import deploy
 from gc10lib.deploy import MARGIN, Candidate, choose
+from gc10lib.records import ModelRecord
 
 
 def _c(name, size, acc):
@@ -23,3 +27,58 @@ def test_a_file_just_outside_the_margin_does_not_qualify_and_the_fallback_says_s
     best, why = choose(cands, ref_accuracy=0.99)
     assert best.name == "mobilenet int8" and why.startswith("fallback:")
     assert choose(cands, ref_accuracy=0.98)[0].name == "student int8"  # 0.97 is within 1 point of 0.98
+
+
+def _record(name, kind, backbone, val_acc, path="model.keras"):
+    return ModelRecord(name, kind, Path(name) / path, Path(name), {"backbone": backbone, "val": {"accuracy": val_acc}})
+
+
+class _Run:
+    """Just what the checks read of a run folder: its models."""
+
+    def __init__(self, records):
+        self.records = records
+
+    def models(self):
+        return self.records
+
+
+def test_int8_loss_is_the_larger_of_the_accuracy_drop_and_the_changed_answers():
+    src = _record("mobilenet", "backbone", "mobilenet", 0.95)
+    c = _c("mobilenet int8", 3.4, 0.94)
+    c.val_agreement = 0.97
+    assert abs(deploy.int8_loss(c, src) - 0.03) < 1e-12
+    c.val_agreement = 1.0
+    assert abs(deploy.int8_loss(c, src) - 0.01) < 1e-12
+
+
+def test_a_student_below_the_backbone_of_its_size_is_left_out_and_that_backbones_int8_stands_in(tmp_path):
+    student = _record("student_mobilenet", "student", "mobilenet", 0.93)
+    peer = _record("mobilenet", "backbone", "mobilenet", 0.95)
+    found = [
+        (_c("student_mobilenet", 1.8, 0.99), student),
+        (_c("student_mobilenet int8", 0.8, 0.99), student),
+        (_c("mobilenet int8", 3.4, 0.985), peer),
+    ]
+    scored = [c for c, _ in found]
+    notes = deploy.student_check(_Run([student, peer]), found, scored, tmp_path)
+    assert "below mobilenet" in notes[0] and "int8 stands in" in notes[0]
+    assert [c.left_out is not None for c in scored] == [True, True, False]
+    assert choose(scored, ref_accuracy=0.99)[0].name == "mobilenet int8"  # though the student files are smaller
+    student.metrics["val"]["accuracy"] = 0.95  # at the backbone's level: the student stays in
+    for c in scored:
+        c.left_out = None
+    assert "at or above" in deploy.student_check(_Run([student, peer]), found, scored, tmp_path)[0]
+    assert choose(scored, ref_accuracy=0.99)[0].name == "student_mobilenet int8"
+
+
+def test_an_int8_file_that_loses_on_validation_is_named_and_a_recipe_gets_no_float16(tmp_path):
+    recipe = _record("ensemble_mean", "ensemble", None, 0.99, path="recipe.json")
+    held = _c("ensemble_mean int8", 9.0, 0.96)
+    held.val_agreement = 0.97
+    found = [(held, recipe)]
+    scored = [held]
+    notes = deploy.offer_float16(_Run([recipe]), found, scored, tmp_path, MARGIN)
+    assert "loses 3.0%" in notes[0] and "no float16" in notes[0] and len(scored) == 1
+    held.val_accuracy, held.val_agreement = 0.985, 0.995  # within the margin: nothing to say
+    assert deploy.offer_float16(_Run([recipe]), found, scored, tmp_path, MARGIN) == []

@@ -343,3 +343,30 @@ def test_int8_mobilenet_keeps_its_stem_float_and_its_agreement(tmp_path, monkeyp
     agree = {f.stem: float(np.mean(LiteRTPredictor(f, batch_size=32)(x).argmax(1) == ref)) for f in (stem, full)}
     print(f"int8 agreement with Keras on {len(x)} X-SDD images: {agree}")
     assert agree["stem"] >= 0.95 and agree["stem"] >= agree["full"], agree
+
+
+def test_int8_calibration_draws_train_and_val_views_over_every_class_and_never_test(smoke_data, monkeypatch):
+    from gc10lib import data, export
+
+    root, split = smoke_data
+    man = data.read_split(split, data_root=root)
+    loaded: list[str] = []
+    real = export.ImageCache.load
+
+    def spy(self, paths):
+        loaded.extend(map(str, paths))
+        return real(self, paths)
+
+    monkeypatch.setattr(export.ImageCache, "load", spy)
+    n_classes = man["class"].nunique()
+    rep = representative_images(root, split, 48, n=n_classes, seed=5)
+    first = list(loaded)
+    subsets = man.set_index(man.path.astype(str)).loc[first]
+    assert len(rep) == n_classes and "test" not in set(subsets.subset)
+    assert subsets["class"].nunique() == n_classes  # one of each class before any class twice
+    everything = representative_images(root, split, 48, n=10_000, seed=5)
+    assert len(everything) == int(man.subset.isin(["train", "val"]).sum())
+    monkeypatch.undo()
+    plain = export.ImageCache(48, "stretch").load(first)
+    flipped = [not np.array_equal(a, b) for a, b in zip(rep, plain, strict=True)]
+    assert any(flipped) and not all(flipped)  # views: some flipped, some as they are

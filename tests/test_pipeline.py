@@ -466,11 +466,13 @@ def test_the_run_names_one_deployable_model_chosen_on_validation(demo_run):
     names = {c["name"] for c in choice["candidates"]}
     assert "student_mobilenet_v2 int8" in names and "student_mobilenet_v2" in names
     assert all(c["val_accuracy"] is not None and c["val_agreement"] is not None for c in choice["candidates"])
-    ok = [
-        c for c in choice["candidates"] if c["val_accuracy"] >= choice["reference"]["val_accuracy"] - choice["margin"]
-    ]
+    assert choice["checks"]  # the student check always says what it found
+    eligible = [c for c in choice["candidates"] if not c["left_out"]]
+    ok = [c for c in eligible if c["val_accuracy"] >= choice["reference"]["val_accuracy"] - choice["margin"]]
     smallest = min(ok, key=lambda c: c["size_mib"])["name"] if ok else None
-    assert choice["chosen"] == (smallest or max(choice["candidates"], key=lambda c: c["val_accuracy"])["name"])
+    assert choice["chosen"] == (smallest or max(eligible, key=lambda c: c["val_accuracy"])["name"])
+    for c in choice["candidates"]:
+        assert Path(c["path"]).is_file()  # offered files are kept under deploy/, where the record says
     assert load_predictor(choice["path"]).classes  # the copied file loads with its sidecar
     assert json.loads((run / "summary.json").read_text())["deployable"]["chosen"] == choice["chosen"]
     for page in ("summary.md", "MODEL_CARD.md"):
