@@ -131,6 +131,15 @@ def _fast_tests_do_not_train(request, monkeypatch):
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Under pytest-xdist each worker is its own TensorFlow process, and each would size its thread pools
+# for every core: two workers on two cores then run four busy pools that spin against each other.
+# Give each worker its share of the cores (kernels and ``gc10 run`` subprocesses inherit it).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _share = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", _share)
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", _share)
+    os.environ.setdefault("OMP_NUM_THREADS", _share)
 
 
 @pytest.fixture(scope="session", autouse=True)
