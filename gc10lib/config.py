@@ -19,7 +19,7 @@ and ``gc10 distill``. This module imports no TensorFlow.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
@@ -241,6 +241,59 @@ class DistillConfig(PhaseConfig):
 #: DistillConfig fields that pipeline configs and notebook 06 spell with a ``student_`` prefix.
 STUDENT_OWN = tuple(DistillConfig.ALIASES)
 
+#: A run config's per-step sections: the notebook each one feeds (by number), and the prefix its
+#: parameters carry in a flat config. A key in a section applies to that step only, over the
+#: top-level value: ``distill: {epochs_finetune: 0}`` is the flat ``student_epochs_finetune: 0``,
+#: ``train: {epochs_finetune: 3}`` gives the backbones 3 and leaves the student its own.
+SECTIONS: dict[str, tuple[str, str]] = {
+    "train": ("02", ""),
+    "ensemble": ("03", ""),
+    "quantize": ("04", "quantize_"),
+    "explain": ("05", "explain_"),
+    "distill": ("06", "student_"),
+}
+
+
+def section_of(notebook: str) -> str | None:
+    """The section that feeds ``notebook`` (``06_distill`` -> ``distill``), if any."""
+    return next((name for name, (number, _) in SECTIONS.items() if notebook.startswith(f"{number}_")), None)
+
+
+def section_mapping(cfg: Mapping[str, Any], section: str) -> Mapping[str, Any]:
+    """The ``section:`` mapping of a run config (empty when it has none)."""
+    values = cfg.get(section) or {}
+    if not isinstance(values, Mapping):
+        raise InputError(f"{section}: expected a mapping of settings for that step; got {values!r}")
+    return values
+
+
+def section_values(cfg: Mapping[str, Any], section: str, declared: Collection[str]) -> dict[str, Any]:
+    """A section's values under the names its notebook declares (``prefix + key``, else ``key``);
+    a key the notebook does not declare is refused, naming it as ``section.key``."""
+    prefix = SECTIONS[section][1]
+    out = {}
+    for key, value in section_mapping(cfg, section).items():
+        name = next((n for n in (f"{prefix}{key}", str(key)) if n in declared), None)
+        if name is None:
+            known = sorted({d.removeprefix(prefix) for d in declared})
+            raise InputError(f"{section}.{key}: not a setting of that step; known: {', '.join(known)}")
+        out[name] = value
+    return out
+
+
+def fold_sections(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``cfg`` with dotted keys (``-p distill.epochs_finetune 0``) moved into their sections."""
+    out = {k: v for k, v in cfg.items() if not _dotted(k)}
+    for key, value in cfg.items():
+        if _dotted(key):
+            section, name = key.split(".", 1)
+            out[section] = {**(out.get(section) or {}), name: value}
+    return out
+
+
+def _dotted(key: Any) -> bool:
+    return isinstance(key, str) and "." in key and key.split(".", 1)[0] in SECTIONS
+
 
 # --------------------------------------------------------------------------- -p overrides
 
@@ -319,10 +372,35 @@ def check_run_config(cfg: Mapping[str, Any], steps: Sequence[str] = ()) -> None:
     sizes = cfg.get("img_sizes") or {}
     if not isinstance(sizes, dict):
         raise InputError(f"img_sizes: expected a mapping of backbone to size; got {sizes!r}")
+    train = _section_fields(cfg, "train", TrainConfig)
     for bb in backbones or [TrainConfig.backbone]:
-        TrainConfig.from_params({**cfg, "backbone": _backbone_key(bb), "img_size": sizes.get(bb, cfg.get("img_size"))})
+        size = sizes.get(bb, train.get("img_size", cfg.get("img_size")))
+        _build(TrainConfig, {**cfg, **train, "backbone": _backbone_key(bb), "img_size": size}, "train", train)
     if any(str(s).startswith("06_") for s in steps):
-        DistillConfig.from_params(cfg)
+        student = _section_fields(cfg, "distill", DistillConfig)
+        flat = {**cfg, **{DistillConfig.ALIASES.get(k, k): v for k, v in student.items()}}
+        _build(DistillConfig, flat, "distill", student)
+
+
+def _section_fields(cfg: Mapping[str, Any], section: str, kind: type[Settings]) -> dict[str, Any]:
+    """A section's values under the config class's field names (``student_map_epochs`` or
+    ``map_epochs`` in ``distill:`` are both the field ``map_epochs``)."""
+    prefix = SECTIONS[section][1]
+    names = {f.name for f in fields(kind)}  # type: ignore[arg-type]
+    values = section_mapping(cfg, section)
+    return {(k.removeprefix(prefix) if k.removeprefix(prefix) in names else k): v for k, v in values.items()}
+
+
+def _build(kind: type[Settings], params: Mapping[str, Any], section: str, given: Mapping[str, Any]) -> None:
+    """``kind.from_params(params)``; an error about a key the section set names it ``section.key``."""
+    try:
+        kind.from_params(params)
+    except InputError as exc:
+        key, _, rest = str(exc).partition(":")
+        field = next((f for f in given if key in (f, kind.ALIASES.get(f))), None)
+        if field is None:
+            raise
+        raise InputError(f"{section}.{field}:{rest}") from None
 
 
 def _backbone_key(name: Any) -> str:

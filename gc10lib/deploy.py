@@ -30,7 +30,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gc10lib.backbones import load_model
 from gc10lib.errors import OutputExistsError
+from gc10lib.export import calibration_images, export_litert
 from gc10lib.inference import load_predictor, predict_proba, sidecar
 from gc10lib.probe import log_loss
 from gc10lib.records import ModelRecord, choose_by_validation, records_table
@@ -154,8 +156,6 @@ def offer_float16(
 ) -> list[str]:
     """A float16 file beside every int8 file that loses more than ``margin`` on validation (kept
     ensembles included; a recipe-only ensemble has no model to convert). Returns the notes."""
-    from gc10lib.export import export_litert  # lazy: TensorFlow
-
     notes, offers = [], []
     for cand, source in found:
         if cand.variant != "int8" or (loss := int8_loss(cand, source)) <= margin:
@@ -193,9 +193,6 @@ def student_check(
         f"validation: the student's files are left out and {peer.name}'s int8 stands in"
     )
     if not any(source is peer and cand.variant == "int8" for cand, source in found):
-        from gc10lib.backbones import load_model  # lazy: TensorFlow
-        from gc10lib.export import calibration_images, export_litert
-
         model = load_model(peer.path)
         rep = calibration_images(model, *run.inputs(), seed=int(run.config.get("seed") or 0))
         f = export_litert(model, into / f"{peer.name}_int8.tflite", "int8", representative=rep)

@@ -35,8 +35,8 @@ import yaml
 from jupyter_client.manager import AsyncKernelManager
 
 from gc10lib import data, resources, synth
+from gc10lib.config import SECTIONS, check_run_config, fold_sections, section_of, section_values
 from gc10lib.config import apply_overrides as apply_parameter_overrides
-from gc10lib.config import check_run_config
 from gc10lib.errors import Gc10Error, NotFoundError
 from gc10lib.modelcard import commit_label, deploy_lines, random_init_warning, write_model_card
 from gc10lib.records import choose_by_validation, read_step_summaries
@@ -152,9 +152,20 @@ def parameter_defaults(cfg: dict) -> dict:
         if path.is_file():
             for k, source in notebook_parameters(path).items():
                 defaults.setdefault(k, _literal(source))
-    defaults.update(cfg)
+    for nb in notebooks_for(cfg):  # a step's own setting, e.g. -p distill.epochs_finetune 0
+        section, path = section_of(nb), notebook_folder(cfg) / f"{nb}.ipynb"
+        if section and path.is_file():
+            prefix = SECTIONS[section][1]
+            mine = section_values(cfg, section, notebook_parameters(path))
+            for k, source in notebook_parameters(path).items():
+                value = mine.get(k, cfg.get(k, _literal(source)))
+                defaults[f"{section}.{k.removeprefix(prefix)}"] = value
+    defaults.update({k: v for k, v in cfg.items() if k not in SECTIONS})
     for k in ("out_dir", "split_csv", "run_dir"):
         defaults.pop(k, None)
+    for section in SECTIONS:
+        for k in ("out_dir", "split_csv", "run_dir"):
+            defaults.pop(f"{section}.{k}", None)
     return defaults
 
 
@@ -166,7 +177,19 @@ def valid_keys(cfg: dict) -> set[str]:
 def apply_overrides(cfg: dict, overrides: Sequence[tuple[str, str]]) -> dict:
     """Apply ``-p KEY VALUE`` pairs (:func:`gc10lib.config.apply_overrides`), rejecting unknown names
     before anything runs."""
-    return apply_parameter_overrides(copy.deepcopy(cfg), overrides, parameter_defaults(cfg))
+    routed = [pair for key, raw in overrides for pair in _into_sections(cfg, key, raw)]
+    return fold_sections(apply_parameter_overrides(copy.deepcopy(cfg), routed, parameter_defaults(cfg)))
+
+
+def _into_sections(cfg: dict, key: str, raw: str) -> list[tuple[str, str]]:
+    """A flat ``-p`` key that a section of ``cfg`` also sets goes to that section too, so that
+    ``-p student_epochs_finetune 2`` is not outvoted by ``distill: {epochs_finetune: 0}``."""
+    pairs = [(key, raw)]
+    for section, (_, prefix) in SECTIONS.items():
+        for k in cfg.get(section) or {}:
+            if key == (k if str(k).startswith(prefix) else f"{prefix}{k}"):
+                pairs.append((f"{section}.{k}", raw))
+    return pairs
 
 
 def plan_steps(cfg: dict, run_dir: Path) -> list[Step]:
@@ -192,6 +215,9 @@ def step_parameters(step: Step, cfg: dict, run_dir: Path) -> dict:
     """Only the parameters the step's notebook declares, from config, run and step."""
     declared = notebook_parameters(notebook_folder(cfg) / f"{step.notebook}.ipynb")
     values = {k: v for k, v in cfg.items() if k not in RUNNER_KEYS}
+    section = section_of(step.notebook)
+    if section:  # the step's own settings, over the top-level ones
+        values.update(section_values(cfg, section, declared))
     run = RunFolder(run_dir)
     values.update(
         {
@@ -570,7 +596,11 @@ def _resolve_config(config: str, overrides: Sequence[tuple[str, str]]) -> dict:
     cfg = apply_overrides(load_config(config), overrides)
     if cfg.get("data_dir") and isinstance(cfg["data_dir"], str) and cfg["data_dir"].startswith("$"):
         cfg["data_dir"] = os.environ.get(cfg["data_dir"][1:])
-    check_run_config(cfg, notebooks_for(cfg))
+    steps = notebooks_for(cfg)
+    for section in (s for s in SECTIONS if s in cfg):
+        if not any(section_of(nb) == section for nb in steps):
+            raise PipelineError(f"{section}: this config runs no {SECTIONS[section][0]}_ notebook, so nothing reads it")
+    check_run_config(cfg, steps)
     return cfg
 
 

@@ -71,6 +71,9 @@ def test_the_student_shares_the_phase_settings_with_its_own_defaults():
         (["-p", "fractions", "[0.5, 0.5, 0.5]"], "fractions: train and val must be > 0"),
         (["-p", "student_epochs_finetune", "-2"], "student_epochs_finetune: must be >= 0, got -2"),
         (["-p", "img_sizes", "{mobilenet: 8}"], "img_size: must be >= 32, got 8"),
+        (["-p", "distill.epochs_finetune", "-1"], "distill.epochs_finetune: must be >= 0, got -1"),
+        (["-p", "train.lr_head", "0"], "train.lr_head: must be > 0, got 0"),
+        (["-p", "distill.bogus", "1"], "unknown parameter 'distill.bogus'"),
     ],
 )
 @pytest.mark.parametrize("dry", [True, False])
@@ -103,3 +106,62 @@ def test_train_and_distill_verbs_refuse_bad_values_before_any_folder(smoke_data,
     assert cli.main([*distill, "-p", "temperature", "0"]) == 2
     assert "temperature: must be > 0, got 0" in capsys.readouterr().err
     assert not out.exists()
+
+
+def _steps(config_file, *overrides):
+    from gc10lib import pipeline
+
+    return {s.id: s.params for s in pipeline.dry_run(str(config_file), list(overrides), "runs")}
+
+
+def test_a_steps_section_gives_the_same_parameters_as_the_flat_student_keys(tmp_path):
+    """``configs/elpv.yaml`` sets the student in ``distill:``; written flat, it plans the same steps."""
+    import yaml
+
+    from gc10lib import resources
+
+    nested = yaml.safe_load((resources.configs_dir() / "elpv.yaml").read_text())
+    flat = {k: v for k, v in nested.items() if k != "distill"}
+    flat.update({(k if k == "student" else f"student_{k}"): v for k, v in nested["distill"].items()})
+    (tmp_path / "nested.yaml").write_text(yaml.safe_dump({**nested, "data_dir": "d"}))
+    (tmp_path / "flat.yaml").write_text(yaml.safe_dump({**flat, "data_dir": "d"}))
+    planned = _steps(tmp_path / "nested.yaml")
+    assert planned == _steps(tmp_path / "flat.yaml")
+    assert planned["06_distill"]["student_map_epochs"] == 100 and planned["06_distill"]["student"] == "mobilenet"
+
+
+def test_a_section_applies_to_its_step_only_and_a_flat_override_is_not_outvoted(tmp_path):
+    import yaml
+
+    cfg = {"data_dir": "d", "backbones": ["mobilenet"], "epochs_head": 7, "train": {"epochs_head": 3}}
+    cfg["distill"] = {"epochs_finetune": 0, "map_epochs": 40}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    planned = _steps(tmp_path / "c.yaml")
+    assert planned["02_finetune_mobilenet"]["epochs_head"] == 3 and planned["06_distill"]["epochs_head"] == 7
+    assert planned["06_distill"]["student_epochs_finetune"] == 0
+    again = _steps(tmp_path / "c.yaml", ("student_epochs_finetune", "2"), ("distill.map_epochs", "50"))
+    assert again["06_distill"]["student_epochs_finetune"] == 2  # the old spelling still reaches the student
+    assert again["06_distill"]["student_map_epochs"] == 50
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"distill": {"epocs_head": 1}}, "distill.epocs_head: not a setting of that step"),
+        ({"distill": [1, 2]}, "distill: expected a mapping"),
+        ({"train": {"map_width": 0}}, "train.map_width: must be >= 1, got 0"),
+        (
+            {"quantize": {"variants": ["int8"]}, "notebooks": ["01_eda", "02_finetune"]},
+            "quantize: this config runs no 04_",
+        ),
+    ],
+)
+def test_a_bad_section_is_one_line_naming_it(section, message, tmp_path, capsys):
+    import yaml
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"data_dir": "d", "backbones": ["mobilenet"], **section}))
+    root = tmp_path / "runs"
+    assert cli.main(["run", "--config", str(tmp_path / "c.yaml"), "--runs-root", str(root), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not root.exists()

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from conftest import trains
 
+from gc10lib import config as config_sections
 from gc10lib import pipeline, records
 from gc10lib.runfolder import RunFolder
 
@@ -230,8 +231,11 @@ def test_parameter_cells_match_what_the_pipeline_passes(demo_run):
 @pytest.mark.parametrize("config", sorted(p.name for p in pipeline.CONFIG_DIR.glob("*.yaml")))
 def test_every_config_key_is_a_known_parameter(config):
     cfg = yaml.safe_load((pipeline.CONFIG_DIR / config).read_text())
-    unknown = set(cfg) - pipeline.valid_keys(cfg) - {"name"}
+    unknown = set(cfg) - pipeline.valid_keys(cfg) - {"name"} - set(config_sections.SECTIONS)
     assert not unknown, f"{config}: keys no notebook or the runner reads: {unknown}"
+    for section in set(cfg) & set(config_sections.SECTIONS):  # each key of a step's section is that step's
+        unknown = {f"{section}.{k}" for k in cfg[section]} - pipeline.valid_keys(cfg)
+        assert not unknown, f"{config}: keys no notebook reads: {unknown}"
 
 
 def test_unknown_parameter_is_rejected_before_anything_runs(tmp_path, capsys):
