@@ -290,8 +290,11 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from gc10lib.report import copy_notebooks, write_page
+    from gc10lib.report import copy_notebooks, table_rows, write_page
 
+    if args.table:  # the arguments are results pages: print the README's results table
+        print("\n".join(table_rows(args.runs)))
+        return 0
     if args.notebooks:
         files = copy_notebooks(args.runs[0], args.notebooks, about=args.about or "")
         print(f"wrote {len(files)} executed notebooks to {args.notebooks}")
@@ -545,7 +548,8 @@ RUNS_COMMANDS = {
     "report": (
         "a dataset's results page from finished runs (mean ± std over them, chosen models, figures)",
         "gc10 report runs/xsdd-s42 runs/xsdd-s43 --out docs/results/xsdd.md --title X-SDD\n"
-        "gc10 report runs/xsdd-s42 --notebooks docs/notebooks/xsdd --about 'X-SDD (Apache-2.0), cite ...'",
+        "gc10 report runs/xsdd-s42 --notebooks docs/notebooks/xsdd --about 'X-SDD (Apache-2.0), cite ...'\n"
+        "gc10 report --table docs/results/*.md          # the README's results table, one row per page",
     ),
 }
 
@@ -579,6 +583,7 @@ def _add_pipeline_commands(sub) -> None:
     g.add_argument("--notebooks", help="also copy the first run's executed notebooks into this new folder")
     g.add_argument("--title", help="the dataset's name on the page (default: the config's name)")
     g.add_argument("--about", help="a paragraph under the title: the dataset, its licence and citation")
+    g.add_argument("--table", action="store_true", help="the arguments are results pages: print the README's table")
     k = _command(
         sub,
         "cache",

@@ -241,6 +241,8 @@ def choose_deployable(run_dir: str | Path, margin: float = MARGIN) -> dict | Non
         "candidates": [asdict(c) for c in scored],
     }
     save_json(record, staging / "choice.json")
+    if not any((staging / "offered").iterdir()):
+        (staging / "offered").rmdir()
     staging.rename(out)
     return record
 

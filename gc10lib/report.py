@@ -15,6 +15,7 @@ each run's ``summary.json`` and the chosen model's ``metrics.json``, so they equ
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ import pandas as pd
 
 from gc10lib import plots
 from gc10lib.errors import Gc10Error, InputError, NotFoundError, OutputExistsError
-from gc10lib.modelcard import commit_label
+from gc10lib.modelcard import commit_label, deploy_lines
 from gc10lib.pipeline import load_config
 from gc10lib.records import choose_by_validation
 from gc10lib.runfolder import RunFolder
@@ -59,10 +60,10 @@ def chosen(run: RunFolder) -> dict[str, str | None]:
     return out
 
 
-def _fmt(mean: float, std: float, n: int) -> str:
+def _fmt(mean: float, std: float, n: int, digits: int = 4) -> str:
     if pd.isna(mean):
         return "–"
-    return f"{mean:.4f}" if n < 2 else f"{mean:.4f} ± {std:.4f}"
+    return f"{mean:.{digits}f}" if n < 2 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def _scores_markdown(table: pd.DataFrame) -> str:
@@ -127,6 +128,103 @@ def _figures(runs: Sequence[RunFolder], files: Path, rel: str) -> list[str]:
     return out
 
 
+#: the README's results table: one row per results page (``gc10 report --table docs/results/*.md``)
+TABLE_HEADER = [
+    "| dataset | runs | chosen ensemble: test acc. | single backbone: test acc. "
+    "| int8 student: test acc., size, speed-up | deployable model: test acc., size | page |",
+    "|---|---|---|---|---|---|---|",
+]
+
+
+def _mean(values: Sequence[float | None], digits: int = 4) -> str:
+    got = pd.Series([float(v) for v in values if v is not None and not pd.isna(v)], dtype=float)
+    if got.empty:
+        return "–"
+    return _fmt(float(got.mean()), float(got.std(ddof=0)), len(got), digits)
+
+
+def _names(values: Sequence[str | None]) -> str:
+    return ", ".join(dict.fromkeys(str(v).removeprefix("ensemble_") for v in values if v)) or "–"
+
+
+def _student_int8(run: RunFolder) -> dict:
+    """The int8 student's test accuracy, size and batch-1 speed-up over the teacher (the distill
+    step's deployment table); empty where the run has none."""
+    f = run.steps_dir / "06_distill" / "deployment.csv"
+    if not f.is_file():
+        return {}
+    d = pd.read_csv(f)
+    if not {"role", "variant"} <= set(d):
+        return {}
+    student = d[(d.role == "student") & (d.variant == "int8")]
+    if student.empty:
+        return {}
+    s = student.iloc[0]
+    return {"accuracy": float(s.accuracy), "size_mib": float(s.size_mib), "speedup": s.get("speedup_vs_teacher_b1")}
+
+
+def headline(runs: Sequence[RunFolder]) -> dict:
+    """The page's one-line summary over its runs: the chosen ensemble, the chosen single backbone,
+    the int8 student and the deployable model, each with its test accuracy (mean ± std)."""
+    rows = []
+    for r in runs:
+        models = pd.DataFrame(_summary(r)["models"]).set_index("model")
+        pick = chosen(r)
+        dep = _summary(r).get("deployable") or {}
+        cand = next((c for c in dep.get("candidates", []) if c["name"] == dep.get("chosen")), {})
+        acc = {k: (models.test_accuracy.get(v) if v else None) for k, v in pick.items()}
+        rows.append(
+            {"pick": pick, "acc": acc, "deploy": dep.get("chosen"), "deploy_c": cand, "student": _student_int8(r)}
+        )
+    student = [x["student"] for x in rows if x["student"]]
+    return {
+        "runs": len(runs),
+        "ensemble": f"{_names([x['pick']['ensemble'] for x in rows])}: {_mean([x['acc']['ensemble'] for x in rows])}",
+        "backbone": f"{_names([x['pick']['backbone'] for x in rows])}: {_mean([x['acc']['backbone'] for x in rows])}",
+        "student_int8": (
+            f"{_mean([s['accuracy'] for s in student])}, {_mean([s['size_mib'] for s in student], 2)} MiB, "
+            f"{_mean([s['speedup'] for s in student], 1)}x"
+            if student
+            else "not run"
+        ),
+        "deployable": (
+            f"{_names([x['deploy'] for x in rows])}: {_mean([x['deploy_c'].get('test_accuracy') for x in rows])}, "
+            f"{_mean([x['deploy_c'].get('size_mib') for x in rows], 2)} MiB"
+            if any(x["deploy"] for x in rows)
+            else "–"
+        ),
+    }
+
+
+def _headline_row(head: dict, link: str) -> str:
+    cells = [head["title"], head["runs"], head["ensemble"], head["backbone"], head["student_int8"], head["deployable"]]
+    return "| " + " | ".join(str(c) for c in cells) + f" | {link} |"
+
+
+def table_rows(pages: Sequence[str | Path], link_from: str | Path = ".") -> list[str]:
+    """The README's results table from results pages (their ``_files/headline.json``), linking each
+    page relative to ``link_from``."""
+    lines = list(TABLE_HEADER)
+    for page in (Path(p) for p in pages if Path(p).name != "README.md"):  # a folder's index is not a page
+        f = page.with_name(f"{page.stem}_files") / "headline.json"
+        if not f.is_file():
+            raise NotFoundError(f"{page}: no {f.name} beside it; regenerate the page with gc10 report")
+        h = json.loads(f.read_text())
+        link = Path(os.path.relpath(page, link_from)).as_posix()
+        lines.append(_headline_row(h, f"[{page.stem}]({link})"))
+    return lines
+
+
+def _deploy_section(runs: Sequence[RunFolder]) -> list[str]:
+    """Each run's deployable model with its validation evidence (``deploy/choice.json``)."""
+    out = []
+    for r in runs:
+        lines = deploy_lines(r.dir)
+        if lines:
+            out += [f"Run `{r.name}`:", "", *lines, ""]
+    return ["## The deployable model (chosen on validation)", "", *out] if out else []
+
+
 def write_page(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | None = None, about: str = "") -> Path:
     """Write the results page of ``run_dirs`` to ``out`` (a new ``.md`` file; its figures go to
     ``<out stem>_files/``). Returns the page's path."""
@@ -167,7 +265,12 @@ def write_page(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | 
     deploy = runs[0].steps_dir / "06_distill" / "deployment.md"
     if deploy.is_file():
         lines += [f"## Deployment (run `{runs[0].name}`, test split)", "", deploy.read_text().strip(), ""]
+    lines += _deploy_section(runs)
     lines += ["## Figures", "", *_figures(runs, files, files.name), ""]
+    head = {"title": title or runs[0].config.get("name", "runs"), **headline(runs)}
+    (files / "headline.json").write_text(json.dumps(head, indent=1) + "\n")
+    at = lines.index("## Runs")  # the headline first, in the README table's words
+    lines[at:at] = [*TABLE_HEADER[:2], _headline_row(head, "this page"), ""]
     out.write_text("\n".join(lines))
     return out
 

@@ -38,3 +38,16 @@ def test_the_checker_sees_a_broken_link(tmp_path):
     page = tmp_path / "p.md"
     page.write_text("[ok](p.md) [gone](nowhere.md) ![img](pic.png) [web](https://x.org) ```\n[code](x.md)\n```")
     assert [t for t in _targets(page) if not (page.parent / t).exists()] == ["nowhere.md", "pic.png"]
+
+
+def test_the_readme_results_table_is_the_one_the_results_pages_make():
+    """``gc10 report --table docs/results/*.md`` prints the README's table: nothing in it is typed by hand."""
+    from gc10lib.report import table_rows
+
+    pages = sorted(p for p in (REPO / "docs" / "results").glob("*.md") if p.name != "README.md")
+    assert pages, "no results pages"
+    expected = table_rows(pages, link_from=REPO)
+    readme = (REPO / "README.md").read_text().splitlines()
+    start = readme.index(expected[0])
+    assert readme[start : start + len(expected)] == expected
+    assert not readme[start + len(expected)].startswith("|"), "a row in the README that no page makes"

@@ -445,7 +445,7 @@ def test_the_run_says_where_to_look_and_warns_loudly_about_random_weights(demo_r
         assert "**Warning: " in text and "vgg19" in text.split("**Warning: ")[1].split("**")[0], page
 
 
-def test_a_results_page_is_generated_from_the_run_and_its_numbers_are_the_summarys(demo_run, tmp_path):
+def test_a_results_page_is_generated_from_the_run_and_its_numbers_are_the_summarys(demo_run, tmp_path, capsys):
     from gc10lib import cli
 
     run, _ = demo_run
@@ -460,6 +460,19 @@ def test_a_results_page_is_generated_from_the_run_and_its_numbers_are_the_summar
     assert f"| {run.name} | {chosen} |" in text
     assert (tmp_path / "results" / "demo_files" / "comparison.png").is_file()
     assert cli.main(["report", str(run), "--out", str(page)]) == 2  # never overwritten
+    # the headline (the README table's row) holds the same numbers: the chosen ensemble's test
+    # accuracy, and the deployable model's, which the page's deploy section shows with its evidence
+    head = json.loads((tmp_path / "results" / "demo_files" / "headline.json").read_text())
+    models = {r["model"]: r for r in summary["models"]}
+    assert head["ensemble"] == f"{chosen.removeprefix('ensemble_')}: {models[chosen]['test_accuracy']:.4f} ± 0.0000"
+    dep = summary["deployable"]
+    picked = next(c for c in dep["candidates"] if c["name"] == dep["chosen"])
+    assert head["deployable"].startswith(f"{dep['chosen']}: {picked['test_accuracy']:.4f}")
+    assert f"Deployable model: `{dep['chosen']}`" in text and head["runs"] == 2
+    capsys.readouterr()
+    assert cli.main(["report", "--table", str(page)]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert rows[0].startswith("| dataset |") and rows[2].startswith("| Demo | 2 |") and "(" in rows[2]
 
 
 def test_the_run_names_one_deployable_model_chosen_on_validation(demo_run):
