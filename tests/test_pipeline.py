@@ -486,8 +486,9 @@ def test_the_run_names_one_deployable_model_chosen_on_validation(demo_run):
     assert choice["checks"]  # the student check always says what it found
     eligible = [c for c in choice["candidates"] if not c["left_out"]]
     ok = [c for c in eligible if c["val_accuracy"] >= choice["reference"]["val_accuracy"] - choice["margin"]]
-    smallest = min(ok, key=lambda c: c["size_mib"])["name"] if ok else None
-    assert choice["chosen"] == (smallest or max(eligible, key=lambda c: c["val_accuracy"])["name"])
+    smallest = min(ok, key=lambda c: (c["size_mib"], -c["val_accuracy"], c["name"]))["name"] if ok else None
+    best = max(eligible, key=lambda c: (c["val_accuracy"], -c["size_mib"]))["name"]  # ties: the smaller file
+    assert choice["chosen"] == (smallest or best)
     for c in choice["candidates"]:
         assert Path(c["path"]).is_file()  # offered files are kept under deploy/, where the record says
     assert load_predictor(choice["path"]).classes  # the copied file loads with its sidecar
