@@ -168,9 +168,10 @@ def headline(runs: Sequence[RunFolder]) -> dict:
     the int8 student and the deployable model, each with its test accuracy (mean ± std)."""
     rows = []
     for r in runs:
-        models = pd.DataFrame(_summary(r)["models"]).set_index("model")
+        summary = _summary(r)  # read once per run
+        models = pd.DataFrame(summary["models"]).set_index("model")
         pick = chosen(r)
-        dep = _summary(r).get("deployable") or {}
+        dep = summary.get("deployable") or {}
         cand = next((c for c in dep.get("candidates", []) if c["name"] == dep.get("chosen")), {})
         acc = {k: (models.test_accuracy.get(v) if v else None) for k, v in pick.items()}
         rows.append(
