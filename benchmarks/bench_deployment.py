@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from gc10lib import distillation
+from gc10lib import steps
 from gc10lib.records import find_models
 
 
@@ -36,10 +36,10 @@ def main() -> None:
     teacher = by_name[student.metrics["teacher"]["name"]]
     out = Path(a.out or run / f"deployment-{time.strftime('%Y%m%d-%H%M%S')}")
     t0 = time.perf_counter()
-    table = distillation.deployment_table(teacher, student.path, data_dir, run / "split.csv", out)
+    table = steps.distill.deployment_table(teacher, student.path, data_dir, run / "split.csv", out)
     print(f"{time.perf_counter() - t0:.0f} s; teacher {teacher.name}, student {student.name}", flush=True)
     print(
-        table[[*distillation.DEPLOY_COLUMNS, "agreement", "speedup_vs_teacher_b1"]].to_markdown(
+        table[[*steps.distill.DEPLOY_COLUMNS, "agreement", "speedup_vs_teacher_b1"]].to_markdown(
             index=False, floatfmt=".4g"
         )
     )

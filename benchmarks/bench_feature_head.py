@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from gc10lib import data, training
+from gc10lib import data
+from gc10lib.steps import train
 
 
 def main() -> None:
@@ -47,7 +48,7 @@ def main() -> None:
             ("features, cold cache", "features"),
             ("features, warm cache", "features"),
         ):
-            cfg = training.TrainConfig(
+            cfg = train.TrainConfig(
                 backbone=args.backbone,
                 img_size=args.size,
                 weights="imagenet" if os.environ.get("GC10_WEIGHTS_DIR") else None,
@@ -60,9 +61,7 @@ def main() -> None:
                 seed=0,
             )
             t = time.perf_counter()
-            m = training.train_backbone(
-                cfg, args.data_dir, Path(tmp) / f"out{len(times)}", manifest=man, classes=ds.classes
-            )
+            m = train.run(cfg, args.data_dir, Path(tmp) / f"out{len(times)}", manifest=man, classes=ds.classes)
             times[label] = m["timings"]["head_s"]
             print(
                 f"  {label:<36} head phase {times[label]:7.2f} s   (whole call {time.perf_counter() - t:6.1f} s, "

@@ -22,19 +22,14 @@ import numpy as np
 import pandas as pd
 
 from gc10lib import data as _data
-from gc10lib import plots
+from gc10lib import plots, steps
 from gc10lib.backbones import load_model as load_keras
 from gc10lib.config import DistillConfig, TrainConfig
-from gc10lib.distillation import distill_run
-from gc10lib.ensembles import ensemble_run
 from gc10lib.errors import InputError
-from gc10lib.explanation import explain_run
 from gc10lib.explanation import gradcam as _gradcam
 from gc10lib.inference import Predictor, as_predictor, decode_images, evaluate_model, predict_files
 from gc10lib.layers import model_info
-from gc10lib.quantization import quantize_run
 from gc10lib.runfolder import RunFolder
-from gc10lib.training import train_backbone
 
 
 def load_model(path: str | Path) -> Predictor:
@@ -101,7 +96,7 @@ def train(
     >>> m["val"]["accuracy"], m["selected"]["phase"], m["model_path"]
     """
     cfg = _config(TrainConfig, config, settings)
-    return train_backbone(cfg, data, out, split_csv=split)
+    return steps.train.run(cfg, data, out, split_csv=split)
 
 
 def ensemble(
@@ -120,7 +115,7 @@ def ensemble(
     """
     folder = _run(run)
     data_dir, split_csv = folder.inputs(data, split)
-    table, _ = ensemble_run(folder.dir, list(methods), out, data_dir, split_csv, seed=seed)
+    table, _ = steps.ensemble.run(folder.dir, list(methods), out, data_dir, split_csv, seed=seed)
     return table
 
 
@@ -141,7 +136,7 @@ def quantize(
     """
     folder = _run(run)
     data_dir, split_csv = folder.inputs(data, split)
-    return quantize_run(folder.dir, data_dir, split_csv, out, list(models), list(variants), seed=seed)
+    return steps.quantize.run(folder.dir, data_dir, split_csv, out, list(models), list(variants), seed=seed)
 
 
 def distill(
@@ -162,7 +157,7 @@ def distill(
     """
     folder = _run(run)
     data_dir, split_csv = folder.inputs(data, split)
-    metrics, _ = distill_run(
+    metrics, _ = steps.distill.run(
         folder.dir, data_dir, split_csv, out, _config(DistillConfig, config, settings), teacher, quantize=int8
     )
     return metrics
@@ -185,7 +180,7 @@ def explain(
     """
     folder = _run(run)
     data_dir, split_csv = folder.inputs(data, split)
-    table, _ = explain_run(folder.dir, data_dir, split_csv, out, list(models), per_class=per_class, seed=seed)
+    table, _ = steps.explain.run(folder.dir, data_dir, split_csv, out, list(models), per_class=per_class, seed=seed)
     return table
 
 

@@ -209,22 +209,24 @@ def _run_inputs(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from gc10lib import synth, training
+    from gc10lib import synth
     from gc10lib.config import TrainConfig, apply_overrides
     from gc10lib.pipeline import load_config
+    from gc10lib.steps import train
 
     defaults = TrainConfig.defaults()
     values = {k: v for k, v in (load_config(args.config) if args.config else {}).items() if k in defaults}
     values = apply_overrides(values, args.parameters or [], defaults, "training parameter")
     cfg = TrainConfig(**{**values, "backbone": args.backbone, "verbose": 2})
-    m = training.train_backbone(cfg, synth.resolve_data_dir(args.data), args.out, split_csv=args.split_csv)
+    m = train.run(cfg, synth.resolve_data_dir(args.data), args.out, split_csv=args.split_csv)
     sel = m["selected"]
     print(f"wrote {Path(m['model_path']).parent} (saved phase {sel['phase']!r}, {sel['monitor']} {sel['value']:.4f})")
     return 0
 
 
 def _ensemble(args: argparse.Namespace) -> int:
-    from gc10lib.ensembles import ensemble_run, find_recipe, materialize
+    from gc10lib.steps.ensemble import find_recipe, materialize
+    from gc10lib.steps.ensemble import run as ensemble_run
 
     if args.materialize:
         path = materialize(find_recipe(args.run, args.materialize))
@@ -238,7 +240,8 @@ def _ensemble(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from gc10lib.quantization import markdown_table, quantize_run
+    from gc10lib.steps.quantize import markdown_table
+    from gc10lib.steps.quantize import run as quantize_run
 
     data_dir, split = _run_inputs(args)
     table = quantize_run(
@@ -259,8 +262,9 @@ def _quantize(args: argparse.Namespace) -> int:
 
 def _distill(args: argparse.Namespace) -> int:
     from gc10lib.config import DistillConfig, apply_overrides
-    from gc10lib.distillation import DEPLOY_COLUMNS, distill_run
     from gc10lib.pipeline import load_config
+    from gc10lib.steps.distill import DEPLOY_COLUMNS
+    from gc10lib.steps.distill import run as distill_run
 
     params = load_config(args.config) if args.config else {}
     names = DistillConfig.parameter_names()  # flat name (student_epochs_finetune ...) -> field
@@ -280,7 +284,7 @@ def _distill(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from gc10lib.explanation import explain_run
+    from gc10lib.steps.explain import run as explain_run
 
     data_dir, split = _run_inputs(args)
     table, _ = explain_run(args.run, data_dir, split, args.out, args.models, per_class=args.per_class, seed=args.seed)

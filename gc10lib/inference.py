@@ -348,3 +348,32 @@ def evaluate_model(
         n_skipped=len(table) - len(ok) + excluded,
     )
     return m
+
+
+def evaluate_parts(
+    model,
+    out: Path,
+    va: pd.DataFrame,
+    te: pd.DataFrame,
+    classes: list[str],
+    metrics: dict,
+    *,
+    policy: str,
+    batch_size: int = 32,
+    seed: int = 42,
+    known: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """Val and test metrics of ``model`` into ``metrics``; probabilities saved as ``proba_<part>.npy``.
+
+    ``known`` holds probabilities already computed for a part (they are not predicted again).
+    """
+    probas = {}
+    for name, part in (("val", va), ("test", te)):
+        if len(part):
+            proba = (known or {}).get(name)
+            if proba is None:
+                proba = predict_proba(model, list(part.path), policy=policy, batch_size=batch_size)
+            metrics[name] = compute_metrics(part.label.to_numpy(), proba, classes, seed=seed)
+            np.save(out / f"proba_{name}.npy", proba.astype(np.float32))
+            probas[name] = proba
+    return probas

@@ -13,7 +13,7 @@ training image once, in a random one of its flips; validation (plain images) cho
 :func:`assemble` then makes an ordinary gc10lib classifier of it: the same preprocessing, the
 backbone cut at that layer (named ``backbone``), the head (named ``head``) and the class names.
 :func:`train_map_head` is the phase ``maps`` of :mod:`gc10lib.phases`, which both
-:func:`gc10lib.training.train_backbone` and :func:`gc10lib.distillation.train_student` run when
+:func:`gc10lib.steps.train.run` and :func:`gc10lib.distillation.train_student` run when
 ``map_head`` is on.
 """
 

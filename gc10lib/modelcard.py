@@ -90,7 +90,7 @@ def _student_lines(run_dir: Path) -> list[str]:
 
 def deploy_lines(run_dir: str | Path) -> list[str]:
     """The run summary's and model card's lines about the deployable model (``deploy/choice.json``,
-    written by :mod:`gc10lib.deploy`); none before it is chosen."""
+    written by :mod:`gc10lib.steps.deploy`); none before it is chosen."""
     f = Path(run_dir) / "deploy" / "choice.json"
     if not f.is_file():
         return []

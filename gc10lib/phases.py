@@ -1,6 +1,6 @@
 """The phase engine every trainer runs: a head, fine-tuning and a map head, with one best state.
 
-A backbone (:func:`gc10lib.training.train_backbone`) and a distilled student
+A backbone (:func:`gc10lib.steps.train.run`) and a distilled student
 (:func:`gc10lib.distillation.train_student`) are two callers of the same pieces:
 
 * :class:`BestState` – the best validation state over every phase, kept in memory; what is

@@ -394,12 +394,12 @@ def _weights_notes(cfg: dict) -> list[str]:
 
 
 def _choose_deployable(run: RunFolder, echo) -> None:
-    """The run's deployable model (:mod:`gc10lib.deploy`), chosen in a process of its own whose
+    """The run's deployable model (:mod:`gc10lib.steps.deploy`), chosen in a process of its own whose
     stderr goes to ``logs/deploy.log``."""
     log_path = run.log("deploy")
     with open(log_path, "a") as fh:
         done = subprocess.run(
-            [sys.executable, "-m", "gc10lib.deploy", str(run.dir)], stdout=subprocess.PIPE, stderr=fh, text=True
+            [sys.executable, "-m", "gc10lib.steps.deploy", str(run.dir)], stdout=subprocess.PIPE, stderr=fh, text=True
         )
     if done.returncode != 0:
         raise PipelineError(f"choosing the deployable model failed; see {log_path}")

@@ -184,14 +184,14 @@ def smoke_data(tmp_path_factory):
 @trains
 def smoke_models(smoke_data, tmp_path_factory):
     """All six backbones trained at smoke size (75 px, random init, 1+1 epochs)."""
-    from gc10lib import training
     from gc10lib.backbones import ORIGINAL
+    from gc10lib.steps import train
 
     root, split = smoke_data
     out = tmp_path_factory.mktemp("smoke_models")
     results = {}
     for name in ORIGINAL:  # the newer registry entries are trained in test_backbones.py
-        cfg = training.TrainConfig(
+        cfg = train.TrainConfig(
             backbone=name,
             img_size=75,
             weights=None,
@@ -203,5 +203,5 @@ def smoke_models(smoke_data, tmp_path_factory):
             verbose=0,
             seed=3,
         )
-        results[name] = training.train_backbone(cfg, root, out / name, split_csv=split)
+        results[name] = train.run(cfg, root, out / name, split_csv=split)
     return out, results

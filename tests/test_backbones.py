@@ -147,12 +147,13 @@ def test_newer_backbones_train_reload_and_explain(name, smoke_data, tmp_path):
     """EfficientNetV2-S, ConvNeXt-Tiny and MobileNetV3-Large at smoke size with random init: the whole
     training path (probe, head, one fine-tune epoch), an exact hand-over, a safe-mode reload that
     reproduces the recorded probabilities, and a Grad-CAM at the input size."""
-    from gc10lib import data, explanation, training
+    from gc10lib import data, explanation
     from gc10lib.inference import predict_proba
     from gc10lib.layers import model_info
+    from gc10lib.steps import train
 
     root, split = smoke_data
-    cfg = training.TrainConfig(
+    cfg = train.TrainConfig(
         backbone=name,
         img_size=64,
         weights=None,
@@ -163,7 +164,7 @@ def test_newer_backbones_train_reload_and_explain(name, smoke_data, tmp_path):
         verbose=0,
         seed=3,
     )
-    m = training.train_backbone(cfg, root, tmp_path / name, split_csv=split)
+    m = train.run(cfg, root, tmp_path / name, split_csv=split)
     assert m["handover"]["max_prob_gap"] < 1e-4, m["handover"]
     model = B.load_model(m["model_path"])
     assert model_info(model).backbones == [name] and model_info(model).input_size == 64

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gc10lib import deploy
-from gc10lib.deploy import MARGIN, Candidate, choose
 from gc10lib.records import ModelRecord
+from gc10lib.steps import deploy
+from gc10lib.steps.deploy import MARGIN, Candidate, choose
 
 
 def _c(name, size, acc):

@@ -14,12 +14,13 @@ import pandas as pd
 import pytest
 from conftest import WEIGHTS, needs_weights, trains
 
-from gc10lib import data, distillation, maphead, training
+from gc10lib import data, distillation, maphead, steps
 from gc10lib.backbones import build_classifier, load_model, save_model
 from gc10lib.errors import InputError
 from gc10lib.inference import predict_proba
 from gc10lib.inputs import ImageCache
 from gc10lib.layers import model_info
+from gc10lib.steps import train
 
 # ---------------------------------------------------------------- soft targets and the loss
 
@@ -136,14 +137,14 @@ def distilled(smoke_data, tmp_path_factory):
     base = tmp_path_factory.mktemp("distill")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GC10_WEIGHTS_DIR", str(WEIGHTS))
-        teacher_cfg = training.TrainConfig(
+        teacher_cfg = train.TrainConfig(
             backbone="mobilenet", img_size=75, epochs_head=10, epochs_finetune=0, batch_size=16, verbose=0, seed=3
         )
-        training.train_backbone(teacher_cfg, root, base / "run" / "steps" / "02_finetune_mobilenet", split_csv=split)
+        train.run(teacher_cfg, root, base / "run" / "steps" / "02_finetune_mobilenet", split_csv=split)
         cfg = distillation.DistillConfig(
             student="mobilenet_v2", epochs_head=20, epochs_finetune=1, batch_size=16, aug_views=2, verbose=0, seed=3
         )
-        metrics, table = distillation.distill_run(
+        metrics, table = steps.distill.run(
             base / "run", root, split, base / "run" / "steps" / "06_distill", cfg, "best_backbone", n_representative=16
         )
     return base / "run", metrics, table
@@ -218,7 +219,7 @@ def test_deployment_table_also_rates_the_best_single_backbone(distilled, smoke_d
     run, metrics, _ = distilled
     root, split = smoke_data
     teacher = pick_models(run, ["best_backbone"])[0]
-    table = distillation.deployment_table(
+    table = steps.distill.deployment_table(
         teacher, metrics["model_path"], root, split, tmp_path, n_representative=16, baseline=teacher
     )
     assert list(table.role) == ["teacher", "student", "student", "best backbone", "best backbone"]
@@ -282,9 +283,7 @@ def test_a_run_without_ensembles_names_what_to_do(tmp_path):
     )
     (tmp_path / "steps" / "m.keras").write_bytes(b"")
     with pytest.raises(InputError, match="no ensemble to teach the student.*--teacher best_backbone"):
-        distillation.distill_run(
-            tmp_path, tmp_path, tmp_path / "split.csv", tmp_path / "out", distillation.DistillConfig()
-        )
+        steps.distill.run(tmp_path, tmp_path, tmp_path / "split.csv", tmp_path / "out", distillation.DistillConfig())
     assert not (tmp_path / "out").exists()
 
 
@@ -347,7 +346,7 @@ def map_teacher(smoke_data, tmp_path_factory):
     run = tmp_path_factory.mktemp("map_teacher") / "run"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GC10_WEIGHTS_DIR", str(WEIGHTS))
-        cfg = training.TrainConfig(
+        cfg = train.TrainConfig(
             backbone="mobilenet",
             img_size=64,
             probe=False,
@@ -360,7 +359,7 @@ def map_teacher(smoke_data, tmp_path_factory):
             verbose=0,
             seed=3,
         )
-        m = training.train_backbone(cfg, root, run / "steps" / "02_finetune_mobilenet", split_csv=split)
+        m = train.run(cfg, root, run / "steps" / "02_finetune_mobilenet", split_csv=split)
     assert m["selected"]["phase"] == "maps"
     return run, Path(m["model_path"])
 
@@ -489,7 +488,7 @@ def test_flip_views_are_plain_then_seeded_random_flips_gathered_per_image(map_te
 def test_student_map_head_starts_from_the_runs_own_and_that_start_competes(
     map_teacher, smoke_data, tmp_path, monkeypatch
 ):
-    """distill_run finds the run's map head of the student's backbone and the student's map head
+    """the distill step finds the run's map head of the student's backbone and the student's map head
     starts from it. At a learning rate that wrecks every epoch, the start itself is what validation
     keeps: the student is then that head, never worse. A head of another width starts fresh and
     the record says why."""
@@ -499,7 +498,7 @@ def test_student_map_head_starts_from_the_runs_own_and_that_start_competes(
     kw = dict(student="mobilenet", epochs_head=0, epochs_finetune=0, map_head=True, map_epochs=2)
     kw.update(augment=["flip"], aug_views=2, batch_size=16, verbose=0, seed=3)
     cfg = distillation.DistillConfig(map_width=8, warm_lr=50.0, **kw)
-    m, _ = distillation.distill_run(run, root, split, tmp_path / "warm", cfg, "best_backbone", quantize=False)
+    m, _ = steps.distill.run(run, root, split, tmp_path / "warm", cfg, "best_backbone", quantize=False)
     rec = m["map_head"]
     assert rec["warm_start"] == {"from": str(member), "used": True}
     assert rec["epoch"] == -1 and m["selected"]["phase"] == "maps"
@@ -516,5 +515,5 @@ def test_student_map_head_starts_from_the_runs_own_and_that_start_competes(
     assert cold["map_head"]["warm_start"]["used"] is False
     assert "shape" in cold["map_head"]["warm_start"]["why_not"] and cold["map_head"]["epoch"] >= 0
     off = distillation.DistillConfig(map_width=8, warm_start=False, **kw)
-    m_off, _ = distillation.distill_run(run, root, split, tmp_path / "off", off, "best_backbone", quantize=False)
+    m_off, _ = steps.distill.run(run, root, split, tmp_path / "off", off, "best_backbone", quantize=False)
     assert "warm_start" not in m_off["map_head"]

@@ -13,11 +13,12 @@ import pytest
 from conftest import NEU, WEIGHTS, needs_shared, needs_weights
 from sklearn.metrics import log_loss
 
-from gc10lib import data, ensembles, training
+from gc10lib import data, ensembles, steps
 from gc10lib.backbones import build_classifier, load_model
 from gc10lib.inference import predict_proba
 from gc10lib.layers import ResizeTo, model_classes, model_info
 from gc10lib.records import choose_by_validation, find_models, pick_models
+from gc10lib.steps import train
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +132,9 @@ def test_fitted_methods_are_scored_cross_fitted_on_validation():
         oof = fitted["oof_val_proba"]
         expected = np.zeros_like(oof)  # each fold scored by the method refitted on the other folds
         fit = ensembles.fit_weights if method == "weighted" else ensembles.caruana_select
-        for train, held in ensembles.validation_folds(y, seed=0).split(oof, y):
+        for fit_rows, held in ensembles.validation_folds(y, seed=0).split(oof, y):
             expected[held] = ensembles.weighted_sum(
-                [p[held] for p in members], fit([p[train] for p in members], y[train])
+                [p[held] for p in members], fit([p[fit_rows] for p in members], y[fit_rows])
             )
         np.testing.assert_allclose(oof, expected)
         in_sample = log_loss(y, ensembles.combine(method, members, fitted))
@@ -150,7 +151,7 @@ def test_fitted_methods_are_scored_cross_fitted_on_validation():
 def test_probes_can_be_ensemble_members(smoke_models, smoke_data, tmp_path):
     out, _ = smoke_models
     root, split = smoke_data
-    table, _ = ensembles.ensemble_run(
+    table, _ = steps.ensemble.run(
         out, ["mean"], tmp_path / "ens", root, split, backbones=["mobilenet"], seed=0, probes=True
     )
     m = json.loads((tmp_path / "ens" / "ensembles" / "mean" / "metrics.json").read_text())
@@ -167,11 +168,11 @@ def test_mixed_sizes_are_fitted_on_what_the_shipped_ensemble_computes(smoke_mode
     root, split = smoke_data
     run = tmp_path / "run"
     shutil.copytree(out / "mobilenet", run / "mobilenet")
-    cfg = training.TrainConfig(
+    cfg = train.TrainConfig(
         backbone="mobilenet_v2", img_size=64, weights=None, epochs_head=1, epochs_finetune=0, verbose=0, seed=3
     )
-    training.train_backbone(cfg, root, run / "mobilenet_v2", split_csv=split)
-    ensembles.ensemble_run(run, ["mean"], tmp_path / "ens", root, split, backbones=["mobilenet", "mobilenet_v2"])
+    train.run(cfg, root, run / "mobilenet_v2", split_csv=split)
+    steps.ensemble.run(run, ["mean"], tmp_path / "ens", root, split, backbones=["mobilenet", "mobilenet_v2"])
     m = json.loads((tmp_path / "ens" / "ensembles" / "mean" / "metrics.json").read_text())
     va = data.read_split(split, data_root=root).query("subset == 'val'")
     shipped = predict_proba(load_model(m["model_path"]), list(va.path))
@@ -196,7 +197,7 @@ def test_stack_without_stacker_is_refused(members):
 def test_every_method_saves_and_reloads_in_fresh_process(smoke_models, smoke_data, tmp_path):
     out, results = smoke_models
     root, split = smoke_data
-    table, res = ensembles.ensemble_run(
+    table, res = steps.ensemble.run(
         out, ensembles.METHODS, tmp_path / "ens", root, split, backbones=["mobilenet", "vgg19", "mobilenet_v2"], seed=0
     )
     members = ["mobilenet", "mobilenet_v2", "vgg19"]  # found in folder order; vgg19 brings caffe preprocessing
@@ -217,9 +218,9 @@ def test_every_method_saves_and_reloads_in_fresh_process(smoke_models, smoke_dat
     te = data.read_split(split, data_root=root).query("subset == 'test'")
     for name in recipes:
         method = name.removeprefix("ensemble_")
-        path = ensembles.materialize(ensembles.find_recipe(tmp_path / "ens", method))
+        path = steps.ensemble.materialize(steps.ensemble.find_recipe(tmp_path / "ens", method))
         with pytest.raises(FileExistsError):  # never over an existing model file
-            ensembles.materialize(ens_dir / method / "recipe.json")
+            steps.ensemble.materialize(ens_dir / method / "recipe.json")
         got = predict_proba(load_model(path), list(te.path))  # the recipe rebuilds the table's numbers
         np.testing.assert_allclose(got, np.load(ens_dir / method / "proba_test.npy"), atol=1e-4)
         m = json.loads((ens_dir / method / "metrics.json").read_text())
@@ -271,7 +272,7 @@ def test_real_neu_mean_ensemble_not_worse_than_worse_member(tmp_path, monkeypatc
     te = man[man.subset == "test"]
     models, accs = [], []
     for name in ("mobilenet", "mobilenet_v2"):
-        cfg = training.TrainConfig(
+        cfg = train.TrainConfig(
             backbone=name,
             img_size=224,
             weights="imagenet",
@@ -283,7 +284,7 @@ def test_real_neu_mean_ensemble_not_worse_than_worse_member(tmp_path, monkeypatc
             patience=8,
             seed=0,
         )
-        m = training.train_backbone(cfg, NEU, tmp_path / name, manifest=man, classes=ds.classes)
+        m = train.run(cfg, NEU, tmp_path / name, manifest=man, classes=ds.classes)
         accs.append(m["test"]["accuracy"])
         models.append(load_model(m["model_path"]))
     ens = ensembles.build_ensemble(models, "mean")

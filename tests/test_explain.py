@@ -73,7 +73,8 @@ def trained(synth_root, tmp_path_factory):
 
     from conftest import WEIGHTS
 
-    from gc10lib import data, training
+    from gc10lib import data
+    from gc10lib.steps import train
 
     if not WEIGHTS.is_dir():
         pytest.skip(f"{WEIGHTS} is absent: a meaningful CAM needs real ImageNet weights (CI always has them)")
@@ -88,7 +89,7 @@ def trained(synth_root, tmp_path_factory):
         seed=0,
         fractions=(0.5, 0.25, 0.25),
     )
-    cfg = training.TrainConfig(
+    cfg = train.TrainConfig(
         backbone="mobilenet",
         img_size=224,
         weights="imagenet",
@@ -98,7 +99,7 @@ def trained(synth_root, tmp_path_factory):
         verbose=0,
         seed=0,
     )
-    return training.train_backbone(cfg, synth_root, base / "m", split_csv=split)["model_path"], split
+    return train.run(cfg, synth_root, base / "m", split_csv=split)["model_path"], split
 
 
 def test_trained_model_cams_point_into_the_planted_box(trained, synth_root):

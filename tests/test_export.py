@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import WEIGHTS, XSDD, needs_shared, needs_weights, trains
 
-from gc10lib import data
+from gc10lib import data, steps
 from gc10lib.backbones import load_model
 from gc10lib.export import VARIANTS, export_litert, representative_images
 from gc10lib.inference import KerasPredictor, LiteRTPredictor, load_predictor, sidecar
@@ -26,14 +26,14 @@ def exported(smoke_data, tmp_path_factory):
     (v1) loses most of its agreement under full-integer quantization (see the README)."""
     import os
 
-    from gc10lib import training
+    from gc10lib.steps import train
 
     if not WEIGHTS.is_dir():
         pytest.skip(f"{WEIGHTS} is absent: the int8 checks need real ImageNet weights (CI always has them)")
     os.environ["GC10_WEIGHTS_DIR"] = str(WEIGHTS)
     root, split = smoke_data
     d = tmp_path_factory.mktemp("tflite")
-    cfg = training.TrainConfig(
+    cfg = train.TrainConfig(
         backbone="mobilenet_v2",
         img_size=75,
         weights="imagenet",
@@ -43,7 +43,7 @@ def exported(smoke_data, tmp_path_factory):
         verbose=0,
         seed=0,
     )
-    model = training.train_backbone(cfg, root, d / "model", split_csv=split)["model_path"]
+    model = train.run(cfg, root, d / "model", split_csv=split)["model_path"]
     rep = representative_images(root, split, 75, n=40)
     files = {
         v: export_litert(model, d / f"vgg19_{v}.tflite", v, representative=rep if v == "int8" else None)
@@ -227,10 +227,10 @@ def test_quantize_table_and_plot(exported, smoke_data, tmp_path):
     float_bytes = sum(np.asarray(v).nbytes for v in load_model(model).weights)  # the .keras file itself is deflated
     assert dyn.size_mib * 2**20 * 3 < float_bytes and dyn.size_ratio == pytest.approx(keras_row.size_mib / dyn.size_mib)
     assert df.n_images.iloc[0] == (data.read_split(split).subset == "test").sum()
-    csv, md = quantization.write_table(df, tmp_path / "q")
+    csv, md = steps.quantize.write_table(df, tmp_path / "q")
     assert "| m " in md.read_text() and len(__import__("pandas").read_csv(csv)) == 2
     with pytest.raises(FileExistsError):
-        quantization.write_table(df, tmp_path / "q")
+        steps.quantize.write_table(df, tmp_path / "q")
     ax = plots.size_vs_accuracy(df).axes[0]
     assert len(ax.texts) == 2 and ax.get_xscale() == "log"  # one latency label per file
 
@@ -305,14 +305,14 @@ def test_int8_mobilenet_keeps_its_stem_float_and_its_agreement(tmp_path, monkeyp
     rounds the stem."""
     from tensorflow.lite.python.schema_py_generated import TensorType
 
-    from gc10lib import training
     from gc10lib.export import _made_by, _tensor_types
+    from gc10lib.steps import train
 
     monkeypatch.setenv("GC10_WEIGHTS_DIR", str(WEIGHTS))
     ds = data.discover(XSDD)
     ds.table = ds.table.groupby("class").sample(30, random_state=0).reset_index(drop=True)
     man = data.split_dataset(ds, (0.5, 0.2, 0.3), seed=0)
-    cfg = training.TrainConfig(
+    cfg = train.TrainConfig(
         backbone="mobilenet",
         img_size=160,
         weights="imagenet",
@@ -322,7 +322,7 @@ def test_int8_mobilenet_keeps_its_stem_float_and_its_agreement(tmp_path, monkeyp
         verbose=0,
         seed=0,
     )
-    model = training.train_backbone(cfg, XSDD, tmp_path / "m", manifest=man, classes=ds.classes)["model_path"]
+    model = train.run(cfg, XSDD, tmp_path / "m", manifest=man, classes=ds.classes)["model_path"]
     split = tmp_path / "split.csv"
     data.write_split(man, split, XSDD, classes=ds.classes, seed=0, fractions=(0.5, 0.2, 0.3))
     rep = representative_images(XSDD, split, 160, n=60)

@@ -8,13 +8,14 @@ import pandas as pd
 import pytest
 from conftest import fresh_process_gap, trains
 
-from gc10lib import data, export, features, maphead, training
+from gc10lib import data, export, features, maphead
 from gc10lib.backbones import build_classifier, load_model
 from gc10lib.errors import InputError
 from gc10lib.explanation import gradcam
 from gc10lib.inference import LiteRTPredictor, predict_proba
 from gc10lib.inputs import ImageCache
 from gc10lib.layers import model_info
+from gc10lib.steps import train
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "inception_v3"])
@@ -61,7 +62,7 @@ def test_maps_are_cached_and_flipped(smoke_data, monkeypatch):
     root, split = smoke_data
     paths = list(data.read_split(split).path[:5])
     model, source = build_classifier("mobilenet", data.split_classes(split), 64, None, seed=0)
-    training.calibrate_batchnorm(model, ImageCache(64, "stretch").load(paths).astype("float32"))  # live random maps
+    train.calibrate_batchnorm(model, ImageCache(64, "stretch").load(paths).astype("float32"))  # live random maps
     src, trunk, cut = maphead.map_source(model, 0.3, "mobilenet", 64, "stretch", batch_size=4)
     plain, flipped = src.maps(paths, 0), src.maps(paths, 1)
     assert plain.dtype == np.float16 and plain.shape[0] == 5 and plain.shape[1:] == tuple(trunk.output.shape[1:])
@@ -81,7 +82,7 @@ def map_run(smoke_data, tmp_path_factory):
     """A run in which the map head is the only candidate (no probe, no head epochs), so it is saved."""
     root, split = smoke_data
     out = tmp_path_factory.mktemp("maps") / "o"
-    cfg = training.TrainConfig(
+    cfg = train.TrainConfig(
         backbone="mobilenet",
         img_size=64,
         weights=None,
@@ -95,7 +96,7 @@ def map_run(smoke_data, tmp_path_factory):
         verbose=0,
         seed=3,
     )
-    return out, training.train_backbone(cfg, root, out, split_csv=split)
+    return out, train.run(cfg, root, out, split_csv=split)
 
 
 def test_map_head_that_wins_is_saved_and_recorded(map_run, smoke_data):
@@ -171,21 +172,21 @@ def test_map_head_that_loses_leaves_the_model_and_best_state_alone(smoke_data):
     tr, va = (man[man.subset == s] for s in ("train", "val"))
     classes = data.split_classes(split)
     model, _ = build_classifier("mobilenet", classes, 64, None, seed=0)
-    best = training.BestState(model, "val_loss")
+    best = train.BestState(model, "val_loss")
     best.offer(0.0, "probe", 0)  # nothing can beat a log-loss of 0
     before = [np.array(w) for w in best.weights]
-    cfg = training.TrainConfig(backbone="mobilenet", img_size=64, map_epochs=2, map_width=8, batch_size=16, verbose=0)
+    cfg = train.TrainConfig(backbone="mobilenet", img_size=64, map_epochs=2, map_width=8, batch_size=16, verbose=0)
     cw = data.class_weights(tr.label, len(classes), "none")
-    saved, record, history = training._map_phase(model, cfg, tr, va, "mobilenet", 64, cw, best)
+    saved, record, history = train.map_phase(model, cfg, tr, va, "mobilenet", 64, cw, best)
     assert saved is model and not record["won"] and len(history) == 2
     assert best.phase == "probe" and best.best_by_phase["maps"] > 0.0
     for a, b in zip(before, best.weights, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
-def _map_run_config(augment: list[str], epochs: int) -> training.TrainConfig:
+def _map_run_config(augment: list[str], epochs: int) -> train.TrainConfig:
     """A smoke map-head run at 64 px with random weights, two feature views of ``augment``."""
-    return training.TrainConfig(
+    return train.TrainConfig(
         backbone="mobilenet",
         img_size=64,
         weights=None,
@@ -213,9 +214,9 @@ def test_a_map_head_run_takes_its_features_from_the_maps_and_runs_the_trunk_once
     monkeypatch.setenv("GC10_CACHE_DIR", str(tmp_path / "cache"))
     cfg = _map_run_config(["flip"], epochs=2)
     assert features.uses_maps_for_features(cfg) and features.augmented_views_from_maps(cfg)
-    assert not features.uses_maps_for_features(training.TrainConfig(map_head=False))
-    assert not features.augmented_views_from_maps(training.TrainConfig(map_head=True, augment=["flip", "shift"]))
-    assert not features.augmented_views_from_maps(training.TrainConfig(map_head=True, augment=["flip"], map_flips=2))
+    assert not features.uses_maps_for_features(train.TrainConfig(map_head=False))
+    assert not features.augmented_views_from_maps(train.TrainConfig(map_head=True, augment=["flip", "shift"]))
+    assert not features.augmented_views_from_maps(train.TrainConfig(map_head=True, augment=["flip"], map_flips=2))
     trunk_calls = []
     real_maps_of = maphead.maps_of
     monkeypatch.setattr(maphead, "maps_of", lambda *a, **k: trunk_calls.append(1) or real_maps_of(*a, **k))
@@ -224,7 +225,7 @@ def test_a_map_head_run_takes_its_features_from_the_maps_and_runs_the_trunk_once
         raise AssertionError("the whole backbone ran over the images for phase-1 features")
 
     monkeypatch.setattr(features, "extract_features", no_full_pass)
-    m = training.train_backbone(cfg, root, tmp_path / "run", split_csv=split)
+    m = train.run(cfg, root, tmp_path / "run", split_csv=split)
     assert m["timings"]["features_from"] == "maps"
     assert len(trunk_calls) == len(maphead.FLIPS) + 1  # four flips of the training images, the val images
     assert m["handover"]["max_prob_gap"] < 5e-3, m["handover"]  # float16 maps: rounding, not a different model
@@ -234,7 +235,7 @@ def test_a_map_head_run_takes_its_features_from_the_maps_and_runs_the_trunk_once
     man = data.read_split(split)
     tr, va = (list(man[man.subset == s].path) for s in ("train", "val"))
     model, source = build_classifier("mobilenet", data.split_classes(split), 64, None, seed=0)
-    training.calibrate_batchnorm(model, ImageCache(64, "stretch").load(tr).astype("float32"))
+    train.calibrate_batchnorm(model, ImageCache(64, "stretch").load(tr).astype("float32"))
     src = features.FeatureSource(model, cfg, "mobilenet", 64, "random")
     xs, xv, cached = features.features_from_maps(src, tr, va, views=2)
     assert len(xs) == 2 and not any(cached)
@@ -266,7 +267,7 @@ def test_other_augmentation_takes_only_the_plain_view_and_val_from_the_maps(smok
     monkeypatch.setattr(
         features, "extract_features", lambda *a, **k: full_passes.append(k["view"]) or real_extract(*a, **k)
     )
-    m = training.train_backbone(cfg, root, tmp_path / "run", split_csv=split)
+    m = train.run(cfg, root, tmp_path / "run", split_csv=split)
     assert m["timings"]["features_from"] == "maps and images"
     assert full_passes == [1]  # only the augmented view
     assert len(trunk_calls) == len(maphead.FLIPS) + 1

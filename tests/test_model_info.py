@@ -9,18 +9,19 @@ import numpy as np
 import pytest
 from conftest import trains
 
-from gc10lib import cli, data, export, training
+from gc10lib import cli, data, export
 from gc10lib.backbones import build_classifier, load_model
 from gc10lib.inference import KerasPredictor, LiteRTPredictor, evaluate_model, predict_files
 from gc10lib.inputs import ImageCache
 from gc10lib.layers import model_info
+from gc10lib.steps import train
 
 
 @pytest.fixture(scope="module")
 @trains
 def pad_model(smoke_data, tmp_path_factory):
     root, split = smoke_data
-    cfg = training.TrainConfig(
+    cfg = train.TrainConfig(
         backbone="mobilenet",
         img_size=64,
         weights=None,
@@ -31,7 +32,7 @@ def pad_model(smoke_data, tmp_path_factory):
         verbose=0,
         seed=5,
     )
-    m = training.train_backbone(cfg, root, tmp_path_factory.mktemp("pad") / "m", split_csv=split)
+    m = train.run(cfg, root, tmp_path_factory.mktemp("pad") / "m", split_csv=split)
     return m["model_path"]
 
 

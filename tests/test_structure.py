@@ -40,7 +40,12 @@ def _imports(path: Path) -> tuple[set[str], list[str]]:
     return top, inner
 
 
-MODULES = {f"gc10lib.{p.stem}": p for p in sorted(PACKAGE.glob("*.py")) if p.stem != "__init__"}
+MODULES = {
+    "gc10lib." + ".".join(p.relative_to(PACKAGE).with_suffix("").parts): p
+    for p in sorted(PACKAGE.rglob("*.py"))
+    if p.stem != "__init__"
+}
+STEPS = PACKAGE / "steps"
 
 
 @pytest.mark.parametrize("module", [m for m in MODULES if m != "gc10lib.cli"])
@@ -95,3 +100,17 @@ def test_no_function_in_the_package_is_over_100_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 100:
                 long.append(f"{path.name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
     assert not long, long
+
+
+def test_steps_sit_above_the_blocks():
+    """Data flows one way: a step module uses building blocks; no block imports a step, and no step
+    imports another step (each reads what earlier steps wrote, through the run folder)."""
+    bad = []
+    for m, path in MODULES.items():
+        steps_used = {d for d in _imports(path)[0] if d.startswith("gc10lib.steps")}
+        if path.parent == STEPS:
+            bad += [f"{m} imports {d}" for d in steps_used]
+        elif m not in ("gc10lib.api", "gc10lib.cli", "gc10lib.pipeline"):
+            bad += [f"block {m} imports {d}" for d in steps_used]
+    assert not bad, bad
+    assert {p.stem for p in STEPS.glob("*.py")} >= {"train", "ensemble", "quantize", "explain", "distill", "deploy"}

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from conftest import fresh_process_gap, trains
 
-from gc10lib import data, export, features, training
+from gc10lib import data, export, features
 from gc10lib.backbones import build_classifier, load_model
 from gc10lib.errors import InputError
 from gc10lib.explanation import gradcam
 from gc10lib.inference import LiteRTPredictor, predict_proba
 from gc10lib.layers import TileGrid, TilePool, model_info
+from gc10lib.steps import train
 
 
 def test_grid_cuts_tiles_row_by_row_and_merge_inverts_it():
@@ -52,7 +53,7 @@ def test_bad_tiling_is_refused_clearly():
     with pytest.raises(InputError, match="unknown tile pooling 'median'"):
         build_classifier("mobilenet", ["a"], 64, None, tiles=2, tile_pool="median")
     with pytest.raises(InputError, match="map_head: .* tiles"):  # refused when the config is made
-        training.TrainConfig(backbone="mobilenet", img_size=64, weights=None, tiles=2, map_head=True, verbose=0)
+        train.TrainConfig(backbone="mobilenet", img_size=64, weights=None, tiles=2, map_head=True, verbose=0)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_bad_tiling_is_refused_clearly():
 def tiled_run(smoke_data, tmp_path_factory):
     root, split = smoke_data
     out = tmp_path_factory.mktemp("tiles") / "o"
-    cfg = training.TrainConfig(
+    cfg = train.TrainConfig(
         backbone="mobilenet",
         img_size=64,
         weights=None,
@@ -73,7 +74,7 @@ def tiled_run(smoke_data, tmp_path_factory):
         verbose=0,
         seed=3,
     )
-    return out, training.train_backbone(cfg, root, out, split_csv=split)
+    return out, train.run(cfg, root, out, split_csv=split)
 
 
 def test_tiled_classifier_trains_and_caches_apart(tiled_run, smoke_data):

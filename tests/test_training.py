@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 from conftest import NEU, WEIGHTS, needs_shared, needs_weights
 
-from gc10lib import data, training
+from gc10lib import data
 from gc10lib.backbones import ORIGINAL, load_model
 from gc10lib.inference import predict_proba
 from gc10lib.layers import model_classes
+from gc10lib.steps import train
 
 
 def test_every_backbone_trains_and_writes_outputs(smoke_models):
@@ -80,7 +81,7 @@ def test_saved_model_reproduces_recorded_probabilities(smoke_models, smoke_data)
 def test_saved_model_is_the_best_state_across_phases(smoke_data, tmp_path):
     """A fine-tune that diverges (SGD at lr 50, no clipping) must not be what gets saved."""
     root, split = smoke_data
-    cfg = training.TrainConfig(
+    cfg = train.TrainConfig(
         backbone="mobilenet",
         img_size=75,
         weights=None,
@@ -94,7 +95,7 @@ def test_saved_model_is_the_best_state_across_phases(smoke_data, tmp_path):
         verbose=0,
         seed=3,
     )
-    m = training.train_backbone(cfg, root, tmp_path / "o", split_csv=split)
+    m = train.run(cfg, root, tmp_path / "o", split_csv=split)
     hist = pd.read_csv(tmp_path / "o" / "history.csv")
     ft = hist[hist.phase == "finetune"]
     head_best = min(hist[hist.phase == "head"].val_loss.min(), m["selected"]["best_by_phase"]["probe"])
@@ -110,7 +111,7 @@ def test_saved_model_is_the_best_state_across_phases(smoke_data, tmp_path):
 
 
 def test_train_config_from_notebook_parameters():
-    cfg = training.TrainConfig.from_params({"backbone": "vgg19", "class_weight": "none", "out_dir": "x", "seed": 7})
+    cfg = train.TrainConfig.from_params({"backbone": "vgg19", "class_weight": "none", "out_dir": "x", "seed": 7})
     assert (cfg.backbone, cfg.class_weight, cfg.seed) == ("vgg19", "none", 7)
 
 
@@ -123,7 +124,7 @@ def test_notebook_02_defaults_are_train_config_defaults():
     from gc10lib import pipeline
 
     declared = pipeline.notebook_parameters(pipeline.NOTEBOOK_DIR / "02_finetune.ipynb")
-    defaults = {f.name: f.default for f in fields(training.TrainConfig)}
+    defaults = {f.name: f.default for f in fields(train.TrainConfig)}
     shared = set(declared) & set(defaults)
     assert len(shared) >= 20
     wrong = {k: (declared[k], defaults[k]) for k in shared if ast.literal_eval(declared[k]) != defaults[k]}
@@ -132,7 +133,7 @@ def test_notebook_02_defaults_are_train_config_defaults():
 
 def test_feature_cache_is_reused(smoke_models, smoke_data, tmp_path):
     root, split = smoke_data
-    cfg = training.TrainConfig(
+    cfg = train.TrainConfig(
         backbone="mobilenet",
         img_size=75,
         weights=None,
@@ -142,12 +143,12 @@ def test_feature_cache_is_reused(smoke_models, smoke_data, tmp_path):
         verbose=0,
         seed=3,
     )
-    first = training.train_backbone(cfg, root, tmp_path / "a", split_csv=split)
-    second = training.train_backbone(cfg, root, tmp_path / "b", split_csv=split)
+    first = train.run(cfg, root, tmp_path / "a", split_csv=split)
+    second = train.run(cfg, root, tmp_path / "b", split_csv=split)
     assert first["timings"]["features_cached"] is True  # smoke_models computed the same features already
     assert second["timings"]["features_cached"] is True
-    other = training.TrainConfig(**{**cfg.__dict__, "seed": 4})
-    third = training.train_backbone(other, root, tmp_path / "c", split_csv=split)
+    other = train.TrainConfig(**{**cfg.__dict__, "seed": 4})
+    third = train.run(other, root, tmp_path / "c", split_csv=split)
     assert third["timings"]["features_cached"] is False  # another random init is another key
 
 
@@ -157,7 +158,7 @@ def test_finetune_unfreezes_top_only_and_keeps_batchnorm_frozen():
     from gc10lib.backbones import build_classifier
 
     model, _ = build_classifier("mobilenet_v2", ["a", "b"], img_size=64, weights=None)
-    n = training.set_finetune_trainable(model, 0.3)
+    n = train.set_finetune_trainable(model, 0.3)
     base = model.get_layer("backbone")
     assert n > 0
     cut = int(round(len(base.layers) * 0.7))
@@ -169,9 +170,9 @@ def test_existing_output_folder_is_refused(smoke_data, tmp_path):
     root, split = smoke_data
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "model.keras").write_text("previous")
-    cfg = training.TrainConfig(backbone="mobilenet", img_size=75, weights=None, epochs_head=1, epochs_finetune=0)
+    cfg = train.TrainConfig(backbone="mobilenet", img_size=75, weights=None, epochs_head=1, epochs_finetune=0)
     with pytest.raises(FileExistsError, match="already holds results"):
-        training.train_backbone(cfg, root, tmp_path / "x", split_csv=split)
+        train.run(cfg, root, tmp_path / "x", split_csv=split)
     assert (tmp_path / "x" / "model.keras").read_text() == "previous"
 
 
@@ -185,7 +186,7 @@ def test_real_neu_mobilenet_frozen_head_reaches_90_percent(tmp_path, monkeypatch
     sub = ds.table.groupby("class").sample(40, random_state=0)
     ds.table = sub.reset_index(drop=True)
     man = data.split_dataset(ds, (0.6, 0.2, 0.2), seed=0)
-    cfg = training.TrainConfig(
+    cfg = train.TrainConfig(
         backbone="mobilenet",
         img_size=224,
         weights="imagenet",
@@ -197,7 +198,7 @@ def test_real_neu_mobilenet_frozen_head_reaches_90_percent(tmp_path, monkeypatch
         patience=8,
         seed=0,
     )
-    m = training.train_backbone(cfg, NEU, tmp_path / "neu", manifest=man, classes=ds.classes)
+    m = train.run(cfg, NEU, tmp_path / "neu", manifest=man, classes=ds.classes)
     assert m["weights_source"].startswith("imagenet-file:")
     assert m["test"]["n"] == 48
     assert m["test"]["accuracy"] >= 0.90, m["test"]["accuracy"]
@@ -213,7 +214,7 @@ def test_real_neu_saved_model_never_below_the_head_phase(tmp_path, monkeypatch):
     ds = data.discover(NEU)
     ds.table = ds.table.groupby("class").sample(24, random_state=1).reset_index(drop=True)
     man = data.split_dataset(ds, (0.5, 0.25, 0.25), seed=1)
-    cfg = training.TrainConfig(
+    cfg = train.TrainConfig(
         backbone="mobilenet",
         img_size=160,
         weights="imagenet",
@@ -224,7 +225,7 @@ def test_real_neu_saved_model_never_below_the_head_phase(tmp_path, monkeypatch):
         verbose=0,
         seed=1,
     )
-    m = training.train_backbone(cfg, NEU, tmp_path / "neu", manifest=man, classes=ds.classes)
+    m = train.run(cfg, NEU, tmp_path / "neu", manifest=man, classes=ds.classes)
     hist = pd.read_csv(tmp_path / "neu" / "history.csv")
     head_best = min(hist[hist.phase == "head"].val_loss.min(), m["selected"]["best_by_phase"]["probe"])
     assert "finetune" in set(hist.phase)
@@ -239,13 +240,13 @@ n_cpu = int(os.environ.get("N_LOGICAL_CPUS", "1"))
 if n_cpu > 1:
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n_cpu)
-from gc10lib import training
+from gc10lib.steps import train
 root, split, out, strategy = sys.argv[1:5]
-cfg = training.TrainConfig(backbone="mobilenet", img_size=64, weights=None, epochs_head=1, epochs_finetune=1,
+cfg = train.TrainConfig(backbone="mobilenet", img_size=64, weights=None, epochs_head=1, epochs_finetune=1,
                            finetune_fraction=0.05, batch_size=8, verbose=0, seed=1, strategy=strategy,
                            head_mode=os.environ.get("HEAD_MODE", "features"))
-m = training.train_backbone(cfg, root, out, split_csv=split)
-strat = training.make_strategy(strategy)
+m = train.run(cfg, root, out, split_csv=split)
+strat = train.make_strategy(strategy)
 print("RESULT", json.dumps({"replicas": strat.num_replicas_in_sync, "acc": m["test"]["accuracy"]}))
 """
 
@@ -317,7 +318,7 @@ def test_multiworker_strategy_two_processes(smoke_data, tmp_path):
 @pytest.mark.slow
 def test_tensorboard_logs_per_phase(smoke_data, tmp_path):
     root, split = smoke_data
-    cfg = training.TrainConfig(
+    cfg = train.TrainConfig(
         backbone="mobilenet",
         img_size=48,
         weights=None,
@@ -329,11 +330,9 @@ def test_tensorboard_logs_per_phase(smoke_data, tmp_path):
         seed=3,
         tensorboard=True,
     )
-    training.train_backbone(cfg, root, tmp_path / "m", split_csv=split)
+    train.run(cfg, root, tmp_path / "m", split_csv=split)
     for phase in ("head", "finetune"):
         events = list((tmp_path / "m" / "tensorboard" / phase).rglob("events.out.tfevents.*"))
         assert events and all(e.stat().st_size > 0 for e in events), phase
-    off = training.train_backbone(
-        training.TrainConfig(**{**cfg.__dict__, "tensorboard": False}), root, tmp_path / "n", split_csv=split
-    )
+    off = train.run(train.TrainConfig(**{**cfg.__dict__, "tensorboard": False}), root, tmp_path / "n", split_csv=split)
     assert off["config"]["tensorboard"] is False and not (tmp_path / "n" / "tensorboard").exists()

@@ -248,7 +248,7 @@ def choose_deployable(run_dir: str | Path, margin: float = MARGIN) -> dict | Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m gc10lib.deploy RUN``: what ``gc10 run`` calls at its end, in a process of its own
+    """``python -m gc10lib.steps.deploy RUN``: what ``gc10 run`` calls at its end, in a process of its own
     (TensorFlow's start-up lines go to the run's log, not the terminal). Prints the choice."""
     import sys  # lazy: the command-line entry only
 

@@ -1,6 +1,6 @@
-"""Per-backbone training: a probe and a head on cached frozen features, fine-tuning, a map head.
+"""The train step: one backbone, a probe and a head on cached frozen features, fine-tuning, a map head.
 
-:func:`train_backbone` is what notebook ``02_finetune`` and ``gc10 train`` call. Its phases are
+:func:`run` is what notebook ``02_finetune`` and ``gc10 train`` call. Its phases are
 those of :mod:`gc10lib.phases` (the distilled student runs the same ones), on the cached
 features of :mod:`gc10lib.features`. It writes to ``out_dir``: ``model.keras``, ``metrics.json``
 (val and test metrics, split manifest, timings, seed, weights source), ``history.csv``, the
@@ -34,9 +34,8 @@ from gc10lib.backbones import (
 )
 from gc10lib.config import TrainConfig
 from gc10lib.errors import InputError, SetupError
-from gc10lib.evaluation import compute_metrics
 from gc10lib.features import FeatureSource, extract_features, phase1_features
-from gc10lib.inference import predict_proba
+from gc10lib.inference import evaluate_parts, predict_proba
 from gc10lib.inputs import ImageCache, make_dataset
 from gc10lib.layers import model_classes
 from gc10lib.phases import (
@@ -56,7 +55,7 @@ from gc10lib.settings import file_size_mb, new_output_dir, save_json
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BestState", "TrainConfig", "load_manifest", "train_backbone"]  # BestState: see gc10lib.phases
+__all__ = ["BestState", "TrainConfig", "load_manifest", "run"]  # BestState: see gc10lib.phases
 
 
 def make_strategy(name: str | None):
@@ -215,7 +214,7 @@ class _Job:
         )
 
 
-def train_backbone(
+def run(
     cfg: TrainConfig,
     data_dir: str | Path,
     out_dir: str | Path | None,
@@ -231,7 +230,7 @@ def train_backbone(
     validation (by ``cfg.monitor``) is what gets saved, and ``metrics["selected"]`` says which
     phase won. The probe is also saved on its own, as ``probe/`` (``probe_<backbone>``).
 
-    >>> m = train_backbone(TrainConfig(backbone="mobilenet", img_size=224), "data/xsdd", "runs/mn")
+    >>> m = run(TrainConfig(backbone="mobilenet", img_size=224), "data/xsdd", "runs/mn")
     >>> m["val"]["accuracy"], m["selected"]["phase"]
     """
     t_all = time.perf_counter()
@@ -249,7 +248,7 @@ def train_backbone(
         saved, map_record = job.model, None
         if cfg.map_head:
             t0 = time.perf_counter()
-            saved, map_record, hist_maps = _map_phase(
+            saved, map_record, hist_maps = map_phase(
                 job.model, cfg, job.tr, job.va, job.backbone, job.size, job.cw, job.best
             )
             job.histories.append(hist_maps.assign(phase="maps", epoch=lambda d: np.arange(len(d))))
@@ -454,7 +453,7 @@ def _write_outputs(job: _Job, saved, probe_info: dict | None, handover, n_unfroz
     return metrics
 
 
-def _map_phase(model, cfg: TrainConfig, tr, va, backbone: str, size: int, cw, best: BestState):
+def map_phase(model, cfg: TrainConfig, tr, va, backbone: str, size: int, cw, best: BestState):
     """Phase ``maps``: cache the cut backbone's maps, train a map head, offer its best epoch to ``best``.
 
     Returns ``(the model to save, the phase's record, its history)``: the assembled map-head
@@ -488,35 +487,6 @@ def _image_datasets(tr: pd.DataFrame, va: pd.DataFrame, size: int, cfg: TrainCon
     val_ds = make_dataset(va.path, va.label, size, policy=cfg.policy, batch_size=cfg.batch_size)
     val_x = make_dataset(va.path, None, size, policy=cfg.policy, batch_size=cfg.batch_size)
     return train_ds, val_ds, val_x
-
-
-def evaluate_parts(
-    model,
-    out: Path,
-    va: pd.DataFrame,
-    te: pd.DataFrame,
-    classes: list[str],
-    metrics: dict,
-    *,
-    policy: str,
-    batch_size: int = 32,
-    seed: int = 42,
-    known: dict[str, np.ndarray] | None = None,
-) -> dict[str, np.ndarray]:
-    """Val and test metrics of ``model`` into ``metrics``; probabilities saved as ``proba_<part>.npy``.
-
-    ``known`` holds probabilities already computed for a part (they are not predicted again).
-    """
-    probas = {}
-    for name, part in (("val", va), ("test", te)):
-        if len(part):
-            proba = (known or {}).get(name)
-            if proba is None:
-                proba = predict_proba(model, list(part.path), policy=policy, batch_size=batch_size)
-            metrics[name] = compute_metrics(part.label.to_numpy(), proba, classes, seed=seed)
-            np.save(out / f"proba_{name}.npy", proba.astype(np.float32))
-            probas[name] = proba
-    return probas
 
 
 def _fit_probe_into(
