@@ -82,3 +82,30 @@ def test_an_int8_file_that_loses_on_validation_is_named_and_a_recipe_gets_no_flo
     assert "loses 3.0%" in notes[0] and "no float16" in notes[0] and len(scored) == 1
     held.val_accuracy, held.val_agreement = 0.985, 0.995  # within the margin: nothing to say
     assert deploy.offer_float16(_Run([recipe]), found, scored, tmp_path, MARGIN) == []
+
+
+def test_float16_is_offered_only_where_the_rule_could_choose_it(tmp_path, monkeypatch):
+    """A losing int8 gets a float16 file unless a qualifying file is already smaller than that float16
+    would be (1.5x the int8 at least), or its model is left out; the conversions skipped are named."""
+    made = []
+
+    def fake_export(src, out, variant, **kw):
+        made.append(Path(out).name)
+        Path(out).write_bytes(b"x")
+        return Path(out)
+
+    monkeypatch.setattr(deploy, "export_litert", fake_export)
+    monkeypatch.setattr(deploy, "score", lambda run, offers: [c for c, _ in offers])
+    mobilenet = _record("mobilenet", "backbone", "mobilenet", 0.99)
+    student = _record("student_mobilenet", "student", "mobilenet", 0.975)
+    losing = _c("mobilenet int8", 3.4, 0.95)
+    small = _c("student_mobilenet int8", 2.6, 0.985)  # qualifies, and 2.6 < 1.5 * 3.4
+    found = [(losing, mobilenet), (small, student)]
+    notes = deploy.offer_float16(_Run([mobilenet, student]), list(found), [losing, small], tmp_path, MARGIN, 0.99)
+    assert made == [] and "no float16 file is offered: student_mobilenet int8 (2.60 MiB) qualifies" in notes[0]
+    small.val_accuracy = 0.97  # no longer qualifies: the float16 of mobilenet could win
+    notes = deploy.offer_float16(_Run([mobilenet, student]), list(found), [losing, small], tmp_path, MARGIN, 0.99)
+    assert made == ["mobilenet_float16.tflite"] and "is offered beside it" in notes[0]
+    small.val_accuracy, small.val_agreement, small.left_out = 0.90, 0.90, "the float student is below mobilenet"
+    notes = deploy.offer_float16(_Run([student]), [(small, student)], [small], tmp_path, MARGIN, 0.99)
+    assert made == ["mobilenet_float16.tflite"] and "its model is left out" in notes[0]

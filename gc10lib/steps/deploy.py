@@ -10,10 +10,11 @@ beside each candidate and never used to choose.
 
 Two checks come before the rule, both on validation, and the record says what each found:
 
-* an int8 file that loses more than ``margin`` against its float model (in accuracy, or in top-1
-  agreement) gets a float16 file of that model offered beside it;
 * a float student below the backbone of its own architecture is left out, student files and all,
-  and that backbone's int8 stands in (exported here when no step made it).
+  and that backbone's int8 stands in (exported here when no step made it);
+* an int8 file that loses more than ``margin`` against its float model (in accuracy, or in top-1
+  agreement) gets a float16 file of that model offered beside it, unless the rule could not choose
+  that file: a smaller one qualifies already (a float16 file is at least 1.5 times its int8 file).
 
 Writes ``<run>/deploy/model.tflite`` (or ``model.keras``) with its sidecar, and
 ``<run>/deploy/choice.json`` (the rule, the reference, every candidate's evidence); the run summary
@@ -152,10 +153,17 @@ def int8_loss(cand: Candidate, source: ModelRecord) -> float:
 
 
 def offer_float16(
-    run: RunFolder, found: list[tuple[Candidate, ModelRecord]], scored: list[Candidate], into: Path, margin: float
+    run: RunFolder,
+    found: list[tuple[Candidate, ModelRecord]],
+    scored: list[Candidate],
+    into: Path,
+    margin: float,
+    ref_accuracy: float | None = None,
 ) -> list[str]:
     """A float16 file beside every int8 file that loses more than ``margin`` on validation (kept
-    ensembles included; a recipe-only ensemble has no model to convert). Returns the notes."""
+    ensembles included; a recipe-only ensemble has no model to convert), unless the rule could not
+    choose it: its source is left out, or (given ``ref_accuracy``) a file smaller than the float16
+    would be already qualifies. Returns the notes."""
     notes, offers = [], []
     for cand, source in found:
         if cand.variant != "int8" or (loss := int8_loss(cand, source)) <= margin:
@@ -164,12 +172,37 @@ def offer_float16(
         if source.is_recipe:
             notes.append(f"{note}; its ensemble is kept as a recipe, so no float16 file is offered")
             continue
+        if why_not := _float16_cannot_win(cand, scored, ref_accuracy, margin):
+            notes.append(f"{note}; no float16 file is offered: {why_not}")
+            continue
         f = export_litert(source.path, into / f"{source.name}_float16.tflite", "float16")
         offers.append((Candidate(f"{source.name} float16", str(f), source.name, "float16", file_size_mb(f)), source))
         notes.append(f"{note}: a float16 file of {source.name} is offered beside it")
     scored += score(run, offers)
     found += offers
     return notes
+
+
+#: a float16 file is at least this many times its int8 file (measured: 1.65x to 1.99x)
+FLOAT16_OVER_INT8 = 1.5
+
+
+def _float16_cannot_win(cand: Candidate, scored: list[Candidate], ref_accuracy: float | None, margin: float) -> str:
+    """Why the rule could never choose a float16 file of ``cand``'s model ("" when it could)."""
+    if cand.left_out:
+        return f"its model is left out ({cand.left_out})"
+    if ref_accuracy is None:
+        return ""
+    least = FLOAT16_OVER_INT8 * cand.size_mib
+    ok = [
+        c
+        for c in scored
+        if not c.left_out and c.val_accuracy is not None and c.val_accuracy >= ref_accuracy - margin - 1e-12
+    ]
+    smaller = min((c for c in ok if c.size_mib < least), key=lambda c: c.size_mib, default=None)
+    if smaller is None:
+        return ""
+    return f"{smaller.name} ({smaller.size_mib:.2f} MiB) qualifies already and is smaller than it would be"
 
 
 def student_check(
@@ -219,9 +252,9 @@ def choose_deployable(run_dir: str | Path, margin: float = MARGIN) -> dict | Non
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "offered").mkdir(parents=True)
     scored = score(run, found)
-    notes = offer_float16(run, found, scored, staging / "offered", margin)
-    notes += student_check(run, found, scored, staging / "offered")
     ref_name, ref_acc = reference(run)
+    notes = student_check(run, found, scored, staging / "offered")
+    notes += offer_float16(run, found, scored, staging / "offered", margin, ref_acc)
     best, why = choose(scored, ref_acc, margin)
     src = Path(best.path)
     target = staging / f"model{src.suffix}"
