@@ -109,3 +109,22 @@ def test_float16_is_offered_only_where_the_rule_could_choose_it(tmp_path, monkey
     small.val_accuracy, small.val_agreement, small.left_out = 0.90, 0.90, "the float student is below mobilenet"
     notes = deploy.offer_float16(_Run([student]), [(small, student)], [small], tmp_path, MARGIN, 0.99)
     assert made == ["mobilenet_float16.tflite"] and "its model is left out" in notes[0]
+
+
+def test_no_float16_for_a_model_clearly_below_what_would_win(tmp_path, monkeypatch):
+    def fake_export(src, out, variant, **kw):
+        Path(out).write_bytes(b"x")
+        return Path(out)
+
+    monkeypatch.setattr(deploy, "export_litert", fake_export)
+    monkeypatch.setattr(deploy, "score", lambda run, offers: [])
+    weak = _record("vgg19", "backbone", "vgg19", 0.30)
+    strong = _record("student_mobilenet", "student", "mobilenet", 0.50)
+    w8, s8 = _c("vgg19 int8", 19.0, 0.10), _c("student_mobilenet int8", 2.6, 0.50)
+    s8.val_agreement = 0.9
+    # nothing within the margin of the reference (1.0): the most accurate file (0.50) wins the fallback
+    notes = deploy.offer_float16(_Run([weak, strong]), [(w8, weak), (s8, strong)], [w8, s8], tmp_path, MARGIN, 1.0)
+    assert "below the most accurate file (0.5000)" in notes[0] and "offered beside it" in notes[1]
+    # a file qualifies (reference 0.51): vgg19's float model cannot come within reach of it
+    notes = deploy.offer_float16(_Run([weak, strong]), [(w8, weak), (s8, strong)], [w8, s8], tmp_path, MARGIN, 0.51)
+    assert "not within reach of the reference (0.5100)" in notes[0]

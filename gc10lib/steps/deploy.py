@@ -14,7 +14,9 @@ Two checks come before the rule, both on validation, and the record says what ea
   and that backbone's int8 stands in (exported here when no step made it);
 * an int8 file that loses more than ``margin`` against its float model (in accuracy, or in top-1
   agreement) gets a float16 file of that model offered beside it, unless the rule could not choose
-  that file: a smaller one qualifies already (a float16 file is at least 1.5 times its int8 file).
+  that file: a smaller one qualifies already (a float16 file is at least 1.5 times its int8 file),
+  or its float model is more than ``margin`` below what would win (the reference, or in the
+  fallback the most accurate file).
 
 Writes ``<run>/deploy/model.tflite`` (or ``model.keras``) with its sidecar, and
 ``<run>/deploy/choice.json`` (the rule, the reference, every candidate's evidence); the run summary
@@ -162,8 +164,8 @@ def offer_float16(
 ) -> list[str]:
     """A float16 file beside every int8 file that loses more than ``margin`` on validation (kept
     ensembles included; a recipe-only ensemble has no model to convert), unless the rule could not
-    choose it: its source is left out, or (given ``ref_accuracy``) a file smaller than the float16
-    would be already qualifies. Returns the notes."""
+    choose it (:func:`_float16_cannot_win`): its model is left out, or, given ``ref_accuracy``, a
+    smaller file qualifies already, or its float model is clearly below what wins. Returns the notes."""
     notes, offers = [], []
     for cand, source in found:
         if cand.variant != "int8" or (loss := int8_loss(cand, source)) <= margin:
@@ -172,7 +174,7 @@ def offer_float16(
         if source.is_recipe:
             notes.append(f"{note}; its ensemble is kept as a recipe, so no float16 file is offered")
             continue
-        if why_not := _float16_cannot_win(cand, scored, ref_accuracy, margin):
+        if why_not := _float16_cannot_win(cand, source, scored, ref_accuracy, margin):
             notes.append(f"{note}; no float16 file is offered: {why_not}")
             continue
         f = export_litert(source.path, into / f"{source.name}_float16.tflite", "float16")
@@ -187,18 +189,27 @@ def offer_float16(
 FLOAT16_OVER_INT8 = 1.5
 
 
-def _float16_cannot_win(cand: Candidate, scored: list[Candidate], ref_accuracy: float | None, margin: float) -> str:
-    """Why the rule could never choose a float16 file of ``cand``'s model ("" when it could)."""
+def _float16_cannot_win(
+    cand: Candidate, source: ModelRecord, scored: list[Candidate], ref_accuracy: float | None, margin: float
+) -> str:
+    """Why the rule could never choose a float16 file of ``cand``'s model ("" when it could). Its
+    validation accuracy is taken as its float model's, give or take ``margin``; its size as at least
+    :data:`FLOAT16_OVER_INT8` times the int8 file's."""
     if cand.left_out:
         return f"its model is left out ({cand.left_out})"
     if ref_accuracy is None:
         return ""
+    live = [c for c in scored if not c.left_out and c.val_accuracy is not None]
+    ok = [c for c in live if c.val_accuracy >= ref_accuracy - margin - 1e-12]
+    acc = source.val.get("accuracy") or 0.0
+    if not ok:  # the fallback: the most accurate file wins
+        top = max((c.val_accuracy for c in live), default=0.0)
+        if acc + margin < top:
+            return f"no file qualifies, and its float model ({acc:.4f}) is below the most accurate file ({top:.4f})"
+        return ""
+    if acc + margin < ref_accuracy - margin:
+        return f"its float model ({acc:.4f}) is not within reach of the reference ({ref_accuracy:.4f})"
     least = FLOAT16_OVER_INT8 * cand.size_mib
-    ok = [
-        c
-        for c in scored
-        if not c.left_out and c.val_accuracy is not None and c.val_accuracy >= ref_accuracy - margin - 1e-12
-    ]
     smaller = min((c for c in ok if c.size_mib < least), key=lambda c: c.size_mib, default=None)
     if smaller is None:
         return ""
