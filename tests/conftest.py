@@ -29,19 +29,28 @@ _skip_weights = pytest.mark.skipif(
 )
 
 
-def fresh_process_gap(model_path: Path, paths: list[str], expected: Path) -> float:
-    """Reload ``model_path`` with ``keras.saving.load_model`` in safe mode in a new Python process,
-    predict ``paths`` there and return the largest difference from the probabilities in ``expected``."""
+def fresh_process_gaps(model_paths: list[Path], paths: list[str], expected: list[Path]) -> list[float]:
+    """Reload each of ``model_paths`` with ``keras.saving.load_model`` in safe mode in one new Python
+    process, predict ``paths`` there and return, per model, the largest difference from the
+    probabilities saved in the matching ``expected`` file."""
     code = (
         "import json, keras, numpy as np\n"
         "from gc10lib.inference import predict_proba\n"
-        f"m = keras.saving.load_model({str(model_path)!r}, safe_mode=True)\n"
-        f"p = predict_proba(m, {list(paths)!r})\n"
-        f"print(json.dumps(float(np.abs(p - np.load({str(expected)!r})).max())))\n"
+        "gaps = []\n"
+        f"for path, ref in zip({[str(m) for m in model_paths]!r}, {[str(e) for e in expected]!r}):\n"
+        "    m = keras.saving.load_model(path, safe_mode=True)\n"
+        f"    p = predict_proba(m, {list(map(str, paths))!r})\n"
+        "    gaps.append(float(np.abs(p - np.load(ref)).max()))\n"
+        "print(json.dumps(gaps))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def fresh_process_gap(model_path: Path, paths: list[str], expected: Path) -> float:
+    """:func:`fresh_process_gaps` for one model."""
+    return fresh_process_gaps([model_path], paths, [expected])[0]
 
 
 def needs_shared(test):

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import NEU, WEIGHTS, needs_shared, needs_weights
+from conftest import NEU, WEIGHTS, fresh_process_gaps, needs_shared, needs_weights
 
 from gc10lib import data
 from gc10lib.backbones import ORIGINAL, load_model
@@ -54,6 +54,8 @@ def test_every_backbone_trains_and_writes_outputs(smoke_models):
 
 
 def test_saved_model_reproduces_recorded_probabilities(smoke_models, smoke_data):
+    """Every backbone's saved file reloads in safe mode in a fresh process (its registered layers
+    found by name, no Lambda) and reproduces its recorded test probabilities."""
     out, results = smoke_models
     root, split = smoke_data
     man = data.read_split(split)
@@ -62,6 +64,11 @@ def test_saved_model_reproduces_recorded_probabilities(smoke_models, smoke_data)
     assert model_classes(model) == results["mobilenet"]["classes"]
     proba = predict_proba(model, te.path)
     np.testing.assert_allclose(proba, np.load(out / "mobilenet" / "proba_test.npy"), atol=1e-5)
+    names = sorted(results)
+    gaps = fresh_process_gaps(
+        [out / n / "model.keras" for n in names], list(te.path), [out / n / "proba_test.npy" for n in names]
+    )
+    assert max(gaps) < 1e-4, dict(zip(names, gaps, strict=True))
     import warnings
 
     for name in results:  # weights and architecture only: no optimizer state to skip on loading
