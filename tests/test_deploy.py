@@ -34,13 +34,14 @@ def _record(name, kind, backbone, val_acc, path="model.keras"):
 
 
 class _Run:
-    """Just what the checks read of a run folder: its models."""
+    """Just what the checks read of a run folder: its models, new objects on every call, as
+    :meth:`RunFolder.models` reads them anew (the checks must match records by name)."""
 
     def __init__(self, records):
         self.records = records
 
     def models(self):
-        return self.records
+        return [ModelRecord(r.name, r.kind, r.path, r.dir, r.metrics) for r in self.records]
 
 
 def test_int8_loss_is_the_larger_of_the_accuracy_drop_and_the_changed_answers():

@@ -230,13 +230,13 @@ def student_check(
     if s_acc >= p_acc:
         return [f"the float student ({s_acc:.4f}) is at or above {peer.name} ({p_acc:.4f}) on validation"]
     for cand, source in found:
-        if source is student:
+        if source.name == student.name:
             cand.left_out = f"the float student is below {peer.name} on validation"
     note = (
         f"the float student ({s_acc:.4f}) is below {peer.name} ({p_acc:.4f}), the backbone of its size, on "
         f"validation: the student's files are left out and {peer.name}'s int8 stands in"
     )
-    if not any(source is peer and cand.variant == "int8" for cand, source in found):
+    if not any(source.name == peer.name and cand.variant == "int8" for cand, source in found):
         model = load_model(peer.path)
         rep = calibration_images(model, *run.inputs(), seed=int(run.config.get("seed") or 0))
         f = export_litert(model, into / f"{peer.name}_int8.tflite", "int8", representative=rep)
