@@ -129,3 +129,9 @@ def test_no_float16_for_a_model_clearly_below_what_would_win(tmp_path, monkeypat
     # a file qualifies (reference 0.51): vgg19's float model cannot come within reach of it
     notes = deploy.offer_float16(_Run([weak, strong]), [(w8, weak), (s8, strong)], [w8, s8], tmp_path, MARGIN, 0.51)
     assert "not within reach of the reference (0.5100)" in notes[0]
+
+
+def test_the_command_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert deploy.main([str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert not (tmp_path / "nowhere").exists()

@@ -16,6 +16,15 @@ deploy      after the others    :mod:`gc10lib.export`, :mod:`gc10lib.records`
 Data flows one way: a step reads the run folder and the blocks, never another step.
 """
 
-from gc10lib.steps import deploy, distill, ensemble, explain, quantize, train
+import importlib
+from types import ModuleType
 
 __all__ = ["deploy", "distill", "ensemble", "explain", "quantize", "train"]
+
+
+def __getattr__(name: str) -> ModuleType:
+    """``steps.ensemble`` and the like, imported on first use (so ``python -m gc10lib.steps.deploy``
+    runs a module the package has not imported already)."""
+    if name in __all__:
+        return importlib.import_module(f"gc10lib.steps.{name}")
+    raise AttributeError(f"module 'gc10lib.steps' has no attribute {name!r}")

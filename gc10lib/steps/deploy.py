@@ -297,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     import sys  # lazy: the command-line entry only
 
     args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not (Path(args[0]) / "run.json").is_file():
+        print(f"usage: python -m gc10lib.steps.deploy RUN (a gc10 run folder); got {' '.join(args)!r}", file=sys.stderr)
+        return 2
     choice = choose_deployable(args[0])
     if choice is not None:
         print(f"deployable model: {choice['chosen']} -> {choice['path']} ({choice['rule']})")
