@@ -305,7 +305,9 @@ def _prepare_data(cfg: dict):
     function that writes the split manifest into a run folder.
     """
     seed = int(cfg.get("seed", 42))
-    root = synth.resolve_data_dir(cfg["data_dir"], per_class=int(cfg.get("synthetic_per_class", 30)), seed=0)
+    root = synth.resolve_data_dir(
+        cfg["data_dir"], per_class=int(cfg.get("synthetic_per_class", synth.SYNTHETIC_PER_CLASS)), seed=0
+    )
     cfg["data_dir"] = str(root.resolve())
     ds = data.discover(root)
     fractions = cfg.get("fractions") or (0.7, 0.15, 0.15)
