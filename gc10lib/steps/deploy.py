@@ -134,11 +134,16 @@ def reference(run: RunFolder) -> tuple[str, float]:
     return name, float(table.loc[table.model == name, "val_accuracy"].iloc[0])
 
 
+def qualifying(scored: list[Candidate], ref_accuracy: float, margin: float = MARGIN) -> list[Candidate]:
+    """The candidates whose validation accuracy is within ``margin`` of ``ref_accuracy``."""
+    return [c for c in scored if c.val_accuracy is not None and c.val_accuracy >= ref_accuracy - margin - 1e-12]
+
+
 def choose(scored: list[Candidate], ref_accuracy: float, margin: float = MARGIN) -> tuple[Candidate, str]:
     """The smallest candidate within ``margin`` of ``ref_accuracy`` on validation; if none, the most
     accurate on validation (then the smallest of those). Returns ``(choice, why)``."""
     scored = [c for c in scored if not c.left_out]
-    ok = [c for c in scored if c.val_accuracy is not None and c.val_accuracy >= ref_accuracy - margin - 1e-12]
+    ok = qualifying(scored, ref_accuracy, margin)
     if ok:
         best = min(ok, key=lambda c: (c.size_mib, -(c.val_accuracy or 0.0), c.name))
         return best, f"the smallest file within {margin:.0%} of the reference's validation accuracy"
@@ -200,7 +205,7 @@ def _float16_cannot_win(
     if ref_accuracy is None:
         return ""
     live = [c for c in scored if not c.left_out and c.val_accuracy is not None]
-    ok = [c for c in live if c.val_accuracy >= ref_accuracy - margin - 1e-12]
+    ok = qualifying(live, ref_accuracy, margin)
     acc = source.val.get("accuracy") or 0.0
     if not ok:  # the fallback: the most accurate file wins
         top = max((c.val_accuracy for c in live), default=0.0)
